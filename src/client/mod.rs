@@ -1,0 +1,340 @@
+//! A Rust client for the signaling protocol.
+//!
+//! The same types the server uses, over a real WebSocket: integration tests,
+//! benchmarks and (later) bots and the load tester all speak through it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), conclave::client::ClientError> {
+//! use conclave::client::SignalClient;
+//! use conclave::signal::protocol::Mode;
+//! let mut client = SignalClient::connect("ws://127.0.0.1:7880/ws").await?;
+//! client.hello("<token>").await?;
+//! client.create("lobby", "welcome").await?;
+//! let joined = client.join("lobby", Mode::Audio, None).await?;
+//! println!("in channel {} with {} members", joined.channel_id, joined.members.len());
+//! while let Some(event) = client.next_event().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use crate::ids::{RoomName, UserId};
+use crate::signal::protocol::{
+    CreateOk, Envelope, HelloOk, JoinOk, MediaKind, Mode, PROTOCOL_VERSION, Request, Role,
+    ServerMessage,
+};
+use crate::status::{Failure, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("the connection is closed{}", .0.as_ref().map(|(c, r)| format!(" ({c}: {r})")).unwrap_or_default())]
+    Closed(Option<(u16, String)>),
+    #[error("the server refused: {0}")]
+    Refused(Failure),
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// The protocol status of a refusal, if this is one.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Refused(f) => Some(f.status),
+            _ => None,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
+
+/// How the client behaves on its own.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Send `ping` at the interval the server asks for in `hello`.
+    pub heartbeat: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { heartbeat: true }
+    }
+}
+
+/// A signaling connection.
+pub struct SignalClient {
+    out: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    events: mpsc::UnboundedReceiver<ServerMessage>,
+    close: Arc<Mutex<Option<(u16, String)>>>,
+    next_id: Arc<AtomicU64>,
+    options: ClientOptions,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SignalClient {
+    pub async fn connect(url: &str) -> Result<SignalClient, ClientError> {
+        Self::connect_with(url, ClientOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        options: ClientOptions,
+    ) -> Result<SignalClient, ClientError> {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (mut write, mut read) = socket.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let pending: Pending = Arc::default();
+        let close: Arc<Mutex<Option<(u16, String)>>> = Arc::default();
+
+        tokio::spawn(async move {
+            while let Some(msg) = out_rx.recv().await {
+                let closing = matches!(msg, Message::Close(_));
+                if write.send(msg).await.is_err() || closing {
+                    break;
+                }
+            }
+        });
+
+        let reader_pending = pending.clone();
+        let reader_close = close.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = read.next().await {
+                let text = match frame {
+                    Ok(Message::Text(text)) => text,
+                    Ok(Message::Close(frame)) => {
+                        if let Some(CloseFrame { code, reason }) = frame {
+                            *reader_close.lock().expect("close slot") =
+                                Some((u16::from(code), reason.to_string()));
+                        }
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break,
+                };
+                let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else {
+                    tracing::warn!(%text, "unreadable message from server");
+                    continue;
+                };
+                if let ServerMessage::Response { id: Some(id), .. } = &msg {
+                    let waiter = reader_pending.lock().expect("pending map").remove(id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(msg);
+                        continue;
+                    }
+                }
+                if events_tx.send(msg).is_err() {
+                    break;
+                }
+            }
+            // Fail every request still waiting.
+            reader_pending.lock().expect("pending map").clear();
+        });
+
+        Ok(SignalClient {
+            out,
+            pending,
+            events,
+            close,
+            next_id: Arc::new(AtomicU64::new(1)),
+            options,
+            heartbeat: None,
+        })
+    }
+
+    fn closed_error(&self) -> ClientError {
+        ClientError::Closed(self.close.lock().expect("close slot").clone())
+    }
+
+    /// Sends a request and waits for its response's `data`.
+    pub async fn request(&self, request: Request) -> Result<Value, ClientError> {
+        request_on(&self.out, &self.pending, &self.next_id, request)
+            .await
+            .map_err(|e| match e {
+                ClientError::Closed(None) => self.closed_error(),
+                other => other,
+            })
+    }
+
+    async fn request_as<T: DeserializeOwned>(&self, request: Request) -> Result<T, ClientError> {
+        let data = self.request(request).await?;
+        serde_json::from_value(data).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Authenticates; starts the heartbeat unless disabled.
+    pub async fn hello(&mut self, token: &str) -> Result<HelloOk, ClientError> {
+        let ok: HelloOk = self
+            .request_as(Request::Hello {
+                version: PROTOCOL_VERSION,
+                token: token.to_owned(),
+            })
+            .await?;
+        if self.options.heartbeat && self.heartbeat.is_none() {
+            let interval = Duration::from_millis(ok.heartbeat_interval_ms.max(100));
+            let (out, pending, next_id) =
+                (self.out.clone(), self.pending.clone(), self.next_id.clone());
+            self.heartbeat = Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(ClientError::Closed(_)) =
+                        request_on(&out, &pending, &next_id, Request::Ping {}).await
+                    {
+                        break;
+                    }
+                }
+            }));
+        }
+        Ok(ok)
+    }
+
+    pub async fn create(&self, room: &str, custom_info: &str) -> Result<CreateOk, ClientError> {
+        self.request_as(Request::Create {
+            room: room_name(room)?,
+            custom_info: custom_info.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn join(
+        &self,
+        room: &str,
+        mode: Mode,
+        role: Option<Role>,
+    ) -> Result<JoinOk, ClientError> {
+        self.request_as(Request::Join {
+            room: room_name(room)?,
+            mode,
+            role,
+        })
+        .await
+    }
+
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        self.request(Request::Leave {}).await.map(drop)
+    }
+
+    pub async fn set_role(&self, role: Role, user: Option<&str>) -> Result<(), ClientError> {
+        self.request(Request::SetRole {
+            role,
+            user: user.map(UserId::from),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn mute(
+        &self,
+        kind: MediaKind,
+        muted: bool,
+        user: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.request(Request::Mute {
+            kind,
+            muted,
+            user: user.map(UserId::from),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn kick(&self, user: &str) -> Result<(), ClientError> {
+        self.request(Request::Kick { user: user.into() })
+            .await
+            .map(drop)
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.request(Request::Ping {}).await.map(drop)
+    }
+
+    /// Sends a frame as it is, for probing the server with bad input. Any
+    /// response arrives through [`SignalClient::next_event`].
+    pub fn send_raw(&self, frame: Message) -> Result<(), ClientError> {
+        self.out.send(frame).map_err(|_| self.closed_error())
+    }
+
+    /// The next event (or response to a raw frame); `None` once the
+    /// connection has closed.
+    pub async fn next_event(&mut self) -> Option<ServerMessage> {
+        self.events.recv().await
+    }
+
+    /// The close code and reason the server sent, once it has closed.
+    pub fn close_frame(&self) -> Option<(u16, String)> {
+        self.close.lock().expect("close slot").clone()
+    }
+
+    /// Stops the heartbeat, so the server will see this client go silent.
+    pub fn stop_heartbeat(&mut self) {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
+    }
+
+    /// Closes the connection politely.
+    pub fn close(mut self) {
+        self.stop_heartbeat();
+        let _ = self.out.send(Message::Close(None));
+    }
+}
+
+impl Drop for SignalClient {
+    fn drop(&mut self) {
+        self.stop_heartbeat();
+    }
+}
+
+async fn request_on(
+    out: &mpsc::UnboundedSender<Message>,
+    pending: &Pending,
+    next_id: &AtomicU64,
+    request: Request,
+) -> Result<Value, ClientError> {
+    let id = next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    pending.lock().expect("pending map").insert(id, tx);
+    let text = serde_json::to_string(&Envelope { id, request })
+        .map_err(|e| ClientError::Invalid(e.to_string()))?;
+    if out.send(Message::Text(text.into())).is_err() {
+        pending.lock().expect("pending map").remove(&id);
+        return Err(ClientError::Closed(None));
+    }
+    match rx.await {
+        Ok(ServerMessage::Response {
+            code: Status::Ok,
+            data,
+            ..
+        }) => Ok(data),
+        Ok(ServerMessage::Response { code, message, .. }) => Err(ClientError::Refused(
+            Failure::new(code, message.unwrap_or_default()),
+        )),
+        Ok(other) => Err(ClientError::Protocol(format!(
+            "expected a response, got {other:?}"
+        ))),
+        Err(_) => Err(ClientError::Closed(None)),
+    }
+}
+
+fn room_name(room: &str) -> Result<RoomName, ClientError> {
+    RoomName::new(room).map_err(|e| ClientError::Invalid(e.to_string()))
+}

@@ -1,0 +1,229 @@
+//! Configuration: one TOML file, then `CONCLAVE_*` environment overrides, on
+//! top of defaults that run a server with nothing set.
+//!
+//! Environment variables name a key by section and field joined with a double
+//! underscore: `CONCLAVE_SERVER__BIND=0.0.0.0:7880`,
+//! `CONCLAVE_AUTH__SECRET=...`. Unknown keys are refused, with the key named,
+//! so a typo never silently falls back to a default.
+//! examples/conclave.toml lists every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::room::RoomSettings;
+use crate::telemetry::LogFormat;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub rooms: RoomsConfig,
+    pub signal: SignalConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address for HTTP, WebSocket signaling and the admin API.
+    pub bind: SocketAddr,
+    /// Where the SQLite database lives; created on first start.
+    pub data_dir: PathBuf,
+    /// How long shutdown waits for connections to finish after telling them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7880)),
+            data_dir: PathBuf::from("data"),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret, at least 32 bytes. Required unless running with `--dev`.
+    pub secret: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// A created room that nobody joins closes after this long.
+    #[serde(with = "humantime_serde")]
+    pub empty_timeout: Duration,
+    /// A member whose connection drops may reconnect within this window and
+    /// keep its membership; after it, others see it leave with `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_grace: Duration,
+    /// Most rooms open at once; creates beyond it answer 503.
+    pub max_rooms: usize,
+    /// Commands queued per room before senders wait.
+    pub command_queue: usize,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        let settings = RoomSettings::default();
+        RoomsConfig {
+            empty_timeout: settings.empty_timeout,
+            reconnect_grace: settings.reconnect_grace,
+            max_rooms: 10_000,
+            command_queue: 1024,
+        }
+    }
+}
+
+impl RoomsConfig {
+    pub fn settings(&self) -> RoomSettings {
+        RoomSettings {
+            empty_timeout: self.empty_timeout,
+            reconnect_grace: self.reconnect_grace,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalConfig {
+    /// How often clients are asked to send a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Silence on a connection for this long closes it.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// A connection must send `hello` within this time.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// Largest accepted frame, in bytes; larger frames close the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Sustained requests per second per connection.
+    pub rate_per_second: u32,
+    /// Requests a connection may send in a burst above the rate.
+    pub rate_burst: u32,
+    /// Requests refused in a row for rate before the connection is closed (1008).
+    pub rate_abuse_limit: u32,
+    /// Events queued for a connection before it is judged too slow and closed.
+    pub outbound_queue: usize,
+    /// Most signaling connections open at once; more are refused with 503.
+    pub max_connections: usize,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        SignalConfig {
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(10),
+            max_frame_bytes: 64 * 1024,
+            rate_per_second: 50,
+            rate_burst: 100,
+            rate_abuse_limit: 200,
+            outbound_queue: 1024,
+            max_connections: 20_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `conclave=debug`, ...; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults, then `path` (if given; it must exist), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("CONCLAVE_").split("__"));
+        figment.extract().map_err(|e| {
+            let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError(messages.join("; "))
+        })
+    }
+
+    /// Parses TOML text with no environment (for tests and validation).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_with_nothing_set() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.server.bind.port(), 7880);
+        assert_eq!(c.rooms.reconnect_grace, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn durations_and_overrides() {
+        let c = Config::from_toml(
+            r#"
+            [rooms]
+            empty_timeout = "90s"
+            [signal]
+            heartbeat_timeout = "2s 500ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.rooms.empty_timeout, Duration::from_secs(90));
+        assert_eq!(c.signal.heartbeat_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[rooms]\nempty_timout = \"1s\"\n").unwrap_err();
+        assert!(err.to_string().contains("empty_timout"), "{err}");
+        let err = Config::from_toml("[romos]\n").unwrap_err();
+        assert!(err.to_string().contains("romos"), "{err}");
+    }
+
+    #[test]
+    fn the_annotated_example_parses() {
+        let text = include_str!("../examples/conclave.toml");
+        Config::from_toml(text).unwrap();
+    }
+}

@@ -1,0 +1,222 @@
+//! The admin REST API. Every route needs `Authorization: Bearer <token>` whose
+//! grants include `admin`. Errors are `{"code": <protocol status>, "message": ...}`
+//! with the matching HTTP status.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Identity;
+use crate::ids::{RoomName, UserId};
+use crate::room::{Actor, CloseReason, RoomHandle};
+use crate::server::AppState;
+use crate::signal::protocol::{CreateOk, MediaKind, Role};
+use crate::status::{Failure, Status};
+use crate::store::RecordQuery;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/rooms", get(list_rooms).post(create_room))
+        .route("/rooms/{room}", get(get_room).delete(close_room))
+        .route("/rooms/{room}/members", get(list_members))
+        .route("/rooms/{room}/members/{user}", axum::routing::delete(kick))
+        .route("/rooms/{room}/members/{user}/mute", post(mute))
+        .route("/rooms/{room}/members/{user}/role", post(set_role))
+        .route("/records", get(records))
+}
+
+/// An API error: protocol status plus message.
+pub struct ApiError(Failure);
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        ApiError(f)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError(Failure::new(Status::BadRequest, r.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError(Failure::new(Status::BadRequest, r.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.0.status;
+        (
+            status.http(),
+            Json(json!({ "code": status.code(), "message": self.0.message })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A caller holding the admin grant.
+pub struct Admin(pub Identity);
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let token = header.strip_prefix("Bearer ").unwrap_or("").trim();
+        let identity = state.auth.verify(token).map_err(Failure::from)?;
+        if !identity.grants.admin {
+            return Err(Failure::new(Status::Forbidden, "this token has no admin grant").into());
+        }
+        Ok(Admin(identity))
+    }
+}
+
+fn room_name(raw: String) -> ApiResult<RoomName> {
+    RoomName::new(raw).map_err(|e| Failure::new(Status::BadRequest, e.to_string()).into())
+}
+
+fn find(state: &AppState, raw: String) -> ApiResult<RoomHandle> {
+    Ok(state.rooms.find(&room_name(raw)?)?)
+}
+
+async fn list_rooms(_: Admin, State(state): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(Json(json!({ "rooms": state.rooms.list() })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    room: RoomName,
+    #[serde(default)]
+    custom_info: String,
+}
+
+async fn create_room(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<CreateRoom>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let handle = state.rooms.create(body.room.clone(), body.custom_info)?;
+    tracing::info!(room = %body.room, channel_id = %handle.channel_id(), by = %admin.user, "room created by admin");
+    let created = CreateOk {
+        room: body.room,
+        channel_id: handle.channel_id(),
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn get_room(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    let handle = find(&state, room)?;
+    let members = handle.members().await?;
+    let mut summary = serde_json::to_value(handle.summary())
+        .map_err(|e| Failure::new(Status::Internal, e.to_string()))?;
+    summary["member_list"] = serde_json::to_value(members)
+        .map_err(|e| Failure::new(Status::Internal, e.to_string()))?;
+    Ok(Json(summary).into_response())
+}
+
+async fn close_room(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    let handle = find(&state, room)?;
+    handle.close(CloseReason::ClosedByAdmin).await?;
+    tracing::info!(room = %handle.name(), by = %admin.user, "room closed by admin");
+    Ok(Json(json!({})).into_response())
+}
+
+async fn list_members(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    let members = find(&state, room)?.members().await?;
+    Ok(Json(json!({ "members": members })).into_response())
+}
+
+async fn kick(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path((room, user)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let handle = find(&state, room)?;
+    handle.kick(Actor::Admin(admin.user), UserId(user)).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    kind: MediaKind,
+    muted: bool,
+}
+
+async fn mute(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path((room, user)): Path<(String, String)>,
+    body: Result<Json<MuteBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let handle = find(&state, room)?;
+    handle
+        .mute(Actor::Admin(admin.user), Some(UserId(user)), body.kind, body.muted)
+        .await?;
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: Role,
+}
+
+async fn set_role(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path((room, user)): Path<(String, String)>,
+    body: Result<Json<RoleBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let handle = find(&state, room)?;
+    handle
+        .set_role(Actor::Admin(admin.user), Some(UserId(user)), body.role)
+        .await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn records(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<RecordQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query?;
+    let records = state.store.records(query).await.map_err(Failure::from)?;
+    Ok(Json(json!({ "records": records })).into_response())
+}

@@ -1,0 +1,64 @@
+//! HTTP: the WebSocket upgrade at `/ws`, the admin REST API under `/api`,
+//! `/healthz` and Prometheus `/metrics`.
+
+pub mod admin;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::server::AppState;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/api", admin::routes())
+        .with_state(state)
+}
+
+async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    if state.connections_closing.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
+    }
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server at its connection limit",
+        )
+            .into_response();
+    };
+    let limit = state.config.signal.max_frame_bytes;
+    let tasks = state.connection_tasks.clone();
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            tasks.track_future(crate::signal::connection::serve(socket, state, permit))
+        })
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "rooms": state.rooms.len(),
+        "connections": state.metrics.connections.get(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

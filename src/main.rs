@@ -1,0 +1,155 @@
+//! The `conclave` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use conclave::auth::{Auth, Grants, claims_for};
+use conclave::config::Config;
+use conclave::server::Server;
+use conclave::signal::protocol::Role;
+
+#[derive(Parser)]
+#[command(name = "conclave", version, about = "A room and media engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Development mode: built-in key, loopback only, prints a ready-to-use token.
+        #[arg(long)]
+        dev: bool,
+        /// TOML configuration file (see examples/conclave.toml).
+        #[arg(long, short, env = "CONCLAVE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Mint an access token.
+    Token {
+        /// User id (the token's subject).
+        #[arg(long)]
+        user: String,
+        /// Display name; defaults to the user id.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// May create rooms.
+        #[arg(long)]
+        create: bool,
+        /// Room name pattern the token covers (`*` matches anything); repeatable.
+        #[arg(long = "room", default_value = "*")]
+        rooms: Vec<String>,
+        /// Role the user may take (interactor, audience); repeatable; default both.
+        #[arg(long = "role", value_parser = parse_role)]
+        roles: Vec<Role>,
+        /// May use the admin API and act on other members.
+        #[arg(long)]
+        admin: bool,
+        /// How long the token is valid, e.g. `1h`, `7d`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Sign with the built-in dev key (for `serve --dev`).
+        #[arg(long)]
+        dev: bool,
+        /// TOML configuration to read `[auth] secret` from.
+        #[arg(long, short, env = "CONCLAVE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "interactor" => Ok(Role::Interactor),
+        "audience" => Ok(Role::Audience),
+        other => Err(format!("unknown role `{other}`: use interactor or audience")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { dev, config } => serve(dev, config),
+        Command::Token {
+            user,
+            name,
+            create,
+            rooms,
+            roles,
+            admin,
+            ttl,
+            dev,
+            config,
+        } => {
+            let auth = if dev {
+                Auth::dev()
+            } else {
+                let config = Config::load(config.as_deref())?;
+                let secret = config.auth.secret.unwrap_or_default();
+                Auth::new(&secret).context(
+                    "set [auth] secret or CONCLAVE_AUTH__SECRET, or pass --dev for the dev key",
+                )?
+            };
+            let grants = Grants {
+                create,
+                rooms,
+                roles: if roles.is_empty() {
+                    Grants::default().roles
+                } else {
+                    roles
+                },
+                admin,
+            };
+            let token = auth.mint(&claims_for(&user, &name, grants, ttl))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn serve(dev: bool, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    conclave::telemetry::init_logging(config.log.format, &config.log.level);
+    if !dev && config.auth.secret.is_none() {
+        bail!(
+            "no auth secret configured: set [auth] secret (32+ bytes) or CONCLAVE_AUTH__SECRET, \
+             or run `conclave serve --dev` to try conclave locally"
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::start(config, dev).await?;
+        if dev {
+            print_dev_banner(&server)?;
+        }
+        server.run_until_signal().await;
+        Ok(())
+    })
+}
+
+fn print_dev_banner(server: &Server) -> anyhow::Result<()> {
+    let grants = Grants {
+        create: true,
+        rooms: vec!["*".into()],
+        admin: true,
+        ..Grants::default()
+    };
+    let token = Auth::dev().mint(&claims_for(
+        "dev",
+        "Developer",
+        grants,
+        Duration::from_secs(7 * 24 * 3600),
+    ))?;
+    let addr = server.addr();
+    println!("conclave is running in dev mode (built-in key, loopback only)");
+    println!("  signaling  ws://{addr}/ws");
+    println!("  admin API  http://{addr}/api/rooms");
+    println!("  metrics    http://{addr}/metrics");
+    println!("  token (user `dev`, admin, may create and join any room, valid 7 days):");
+    println!("{token}");
+    println!("  mint more: conclave token --dev --user alice --create");
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Assembles a running server from a [`Config`]: store, rooms, auth, metrics,
+//! the HTTP router, and an orderly shutdown.
+//!
+//! Shutdown order matters and is the reason this file exists:
+//! 1. stop accepting connections and creates;
+//! 2. close every room: members get `disconnected {reason: shutdown}` and the
+//!    call records are ended;
+//! 3. tell every connection to pass on what is queued and close (1001);
+//! 4. wait for connections (bounded by `shutdown_grace`);
+//! 5. drain the store, so every record write is on disk before exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, AuthError};
+use crate::config::Config;
+use crate::room::Rooms;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError, StoreHandle, StoreWorker};
+use crate::telemetry::Metrics;
+
+/// Everything request handlers share.
+pub struct AppState {
+    pub config: Config,
+    pub dev: bool,
+    pub rooms: Rooms,
+    pub auth: Auth,
+    pub store: StoreHandle,
+    pub metrics: Arc<Metrics>,
+    /// One permit per open signaling connection.
+    pub connection_slots: Arc<Semaphore>,
+    /// Cancelled at shutdown, after rooms have closed.
+    pub connections_closing: CancellationToken,
+    pub connection_tasks: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "no usable auth secret: {0}. Set [auth] secret or CONCLAVE_AUTH__SECRET, or run with --dev"
+    )]
+    Secret(AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop_accepting: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    store_worker: StoreWorker,
+}
+
+impl Server {
+    /// Opens the store, binds the listener and starts serving. In `dev` mode
+    /// the built-in key is used and the address is forced to loopback.
+    pub async fn start(mut config: Config, dev: bool) -> Result<Server, ServerError> {
+        let auth = if dev {
+            config.server.bind.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            Auth::dev()
+        } else {
+            let secret = config.auth.secret.as_deref().unwrap_or("");
+            Auth::new(secret).map_err(ServerError::Secret)?
+        };
+
+        let mut store = SqliteStore::open_in(&config.server.data_dir)?;
+        let dangling = store.close_dangling(crate::room::now().unix_ms)?;
+        if dangling > 0 {
+            tracing::warn!(dangling, "ended call records left open by an earlier crash");
+        }
+        let (store, store_worker) = StoreHandle::spawn(store);
+
+        let metrics = Metrics::new();
+        let rooms = Rooms::new(
+            config.rooms.settings(),
+            config.rooms.max_rooms,
+            config.rooms.command_queue,
+            store.clone(),
+            metrics.clone(),
+        );
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.server.bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.server.bind,
+            source,
+        })?;
+
+        let state = Arc::new(AppState {
+            connection_slots: Arc::new(Semaphore::new(config.signal.max_connections)),
+            config,
+            dev,
+            rooms,
+            auth,
+            store,
+            metrics,
+            connections_closing: CancellationToken::new(),
+            connection_tasks: TaskTracker::new(),
+        });
+
+        let stop_accepting = CancellationToken::new();
+        let router = crate::http::router(state.clone());
+        let stop = stop_accepting.clone();
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, dev, "conclave listening");
+        Ok(Server {
+            addr,
+            state,
+            stop_accepting,
+            http,
+            store_worker,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then shuts down in order.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        self.shutdown().await;
+    }
+
+    /// Shuts down in the order described at the top of this module.
+    pub async fn shutdown(self) {
+        let state = self.state;
+        self.stop_accepting.cancel();
+        state.rooms.shutdown().await;
+        state.connections_closing.cancel();
+        state.connection_tasks.close();
+        let grace = state.config.server.shutdown_grace;
+        if tokio::time::timeout(grace, state.connection_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "connections still open after the shutdown grace period");
+        }
+        // Plain HTTP requests finish on their own; do not wait past the grace.
+        let _ = tokio::time::timeout(grace, self.http).await;
+        state.store.stop();
+        let worker = self.store_worker;
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,399 @@
+//! One task per WebSocket connection.
+//!
+//! The task owns the socket and the connection's state (who it is, which room
+//! it is in) and waits on: the next frame, the next message a room queued for
+//! it, its idle deadline (hello, then heartbeat), and shutdown. Requests on one
+//! connection are handled one at a time, in order.
+//!
+//! Ordering guarantee: a room queues events for this connection *before* it
+//! answers the request that caused them, so before writing any response the
+//! task first writes everything already queued. A client therefore sees the
+//! events that happened before its request was applied, then the response,
+//! then later events.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::protocol::{
+    CreateOk, HelloOk, PROTOCOL_VERSION, Request, ServerMessage, parse_request,
+};
+use super::ratelimit::TokenBucket;
+use crate::auth::Identity;
+use crate::ids::{ChannelId, ConnId};
+use crate::room::{Actor, Outbound, RoomHandle, Sink};
+use crate::server::AppState;
+use crate::status::{Failure, Status};
+use crate::telemetry::ReasonLabel;
+
+/// WebSocket close codes used by the server (RFC 6455 section 7.4.1).
+pub mod close_code {
+    /// Normal close: the server is going away (shutdown).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation: rate abuse, or a client too slow to read its events.
+    pub const POLICY: u16 = 1008;
+    /// A frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// No hello, or no heartbeat, in time.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+}
+
+struct Joined {
+    handle: RoomHandle,
+    channel_id: ChannelId,
+}
+
+/// Why the loop ended, and what to tell the client.
+enum End {
+    /// The client closed or the socket failed; nothing to send.
+    Gone,
+    Close(u16, &'static str),
+}
+
+struct Connection {
+    conn: ConnId,
+    state: Arc<AppState>,
+    identity: Option<Arc<Identity>>,
+    room: Option<Joined>,
+    ws: SplitSink<WebSocket, Message>,
+    outbox: mpsc::Receiver<Outbound>,
+    sink: Sink,
+    bucket: TokenBucket,
+    rejected_in_a_row: u32,
+    last_heard: Instant,
+    opened: Instant,
+}
+
+/// Runs a connection to its end. `permit` holds one of the server's
+/// connection slots for as long as the connection lives.
+pub async fn serve(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePermit) {
+    let conn = ConnId::next();
+    let span = tracing::info_span!("conn", conn = %conn, user = tracing::field::Empty);
+    async move {
+        let (ws, stream) = socket.split();
+        let (tx, outbox) = mpsc::channel(state.config.signal.outbound_queue.max(1));
+        let kill = CancellationToken::new();
+        let now = Instant::now();
+        let mut connection = Connection {
+            conn,
+            identity: None,
+            room: None,
+            ws,
+            outbox,
+            sink: Sink::new(tx, kill.clone()),
+            bucket: TokenBucket::new(
+                state.config.signal.rate_per_second,
+                state.config.signal.rate_burst,
+                now,
+            ),
+            rejected_in_a_row: 0,
+            last_heard: now,
+            opened: now,
+            state,
+        };
+        connection.state.metrics.connections.inc();
+        tracing::debug!("connected");
+        connection.run(stream, kill).await;
+        connection.state.metrics.connections.dec();
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+impl Connection {
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>, kill: CancellationToken) {
+        let shutdown = self.state.connections_closing.clone();
+        let end = loop {
+            let idle = tokio::time::Instant::from_std(self.idle_deadline());
+            tokio::select! {
+                biased;
+                _ = kill.cancelled() => break End::Close(close_code::POLICY, "too slow: event queue full"),
+                _ = shutdown.cancelled() => {
+                    // Rooms have already told members why; pass on anything queued.
+                    self.flush_outbox().await;
+                    break End::Close(close_code::GOING_AWAY, "server shutting down");
+                }
+                Some(out) = self.outbox.recv() => {
+                    if self.deliver(out).await.is_err() {
+                        break End::Gone;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle) => {
+                    let why = if self.identity.is_none() { "no hello in time" } else { "heartbeat timeout" };
+                    tracing::info!(why, "closing idle connection");
+                    break End::Close(close_code::IDLE_TIMEOUT, why);
+                }
+                frame = stream.next() => match frame {
+                    None => break End::Gone,
+                    Some(Err(e)) => {
+                        if is_too_big(&e) {
+                            self.reject_frame("too_big");
+                            break End::Close(close_code::TOO_BIG, "frame exceeds the size limit");
+                        }
+                        tracing::debug!(error = %e, "socket error");
+                        break End::Gone;
+                    }
+                    Some(Ok(msg)) => {
+                        self.last_heard = Instant::now();
+                        match msg {
+                            Message::Text(text) => {
+                                if let Some(end) = self.on_text(&text).await {
+                                    break end;
+                                }
+                            }
+                            Message::Binary(_) => {
+                                self.reject_frame("binary");
+                                let reply = ServerMessage::error(None, Failure::new(
+                                    Status::BadRequest,
+                                    "binary frames are not part of the protocol; send JSON text",
+                                ));
+                                if self.respond(reply).await.is_err() {
+                                    break End::Gone;
+                                }
+                            }
+                            Message::Close(_) => break End::Gone,
+                            // axum answers pings itself; both count as life.
+                            Message::Ping(_) | Message::Pong(_) => {}
+                        }
+                    }
+                },
+            }
+        };
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = self.ws.send(Message::Close(Some(frame))).await;
+        }
+        let _ = self.ws.close().await;
+        if let Some(joined) = self.room.take() {
+            joined.handle.disconnected(self.conn).await;
+        }
+        tracing::debug!("disconnected");
+    }
+
+    fn idle_deadline(&self) -> Instant {
+        let signal = &self.state.config.signal;
+        if self.identity.is_none() {
+            self.opened + signal.hello_timeout
+        } else {
+            self.last_heard + signal.heartbeat_timeout
+        }
+    }
+
+    fn reject_frame(&self, reason: &'static str) {
+        self.state
+            .metrics
+            .rejected_frames
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Handles one text frame; returns how to end the connection if it must end.
+    async fn on_text(&mut self, text: &str) -> Option<End> {
+        let started = Instant::now();
+        let parsed = parse_request(text);
+        if !self.bucket.try_take(started) {
+            self.rejected_in_a_row += 1;
+            self.reject_frame("rate");
+            if self.rejected_in_a_row >= self.state.config.signal.rate_abuse_limit {
+                tracing::warn!("closing connection for rate abuse");
+                return Some(End::Close(close_code::POLICY, "rate limit exceeded"));
+            }
+            let id = match &parsed {
+                Ok(env) => Some(env.id),
+                Err(m) => m.id,
+            };
+            let reply = ServerMessage::error(
+                id,
+                Failure::new(Status::RateLimited, "too many requests; slow down"),
+            );
+            return self.respond(reply).await.err().map(|_| End::Gone);
+        }
+        self.rejected_in_a_row = 0;
+
+        let (reply, kind, code) = match parsed {
+            Err(malformed) => {
+                self.reject_frame("malformed");
+                let failure = Failure::new(Status::BadRequest, malformed.message);
+                (ServerMessage::error(malformed.id, failure), "malformed", 400)
+            }
+            Ok(env) => {
+                let kind = env.request.kind();
+                let (reply, code) = match self.handle(env.request).await {
+                    Ok(data) => (ServerMessage::ok(env.id, data), Status::Ok.code()),
+                    Err(failure) => {
+                        let code = failure.status.code();
+                        tracing::debug!(request = kind, code, message = %failure.message, "request refused");
+                        (ServerMessage::error(Some(env.id), failure), code)
+                    }
+                };
+                (reply, kind, code)
+            }
+        };
+        let result = self.respond(reply).await;
+        self.state
+            .metrics
+            .observe_request(kind, code, started.elapsed().as_secs_f64());
+        result.err().map(|_| End::Gone)
+    }
+
+    async fn handle(&mut self, request: Request) -> Result<serde_json::Value, Failure> {
+        if let Request::Hello { version, token } = &request {
+            if self.identity.is_some() {
+                return Err(Failure::new(Status::Conflict, "hello was already accepted"));
+            }
+            return self.hello(*version, token);
+        }
+        let Some(identity) = self.identity.clone() else {
+            return Err(Failure::new(
+                Status::Unauthorized,
+                "send `hello` with a token first",
+            ));
+        };
+        let me = Actor::Member(self.conn);
+        match request {
+            Request::Hello { .. } => Err(Failure::new(Status::Conflict, "hello was already accepted")),
+            Request::Ping {} => Ok(serde_json::Value::Null),
+            Request::Create { room, custom_info } => {
+                identity.check_create(&room)?;
+                let handle = self.state.rooms.create(room.clone(), custom_info)?;
+                tracing::info!(room = %room, channel_id = %handle.channel_id(), "room created");
+                to_value(CreateOk {
+                    room,
+                    channel_id: handle.channel_id(),
+                })
+            }
+            Request::Join { room, mode, role } => {
+                if let Some(joined) = &self.room {
+                    return Err(Failure::new(
+                        Status::Conflict,
+                        format!(
+                            "already in room `{}`; leave it before joining another",
+                            joined.handle.name()
+                        ),
+                    ));
+                }
+                identity.check_room(&room)?;
+                let handle = self.state.rooms.find(&room)?;
+                let ok = handle
+                    .join(self.conn, identity, mode, role, self.sink.clone())
+                    .await?;
+                self.room = Some(Joined {
+                    channel_id: ok.channel_id,
+                    handle,
+                });
+                to_value(ok)
+            }
+            Request::Leave {} => {
+                let joined = self.current_room()?;
+                joined.handle.leave(self.conn).await?;
+                self.room = None;
+                Ok(serde_json::Value::Null)
+            }
+            Request::SetRole { role, user } => {
+                self.current_room()?.handle.set_role(me, user, role).await?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::Mute { kind, muted, user } => {
+                self.current_room()?
+                    .handle
+                    .mute(me, user, kind, muted)
+                    .await?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::Kick { user } => {
+                self.current_room()?.handle.kick(me, user).await?;
+                Ok(serde_json::Value::Null)
+            }
+        }
+    }
+
+    fn hello(&mut self, version: u32, token: &str) -> Result<serde_json::Value, Failure> {
+        if version != PROTOCOL_VERSION {
+            return Err(Failure::new(
+                Status::VersionUnsupported,
+                format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        let identity = self.state.auth.verify(token)?;
+        tracing::Span::current().record("user", identity.user.as_str());
+        tracing::debug!("hello accepted");
+        let config = &self.state.config;
+        let ok = HelloOk {
+            version: PROTOCOL_VERSION,
+            server: format!("conclave/{}", env!("CARGO_PKG_VERSION")),
+            user: identity.user.clone(),
+            name: identity.name.clone(),
+            heartbeat_interval_ms: config.signal.heartbeat_interval.as_millis() as u64,
+            heartbeat_timeout_ms: config.signal.heartbeat_timeout.as_millis() as u64,
+            reconnect_grace_ms: config.rooms.reconnect_grace.as_millis() as u64,
+        };
+        self.identity = Some(Arc::new(identity));
+        to_value(ok)
+    }
+
+    fn current_room(&self) -> Result<&Joined, Failure> {
+        self.room
+            .as_ref()
+            .ok_or_else(|| Failure::new(Status::NotFound, "not in a room"))
+    }
+
+    /// Writes a room's message; a removal also ends our membership.
+    async fn deliver(&mut self, out: Outbound) -> Result<(), axum::Error> {
+        let text = match out {
+            Outbound::Text(text) => text,
+            Outbound::Removed { channel_id, text } => {
+                if self.room.as_ref().is_some_and(|j| j.channel_id == channel_id) {
+                    self.room = None;
+                }
+                text
+            }
+        };
+        self.ws.send(Message::Text(Utf8Bytes::from(&*text))).await
+    }
+
+    async fn flush_outbox(&mut self) {
+        while let Ok(out) = self.outbox.try_recv() {
+            if self.deliver(out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes a response after everything rooms queued before it.
+    async fn respond(&mut self, msg: ServerMessage) -> Result<(), axum::Error> {
+        self.flush_outbox().await;
+        self.ws
+            .send(Message::Text(Utf8Bytes::from(msg.to_json())))
+            .await
+    }
+}
+
+fn to_value(data: impl serde::Serialize) -> Result<serde_json::Value, Failure> {
+    serde_json::to_value(data).map_err(|e| Failure::new(Status::Internal, e.to_string()))
+}
+
+/// Whether a read error is tungstenite refusing an oversized frame or message.
+fn is_too_big(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(err) = source {
+        if let Some(t) = err.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        source = err.source();
+    }
+    // Different tungstenite versions cannot be downcast; fall back to the text.
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long")
+}
+

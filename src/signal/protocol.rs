@@ -1,0 +1,398 @@
+//! The signaling protocol's messages, as serde types.
+//!
+//! Every frame is one JSON object with a `type`. Requests from a client carry
+//! an `id` the response echoes; events from the server carry none. The server
+//! and the Rust client share these types, so the wire format is defined once.
+//! docs/protocol.md is the prose for the same thing and must change with it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ChannelId, RoomName, UserId};
+use crate::status::{Failure, Status};
+
+/// The protocol version this server speaks, sent in the `hello` handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a member may do with media in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Publishes and receives.
+    Interactor,
+    /// Receives only.
+    Audience,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Interactor => "interactor",
+            Role::Audience => "audience",
+        }
+    }
+}
+
+/// The call type chosen at join: audio only, or audio and video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Audio,
+    Video,
+}
+
+/// Which of a member's media a mute applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// Why a member is no longer in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The member asked to leave.
+    Normal,
+    /// Connection lost or heartbeat missed, and no reconnect within the grace window.
+    Timeout,
+    /// An administrator (or a policy) removed the member.
+    Kicked,
+    /// The room was closed with members still in it.
+    RoomClosed,
+    /// The server is shutting down.
+    Shutdown,
+    /// The same user joined again from another connection; only ever sent to
+    /// the connection that lost the membership, never as `member_left`.
+    Replaced,
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Normal => "normal",
+            LeaveReason::Timeout => "timeout",
+            LeaveReason::Kicked => "kicked",
+            LeaveReason::RoomClosed => "room_closed",
+            LeaveReason::Shutdown => "shutdown",
+            LeaveReason::Replaced => "replaced",
+        }
+    }
+}
+
+/// A member as others see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub user: UserId,
+    pub name: String,
+    pub role: Role,
+    pub mode: Mode,
+    pub audio_muted: bool,
+    pub video_muted: bool,
+    /// Unix milliseconds when this membership began.
+    pub joined_at: i64,
+}
+
+/// A request from a client, without its envelope `id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The first message on every connection.
+    Hello { version: u32, token: String },
+    /// Create a room; nobody is in it until someone joins.
+    Create {
+        room: RoomName,
+        #[serde(default)]
+        custom_info: String,
+    },
+    /// Join a created room.
+    Join {
+        room: RoomName,
+        mode: Mode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+    },
+    /// Leave the current room.
+    Leave {},
+    /// Change the role of oneself, or of `user` (needs the admin grant).
+    SetRole {
+        role: Role,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
+    },
+    /// Mute or unmute one's own audio or video, or `user`'s (needs the admin grant).
+    Mute {
+        kind: MediaKind,
+        muted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
+    },
+    /// Remove `user` from the current room (needs the admin grant).
+    Kick { user: UserId },
+    /// Heartbeat; any message counts, this one does nothing else.
+    Ping {},
+}
+
+impl Request {
+    /// The `type` string, for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Create { .. } => "create",
+            Request::Join { .. } => "join",
+            Request::Leave {} => "leave",
+            Request::SetRole { .. } => "set_role",
+            Request::Mute { .. } => "mute",
+            Request::Kick { .. } => "kick",
+            Request::Ping {} => "ping",
+        }
+    }
+}
+
+/// A request with its envelope, as it travels.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Envelope {
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A frame that could not be read as a request; answered with 400 and the
+/// request id when one could be found.
+#[derive(Debug)]
+pub struct Malformed {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+/// Parses one text frame. The id is read first, so even a request with a bad
+/// body gets an answer its sender can match.
+pub fn parse_request(text: &str) -> Result<Envelope, Malformed> {
+    let mut value: Value = serde_json::from_str(text).map_err(|e| Malformed {
+        id: None,
+        message: format!("malformed JSON: {e}"),
+    })?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(Malformed {
+            id: None,
+            message: "a message must be a JSON object".into(),
+        });
+    };
+    let id = match object.remove("id") {
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(_) => {
+            return Err(Malformed {
+                id: None,
+                message: "`id` must be a non-negative integer".into(),
+            });
+        }
+        None => None,
+    };
+    let request = Request::deserialize(value).map_err(|e| Malformed {
+        id,
+        message: format!("invalid request: {e}"),
+    })?;
+    let Some(id) = id else {
+        return Err(Malformed {
+            id: None,
+            message: "missing field `id`".into(),
+        });
+    };
+    Ok(Envelope { id, request })
+}
+
+/// Everything the server sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to one request.
+    Response {
+        /// The request's id; absent only when the request's id could not be read.
+        id: Option<u64>,
+        code: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        data: Value,
+    },
+    /// Someone joined the room (not sent to the joiner, who gets the member list).
+    MemberJoined {
+        room: RoomName,
+        channel_id: ChannelId,
+        member: MemberInfo,
+    },
+    /// Someone left the room.
+    MemberLeft {
+        room: RoomName,
+        channel_id: ChannelId,
+        user: UserId,
+        reason: LeaveReason,
+    },
+    /// A member's role changed.
+    RoleChanged {
+        room: RoomName,
+        channel_id: ChannelId,
+        user: UserId,
+        role: Role,
+        operate_by: String,
+    },
+    /// A member's audio or video mute changed; sent to everyone, the member too.
+    MuteChanged {
+        room: RoomName,
+        channel_id: ChannelId,
+        user: UserId,
+        kind: MediaKind,
+        muted: bool,
+        operate_by: String,
+    },
+    /// The server ended this connection's membership.
+    Disconnected {
+        room: RoomName,
+        channel_id: ChannelId,
+        code: Status,
+        reason: LeaveReason,
+    },
+}
+
+impl ServerMessage {
+    pub fn ok(id: u64, data: impl Serialize) -> Self {
+        ServerMessage::Response {
+            id: Some(id),
+            code: Status::Ok,
+            message: None,
+            data: serde_json::to_value(data).unwrap_or(Value::Null),
+        }
+    }
+
+    pub fn error(id: Option<u64>, failure: Failure) -> Self {
+        ServerMessage::Response {
+            id,
+            code: failure.status,
+            message: Some(failure.message),
+            data: Value::Null,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// `data` of the `hello` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HelloOk {
+    pub version: u32,
+    pub server: String,
+    pub user: UserId,
+    pub name: String,
+    /// Send something (a `ping` will do) at least this often.
+    pub heartbeat_interval_ms: u64,
+    /// Silence for this long ends the connection; the membership then waits
+    /// `reconnect_grace_ms` for a reconnect before leaving with `timeout`.
+    pub heartbeat_timeout_ms: u64,
+    pub reconnect_grace_ms: u64,
+}
+
+/// `data` of the `create` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateOk {
+    pub room: RoomName,
+    pub channel_id: ChannelId,
+}
+
+/// `data` of the `join` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinOk {
+    pub room: RoomName,
+    pub channel_id: ChannelId,
+    pub custom_info: String,
+    pub role: Role,
+    pub mode: Mode,
+    /// Everyone in the room, the joiner included, in join order.
+    pub members: Vec<MemberInfo>,
+    /// True when this join took over an existing membership of the same user
+    /// (a reconnect inside the grace window): others saw nothing.
+    pub resumed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_join() {
+        let env = parse_request(r#"{"id":7,"type":"join","room":"r1","mode":"audio"}"#).unwrap();
+        assert_eq!(env.id, 7);
+        assert_eq!(
+            env.request,
+            Request::Join {
+                room: RoomName::new("r1").unwrap(),
+                mode: Mode::Audio,
+                role: None
+            }
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_id_when_they_can() {
+        let err = parse_request(r#"{"id":3,"type":"join","room":"r1"}"#).unwrap_err();
+        assert_eq!(err.id, Some(3));
+        assert!(err.message.contains("missing field `mode`"), "{}", err.message);
+
+        let err = parse_request(r#"{"id":4,"type":"dance"}"#).unwrap_err();
+        assert_eq!(err.id, Some(4));
+        assert!(err.message.contains("unknown variant `dance`"), "{}", err.message);
+
+        let err = parse_request(r#"{"id":5,"type":"create","room":""}"#).unwrap_err();
+        assert!(err.message.contains("room name is empty"), "{}", err.message);
+
+        let err = parse_request("{not json").unwrap_err();
+        assert_eq!(err.id, None);
+        assert!(err.message.starts_with("malformed JSON"));
+
+        let err = parse_request(r#"{"type":"ping"}"#).unwrap_err();
+        assert_eq!(err.message, "missing field `id`");
+
+        let err = parse_request(r#"{"id":1,"type":"ping","extra":1}"#).unwrap_err();
+        assert!(err.message.contains("unknown field `extra`"), "{}", err.message);
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let env = Envelope {
+            id: 9,
+            request: Request::Mute {
+                kind: MediaKind::Video,
+                muted: true,
+                user: None,
+            },
+        };
+        let text = serde_json::to_string(&env).unwrap();
+        assert_eq!(parse_request(&text).unwrap(), env);
+    }
+
+    #[test]
+    fn events_serialize_with_their_type() {
+        let msg = ServerMessage::MemberLeft {
+            room: RoomName::new("r").unwrap(),
+            channel_id: ChannelId(5),
+            user: "bob".into(),
+            reason: LeaveReason::Timeout,
+        };
+        let v: Value = serde_json::from_str(&msg.to_json()).unwrap();
+        assert_eq!(v["type"], "member_left");
+        assert_eq!(v["reason"], "timeout");
+        assert_eq!(v["channel_id"], 5);
+    }
+}
