@@ -283,7 +283,12 @@ mod tests {
             admin: false,
         };
         let token = auth
-            .mint(&claims_for("u1", "Ann", grants.clone(), Duration::from_secs(60)))
+            .mint(&claims_for(
+                "u1",
+                "Ann",
+                grants.clone(),
+                Duration::from_secs(60),
+            ))
             .unwrap();
         let id = auth.verify(&token).unwrap();
         assert_eq!(id.user.as_str(), "u1");
@@ -299,7 +304,12 @@ mod tests {
         let auth = Auth::dev();
         let other = Auth::new(&"x".repeat(40)).unwrap();
         let token = other
-            .mint(&claims_for("u", "", Grants::default(), Duration::from_secs(60)))
+            .mint(&claims_for(
+                "u",
+                "",
+                Grants::default(),
+                Duration::from_secs(60),
+            ))
             .unwrap();
         assert!(matches!(auth.verify(&token), Err(AuthError::BadSignature)));
 

@@ -65,7 +65,9 @@ fn parse_role(s: &str) -> Result<Role, String> {
     match s {
         "interactor" => Ok(Role::Interactor),
         "audience" => Ok(Role::Audience),
-        other => Err(format!("unknown role `{other}`: use interactor or audience")),
+        other => Err(format!(
+            "unknown role `{other}`: use interactor or audience"
+        )),
     }
 }
 

@@ -68,7 +68,10 @@ impl Server {
     /// the built-in key is used and the address is forced to loopback.
     pub async fn start(mut config: Config, dev: bool) -> Result<Server, ServerError> {
         let auth = if dev {
-            config.server.bind.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            config
+                .server
+                .bind
+                .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             Auth::dev()
         } else {
             let secret = config.auth.secret.as_deref().unwrap_or("");
@@ -161,7 +164,10 @@ impl Server {
             .await
             .is_err()
         {
-            tracing::warn!(?grace, "connections still open after the shutdown grace period");
+            tracing::warn!(
+                ?grace,
+                "connections still open after the shutdown grace period"
+            );
         }
         // Plain HTTP requests finish on their own; do not wait past the grace.
         let _ = tokio::time::timeout(grace, self.http).await;

@@ -61,12 +61,32 @@ impl Metrics {
         });
         let rejected_frames = Family::<ReasonLabel, Counter>::default();
         registry.register("rooms", "Open rooms", rooms.clone());
-        registry.register("members", "Members in rooms, including those in their reconnect grace window", members.clone());
-        registry.register("connections", "Open signaling connections", connections.clone());
+        registry.register(
+            "members",
+            "Members in rooms, including those in their reconnect grace window",
+            members.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open signaling connections",
+            connections.clone(),
+        );
         registry.register("joins", "Members that joined a room", joins.clone());
-        registry.register("leaves", "Members that left a room, by reason", leaves.clone());
-        registry.register("rooms_closed", "Rooms closed, by reason", rooms_closed.clone());
-        registry.register("requests", "Signaling requests answered, by type and status code", requests.clone());
+        registry.register(
+            "leaves",
+            "Members that left a room, by reason",
+            leaves.clone(),
+        );
+        registry.register(
+            "rooms_closed",
+            "Rooms closed, by reason",
+            rooms_closed.clone(),
+        );
+        registry.register(
+            "requests",
+            "Signaling requests answered, by type and status code",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from a signaling request's arrival to its response, by type and status code",

@@ -85,6 +85,9 @@ pub struct SignalClient {
     next_id: Arc<AtomicU64>,
     options: ClientOptions,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// The socket's reader and writer; dropping the client aborts them, which
+    /// drops the TCP connection at once.
+    io: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl SignalClient {
@@ -105,7 +108,7 @@ impl SignalClient {
         let pending: Pending = Arc::default();
         let close: Arc<Mutex<Option<(u16, String)>>> = Arc::default();
 
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
                 let closing = matches!(msg, Message::Close(_));
                 if write.send(msg).await.is_err() || closing {
@@ -116,7 +119,7 @@ impl SignalClient {
 
         let reader_pending = pending.clone();
         let reader_close = close.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Some(frame) = read.next().await {
                 let text = match frame {
                     Ok(Message::Text(text)) => text,
@@ -157,6 +160,7 @@ impl SignalClient {
             next_id: Arc::new(AtomicU64::new(1)),
             options,
             heartbeat: None,
+            io: vec![reader, writer],
         })
     }
 
@@ -291,16 +295,24 @@ impl SignalClient {
         }
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely: a close frame, then the socket ends
+    /// once the server answers it.
     pub fn close(mut self) {
         self.stop_heartbeat();
         let _ = self.out.send(Message::Close(None));
+        // Let the reader and writer finish the closing handshake.
+        self.io.clear();
     }
 }
 
 impl Drop for SignalClient {
+    /// Dropping without [`SignalClient::close`] cuts the connection, as a
+    /// network failure would.
     fn drop(&mut self) {
         self.stop_heartbeat();
+        for task in &self.io {
+            task.abort();
+        }
     }
 }
 

@@ -135,8 +135,8 @@ async fn get_room(
     let members = handle.members().await?;
     let mut summary = serde_json::to_value(handle.summary())
         .map_err(|e| Failure::new(Status::Internal, e.to_string()))?;
-    summary["member_list"] = serde_json::to_value(members)
-        .map_err(|e| Failure::new(Status::Internal, e.to_string()))?;
+    summary["member_list"] =
+        serde_json::to_value(members).map_err(|e| Failure::new(Status::Internal, e.to_string()))?;
     Ok(Json(summary).into_response())
 }
 
@@ -186,7 +186,12 @@ async fn mute(
     let Json(body) = body?;
     let handle = find(&state, room)?;
     handle
-        .mute(Actor::Admin(admin.user), Some(UserId(user)), body.kind, body.muted)
+        .mute(
+            Actor::Admin(admin.user),
+            Some(UserId(user)),
+            body.kind,
+            body.muted,
+        )
         .await?;
     Ok(Json(json!({})).into_response())
 }

@@ -117,10 +117,7 @@ impl RoomHandle {
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Failure> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .await
-            .map_err(|_| self.closed())?;
+        self.tx.send(make(reply)).await.map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
     }
 
@@ -261,9 +258,6 @@ impl RoomDriver {
             }
             self.drain();
         }
-        self.ctx
-            .registry
-            .remove(self.room.name(), self.room.channel_id());
         // Commands still queued get their reply dropped, which the handle
         // reports as "room closed".
         rx.close();
@@ -387,6 +381,11 @@ impl RoomDriver {
                 }
                 Output::Closed(reason) => {
                     tracing::info!(reason = reason.as_str(), "room closing");
+                    // Free the name before answering the request that closed
+                    // the room, so a client may create it again at once.
+                    self.ctx
+                        .registry
+                        .remove(self.room.name(), self.room.channel_id());
                     self.ctx.metrics.rooms.dec();
                     self.ctx
                         .metrics

@@ -26,7 +26,10 @@ use crate::ids::ChannelId;
 pub enum Outbound {
     Text(Arc<str>),
     /// The connection's membership in `channel_id` is over; `text` says why.
-    Removed { channel_id: ChannelId, text: Arc<str> },
+    Removed {
+        channel_id: ChannelId,
+        text: Arc<str>,
+    },
 }
 
 /// Where a room delivers messages for one connection.

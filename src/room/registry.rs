@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::actor::{self, RoomContext, RoomHandle, RoomSummary};
-use super::state::{Room, RoomSettings};
 use super::now;
+use super::state::{Room, RoomSettings};
 use crate::ids::{ChannelId, RoomName};
 use crate::status::{Failure, Status};
 use crate::store::StoreHandle;
@@ -71,7 +71,10 @@ impl Rooms {
     /// Creates a room; 417 if the name is taken, 503 at capacity or in shutdown.
     pub fn create(&self, name: RoomName, custom_info: String) -> Result<RoomHandle, Failure> {
         if self.inner.shutdown.is_cancelled() {
-            return Err(Failure::new(Status::Unavailable, "the server is shutting down"));
+            return Err(Failure::new(
+                Status::Unavailable,
+                "the server is shutting down",
+            ));
         }
         let mut map = self.inner.map.lock().expect("room map lock poisoned");
         if map.contains_key(&name) {
@@ -83,7 +86,10 @@ impl Rooms {
         if map.len() >= self.inner.max_rooms {
             return Err(Failure::new(
                 Status::Unavailable,
-                format!("the server holds its limit of {} rooms", self.inner.max_rooms),
+                format!(
+                    "the server holds its limit of {} rooms",
+                    self.inner.max_rooms
+                ),
             ));
         }
         let room = Room::new(

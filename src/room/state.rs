@@ -152,6 +152,8 @@ struct Member {
     grace_until: Option<Instant>,
     /// May act on other members.
     admin: bool,
+    /// Roles the member's token lets it take for itself.
+    roles: Vec<Role>,
 }
 
 /// One room instance.
@@ -293,6 +295,7 @@ impl Room {
             let previous = member.conn.replace(conn);
             member.grace_until = None;
             member.admin = who.grants.admin;
+            member.roles.clone_from(&who.grants.roles);
             let (role, mode) = (member.info.role, member.info.mode);
             self.conns.insert(conn, who.user.clone());
             if let Some(old) = previous.filter(|old| *old != conn) {
@@ -359,6 +362,7 @@ impl Room {
                 conn: Some(conn),
                 grace_until: None,
                 admin: who.grants.admin,
+                roles: who.grants.roles.clone(),
             },
         );
         self.conns.insert(conn, who.user.clone());
@@ -398,7 +402,7 @@ impl Room {
     }
 
     /// Switches a member's role: one's own within the token's roles, anyone's
-    /// with the admin grant. Becoming audience mutes audio and video.
+    /// (to any role) with the admin grant. Becoming audience mutes audio and video.
     pub fn set_role(
         &mut self,
         actor: &Actor,
@@ -410,6 +414,10 @@ impl Room {
             .members
             .get_mut(&target)
             .ok_or_else(|| RoomError::NoSuchMember(target.clone()))?;
+        let for_itself = matches!(actor, Actor::Member(_)) && operator == target;
+        if for_itself && !member.roles.contains(&role) {
+            return Err(RoomError::RoleNotAllowed(role));
+        }
         if member.info.role == role {
             return Ok(());
         }
@@ -628,3 +636,6 @@ impl Room {
         self.out.push_back(Output::Closed(reason));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,9 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::protocol::{
-    CreateOk, HelloOk, PROTOCOL_VERSION, Request, ServerMessage, parse_request,
-};
+use super::protocol::{CreateOk, HelloOk, PROTOCOL_VERSION, Request, ServerMessage, parse_request};
 use super::ratelimit::TokenBucket;
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId};
@@ -224,7 +222,11 @@ impl Connection {
             Err(malformed) => {
                 self.reject_frame("malformed");
                 let failure = Failure::new(Status::BadRequest, malformed.message);
-                (ServerMessage::error(malformed.id, failure), "malformed", 400)
+                (
+                    ServerMessage::error(malformed.id, failure),
+                    "malformed",
+                    400,
+                )
             }
             Ok(env) => {
                 let kind = env.request.kind();
@@ -261,7 +263,9 @@ impl Connection {
         };
         let me = Actor::Member(self.conn);
         match request {
-            Request::Hello { .. } => Err(Failure::new(Status::Conflict, "hello was already accepted")),
+            Request::Hello { .. } => {
+                Err(Failure::new(Status::Conflict, "hello was already accepted"))
+            }
             Request::Ping {} => Ok(serde_json::Value::Null),
             Request::Create { room, custom_info } => {
                 identity.check_create(&room)?;
@@ -321,7 +325,9 @@ impl Connection {
         if version != PROTOCOL_VERSION {
             return Err(Failure::new(
                 Status::VersionUnsupported,
-                format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"),
+                format!(
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                ),
             ));
         }
         let identity = self.state.auth.verify(token)?;
@@ -352,7 +358,11 @@ impl Connection {
         let text = match out {
             Outbound::Text(text) => text,
             Outbound::Removed { channel_id, text } => {
-                if self.room.as_ref().is_some_and(|j| j.channel_id == channel_id) {
+                if self
+                    .room
+                    .as_ref()
+                    .is_some_and(|j| j.channel_id == channel_id)
+                {
                     self.room = None;
                 }
                 text
@@ -396,4 +406,3 @@ fn is_too_big(e: &axum::Error) -> bool {
     let text = e.to_string();
     text.contains("Space limit exceeded") || text.contains("too long")
 }
-

@@ -348,14 +348,26 @@ mod tests {
     fn errors_keep_the_id_when_they_can() {
         let err = parse_request(r#"{"id":3,"type":"join","room":"r1"}"#).unwrap_err();
         assert_eq!(err.id, Some(3));
-        assert!(err.message.contains("missing field `mode`"), "{}", err.message);
+        assert!(
+            err.message.contains("missing field `mode`"),
+            "{}",
+            err.message
+        );
 
         let err = parse_request(r#"{"id":4,"type":"dance"}"#).unwrap_err();
         assert_eq!(err.id, Some(4));
-        assert!(err.message.contains("unknown variant `dance`"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown variant `dance`"),
+            "{}",
+            err.message
+        );
 
         let err = parse_request(r#"{"id":5,"type":"create","room":""}"#).unwrap_err();
-        assert!(err.message.contains("room name is empty"), "{}", err.message);
+        assert!(
+            err.message.contains("room name is empty"),
+            "{}",
+            err.message
+        );
 
         let err = parse_request("{not json").unwrap_err();
         assert_eq!(err.id, None);
@@ -365,7 +377,11 @@ mod tests {
         assert_eq!(err.message, "missing field `id`");
 
         let err = parse_request(r#"{"id":1,"type":"ping","extra":1}"#).unwrap_err();
-        assert!(err.message.contains("unknown field `extra`"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown field `extra`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -119,7 +119,10 @@ pub trait Store: Send + 'static {
 
 enum Job {
     Apply(RecordOp),
-    Records(RecordQuery, oneshot::Sender<Result<Vec<CallRecord>, StoreError>>),
+    Records(
+        RecordQuery,
+        oneshot::Sender<Result<Vec<CallRecord>, StoreError>>,
+    ),
     Flush(oneshot::Sender<()>),
     Stop,
 }

@@ -120,7 +120,13 @@ impl Store for SqliteStore {
                         "INSERT INTO call_members (channel_id, user, name, role, joined_at)
                          VALUES (?1, ?2, ?3, ?4, ?5)",
                     )?
-                    .execute(params![channel_id.0, user.as_str(), name, role.as_str(), joined_at])?;
+                    .execute(params![
+                        channel_id.0,
+                        user.as_str(),
+                        name,
+                        role.as_str(),
+                        joined_at
+                    ])?;
             }
             RecordOp::Role {
                 channel_id,
@@ -145,7 +151,12 @@ impl Store for SqliteStore {
                         "UPDATE call_members SET left_at = ?3, leave_reason = ?4
                          WHERE channel_id = ?1 AND user = ?2 AND left_at IS NULL",
                     )?
-                    .execute(params![channel_id.0, user.as_str(), left_at, reason.as_str()])?;
+                    .execute(params![
+                        channel_id.0,
+                        user.as_str(),
+                        left_at,
+                        reason.as_str()
+                    ])?;
             }
             RecordOp::End {
                 channel_id,

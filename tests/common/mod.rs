@@ -1,0 +1,193 @@
+//! The integration harness: a real server on 127.0.0.1:0 with its own data
+//! directory, real WebSocket clients, and helpers that wait on events (with a
+//! generous deadline that only fires when something is broken).
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::future::Future;
+use std::time::Duration;
+
+use conclave::auth::{Auth, Grants, claims_for};
+use conclave::client::{ClientOptions, SignalClient};
+use conclave::config::Config;
+use conclave::server::Server;
+use conclave::signal::protocol::ServerMessage;
+use serde_json::Value;
+
+/// How long to wait for something that should happen promptly. Only a broken
+/// server ever reaches it.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    server: Option<Server>,
+    pub addr: std::net::SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test defaults, adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.server.bind = "127.0.0.1:0".parse().expect("literal address");
+        config.server.data_dir = data_dir.path().to_path_buf();
+        config.server.shutdown_grace = Duration::from_secs(5);
+        adjust(&mut config);
+        let server = Server::start(config, true).await.expect("server starts");
+        TestServer {
+            addr: server.addr(),
+            server: Some(server),
+            data_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A token signed with the dev key.
+    pub fn token(&self, user: &str, grants: Grants) -> String {
+        Auth::dev()
+            .mint(&claims_for(user, "", grants, Duration::from_secs(600)))
+            .expect("mint")
+    }
+
+    /// A token that may create and join any room.
+    pub fn user_token(&self, user: &str) -> String {
+        self.token(
+            user,
+            Grants {
+                create: true,
+                rooms: vec!["*".into()],
+                ..Grants::default()
+            },
+        )
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.token(
+            "ops",
+            Grants {
+                create: true,
+                rooms: vec!["*".into()],
+                admin: true,
+                ..Grants::default()
+            },
+        )
+    }
+
+    /// A connected client that has said hello as `user`.
+    pub async fn client(&self, user: &str) -> SignalClient {
+        self.client_with_token(&self.user_token(user)).await
+    }
+
+    pub async fn client_with_token(&self, token: &str) -> SignalClient {
+        let mut client = self.raw_client().await;
+        client.hello(token).await.expect("hello accepted");
+        client
+    }
+
+    /// A connected client that has not said hello yet.
+    pub async fn raw_client(&self) -> SignalClient {
+        SignalClient::connect_with(&self.ws_url(), ClientOptions { heartbeat: true })
+            .await
+            .expect("connect")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        Self::send(req).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        Self::send(req).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.delete(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        Self::send(req).await
+    }
+
+    async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("HTTP body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    /// Call records as the admin API lists them.
+    pub async fn records(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!("/api/records{query}"), Some(&self.admin_token()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["records"].as_array().expect("records array").clone()
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    /// Shuts the server down but keeps the data directory for inspection.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// The next event or unmatched response, failing the test if none comes.
+pub async fn next_event(client: &mut SignalClient) -> ServerMessage {
+    tokio::time::timeout(PATIENCE, client.next_event())
+        .await
+        .expect("an event within the deadline")
+        .expect("the connection is still open")
+}
+
+/// Waits until the server closes the connection, returning its close frame.
+pub async fn closed(client: &mut SignalClient) -> Option<(u16, String)> {
+    tokio::time::timeout(PATIENCE, async {
+        while client.next_event().await.is_some() {}
+    })
+    .await
+    .expect("the connection closes within the deadline");
+    client.close_frame()
+}
+
+/// Polls `check` until it holds; for state that has no event to wait on
+/// (a room with nobody in it expiring, say).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
