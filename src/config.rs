@@ -112,7 +112,8 @@ pub struct SignalConfig {
     pub rate_per_second: u32,
     /// Requests a connection may send in a burst above the rate.
     pub rate_burst: u32,
-    /// Requests refused in a row for rate before the connection is closed (1008).
+    /// Requests refused for rate in a row that are answered with 429; one more
+    /// closes the connection (1008).
     pub rate_abuse_limit: u32,
     /// Events queued for a connection before it is judged too slow and closed.
     pub outbound_queue: usize,

@@ -1,7 +1,7 @@
 //! Status codes of the protocol, in one place.
 //!
 //! The numbers are the NIM connect codes where one fits (200, 400, 401, 417,
-//! 500, 101, 11001, 11002), plus HTTP-style 403, 404, 413, 429 and 503 for cases
+//! 500, 101, 11001, 11002), plus HTTP-style 403, 404, 429 and 503 for cases
 //! the seed has no code for. Every error type of the crate maps to one of these
 //! through [`Status::from`] impls next to the error, so a client always gets a
 //! number and a sentence.
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub enum Status {
     /// 200: success.
     Ok,
-    /// 101: a member left by timeout (heartbeat or media lost past the grace window).
+    /// 101: the room did not answer a request in time (it is overloaded or stuck).
     Timeout,
     /// 400: malformed message, missing or invalid field.
     BadRequest,
@@ -23,9 +23,8 @@ pub enum Status {
     Forbidden,
     /// 404: no such room, or no such member in it.
     NotFound,
-    /// 413: a frame over the size limit.
-    TooLarge,
-    /// 417: a room of that name exists, or the connection is already in a room.
+    /// 417: a room of that name exists, the connection is already in a room,
+    /// or `hello` was sent twice.
     Conflict,
     /// 429: too many requests on this connection.
     RateLimited,
@@ -48,7 +47,6 @@ impl Status {
             Status::Unauthorized => 401,
             Status::Forbidden => 403,
             Status::NotFound => 404,
-            Status::TooLarge => 413,
             Status::Conflict => 417,
             Status::RateLimited => 429,
             Status::Internal => 500,
@@ -62,14 +60,13 @@ impl Status {
         Self::ALL.iter().copied().find(|s| s.code() == code)
     }
 
-    pub const ALL: [Status; 13] = [
+    pub const ALL: [Status; 12] = [
         Status::Ok,
         Status::Timeout,
         Status::BadRequest,
         Status::Unauthorized,
         Status::Forbidden,
         Status::NotFound,
-        Status::TooLarge,
         Status::Conflict,
         Status::RateLimited,
         Status::Internal,
@@ -88,7 +85,6 @@ impl Status {
             Status::Unauthorized => H::UNAUTHORIZED,
             Status::Forbidden => H::FORBIDDEN,
             Status::NotFound => H::NOT_FOUND,
-            Status::TooLarge => H::PAYLOAD_TOO_LARGE,
             Status::Conflict => H::CONFLICT,
             Status::RateLimited => H::TOO_MANY_REQUESTS,
             Status::Internal | Status::Disconnected => H::INTERNAL_SERVER_ERROR,

@@ -94,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "rejected_frames",
-            "Signaling frames refused before parsing, by reason",
+            "Signaling frames refused without being applied: too_big, binary, malformed, rate",
             rejected_frames.clone(),
         );
         Arc::new(Metrics {

@@ -15,6 +15,14 @@ async fn the_api_needs_an_admin_token() {
     assert_eq!(body["code"], 401);
     let (status, _) = srv.get("/api/rooms", Some("garbage")).await;
     assert_eq!(status, 401);
+    // The scheme is case-insensitive.
+    let resp = reqwest::Client::new()
+        .get(srv.url("/api/rooms"))
+        .header("authorization", format!("bearer {}", srv.admin_token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let (status, body) = srv.get("/api/rooms", Some(&srv.user_token("u"))).await;
     assert_eq!(status, 403);
     assert!(body["message"].as_str().unwrap().contains("admin"));

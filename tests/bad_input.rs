@@ -132,7 +132,7 @@ async fn a_flood_is_refused_with_429_then_closed_with_1008() {
     .await;
     let (mut a, mut b) = bystanders(&srv).await;
     let mut eve = srv.client("eve").await; // hello used one token
-    for id in 0..30u64 {
+    for id in 0..40u64 {
         let frame = format!(r#"{{"id":{id},"type":"ping"}}"#);
         if eve.send_raw(Message::text(frame)).is_err() {
             break;
@@ -147,7 +147,7 @@ async fn a_flood_is_refused_with_429_then_closed_with_1008() {
     let ok = codes.iter().filter(|c| **c == Status::Ok).count();
     let limited = codes.iter().filter(|c| **c == Status::RateLimited).count();
     assert!((4..=5).contains(&ok), "the burst passes: {codes:?}");
-    assert_eq!(limited, 19, "then 429 until the abuse limit: {codes:?}");
+    assert_eq!(limited, 20, "then 429 up to the abuse limit: {codes:?}");
     assert_eq!(
         eve.close_frame(),
         Some((1008, "rate limit exceeded".into()))
@@ -224,5 +224,23 @@ async fn a_close_frame_from_the_client_is_a_lost_connection() {
             ..
         }
     ));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn binary_frames_count_against_the_rate_limit() {
+    let srv = TestServer::start_with(|c| {
+        c.signal.rate_per_second = 1;
+        c.signal.rate_burst = 3;
+        c.signal.rate_abuse_limit = 5;
+    })
+    .await;
+    let mut eve = srv.client("eve").await;
+    for _ in 0..20 {
+        if eve.send_raw(Message::binary(vec![0u8; 16])).is_err() {
+            break;
+        }
+    }
+    assert_eq!(closed(&mut eve).await, Some((1008, "rate limit exceeded".into())));
     srv.shutdown().await;
 }

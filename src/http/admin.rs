@@ -82,7 +82,11 @@ impl FromRequestParts<Arc<AppState>> for Admin {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let token = header.strip_prefix("Bearer ").unwrap_or("").trim();
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => "",
+        };
         let identity = state.auth.verify(token).map_err(Failure::from)?;
         if !identity.grants.admin {
             return Err(Failure::new(Status::Forbidden, "this token has no admin grant").into());

@@ -28,6 +28,9 @@ use crate::telemetry::{Metrics, ReasonLabel};
 
 type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 
+/// How long a caller waits for a room to answer before giving up with 101.
+pub const ROOM_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) enum Command {
     Join {
         conn: ConnId,
@@ -115,10 +118,23 @@ impl RoomHandle {
         Failure::new(Status::NotFound, format!("room `{}` is closed", self.name))
     }
 
+    /// Sends a command and waits for its answer. A room that does not answer
+    /// within [`ROOM_ANSWER_TIMEOUT`] yields 101 rather than hanging the
+    /// caller: one stuck room must not stall the connections that talk to it.
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Failure> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
+        let exchange = async {
+            self.tx.send(make(reply)).await.map_err(|_| self.closed())?;
+            rx.await.map_err(|_| self.closed())?
+        };
+        tokio::time::timeout(ROOM_ANSWER_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::new(
+                    Status::Timeout,
+                    format!("room `{}` did not answer in time", self.name),
+                ))
+            })
     }
 
     pub async fn join(

@@ -125,6 +125,10 @@ pub enum RoomError {
     NoVideoInAudioMode,
     #[error("acting on another member needs the admin grant")]
     NotPermitted,
+    #[error("kicking needs the admin grant; to go, send `leave`")]
+    KickNotPermitted,
+    #[error("this token allows no role")]
+    NoRoleAllowed,
 }
 
 impl From<RoomError> for Failure {
@@ -136,7 +140,9 @@ impl From<RoomError> for Failure {
             RoomError::NoVideoInAudioMode => Status::BadRequest,
             RoomError::RoleNotAllowed(_)
             | RoomError::AudienceCannotUnmute
-            | RoomError::NotPermitted => Status::Forbidden,
+            | RoomError::NotPermitted
+            | RoomError::KickNotPermitted
+            | RoomError::NoRoleAllowed => Status::Forbidden,
         };
         Failure::new(status, e.to_string())
     }
@@ -294,8 +300,11 @@ impl Room {
         if let Some(member) = self.members.get_mut(&who.user) {
             let previous = member.conn.replace(conn);
             member.grace_until = None;
+            // A resume keeps the membership's role and mode (the request's are
+            // ignored) but takes the new token's name and grants.
             member.admin = who.grants.admin;
             member.roles.clone_from(&who.grants.roles);
+            member.info.name.clone_from(&who.name);
             let (role, mode) = (member.info.role, member.info.mode);
             self.conns.insert(conn, who.user.clone());
             if let Some(old) = previous.filter(|old| *old != conn) {
@@ -311,9 +320,7 @@ impl Room {
         let role = match role {
             Some(role) if who.may_take_role(role) => role,
             Some(role) => return Err(RoomError::RoleNotAllowed(role)),
-            None => who
-                .default_role()
-                .ok_or(RoomError::RoleNotAllowed(Role::Audience))?,
+            None => who.default_role().ok_or(RoomError::NoRoleAllowed)?,
         };
         let audience = role == Role::Audience;
         let info = MemberInfo {
@@ -414,12 +421,12 @@ impl Room {
             .members
             .get_mut(&target)
             .ok_or_else(|| RoomError::NoSuchMember(target.clone()))?;
+        if member.info.role == role {
+            return Ok(());
+        }
         let for_itself = matches!(actor, Actor::Member(_)) && operator == target;
         if for_itself && !member.roles.contains(&role) {
             return Err(RoomError::RoleNotAllowed(role));
-        }
-        if member.info.role == role {
-            return Ok(());
         }
         member.info.role = role;
         let mut forced = Vec::new();
@@ -486,7 +493,14 @@ impl Room {
     }
 
     /// Removes a member; others see `member_left` with reason `kicked`.
+    /// Always needs the admin grant, even on oneself.
     pub fn kick(&mut self, now: Now, actor: &Actor, target: &UserId) -> Result<(), RoomError> {
+        if let Actor::Member(conn) = actor {
+            let me = self.member_on(*conn)?;
+            if !self.members.get(me).is_some_and(|m| m.admin) {
+                return Err(RoomError::KickNotPermitted);
+            }
+        }
         let (target, _) = self.resolve(actor, Some(target))?;
         if !self.members.contains_key(&target) {
             return Err(RoomError::NoSuchMember(target));

@@ -32,7 +32,7 @@ use crate::telemetry::ReasonLabel;
 
 /// WebSocket close codes used by the server (RFC 6455 section 7.4.1).
 pub mod close_code {
-    /// Normal close: the server is going away (shutdown).
+    /// Going away: the server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// Policy violation: rate abuse, or a client too slow to read its events.
     pub const POLICY: u16 = 1008;
@@ -140,25 +140,15 @@ impl Connection {
                     }
                     Some(Ok(msg)) => {
                         self.last_heard = Instant::now();
-                        match msg {
-                            Message::Text(text) => {
-                                if let Some(end) = self.on_text(&text).await {
-                                    break end;
-                                }
-                            }
-                            Message::Binary(_) => {
-                                self.reject_frame("binary");
-                                let reply = ServerMessage::error(None, Failure::new(
-                                    Status::BadRequest,
-                                    "binary frames are not part of the protocol; send JSON text",
-                                ));
-                                if self.respond(reply).await.is_err() {
-                                    break End::Gone;
-                                }
-                            }
+                        let text = match msg {
+                            Message::Text(text) => Some(text),
+                            Message::Binary(_) => None,
                             Message::Close(_) => break End::Gone,
                             // axum answers pings itself; both count as life.
-                            Message::Ping(_) | Message::Pong(_) => {}
+                            Message::Ping(_) | Message::Pong(_) => continue,
+                        };
+                        if let Some(end) = self.on_frame(text.as_deref()).await {
+                            break end;
                         }
                     }
                 },
@@ -195,26 +185,33 @@ impl Connection {
             .inc();
     }
 
-    /// Handles one text frame; returns how to end the connection if it must end.
-    async fn on_text(&mut self, text: &str) -> Option<End> {
+    /// Handles one data frame (`None` for a binary one); returns how to end
+    /// the connection if it must end. Every data frame counts against the
+    /// rate limit, whatever it holds.
+    async fn on_frame(&mut self, text: Option<&str>) -> Option<End> {
         let started = Instant::now();
+        let Some(text) = text else {
+            if !self.bucket.try_take(started) {
+                return self.rate_limited(None).await;
+            }
+            self.rejected_in_a_row = 0;
+            self.reject_frame("binary");
+            let reply = ServerMessage::error(
+                None,
+                Failure::new(
+                    Status::BadRequest,
+                    "binary frames are not part of the protocol; send JSON text",
+                ),
+            );
+            return self.respond(reply).await.err().map(|_| End::Gone);
+        };
         let parsed = parse_request(text);
         if !self.bucket.try_take(started) {
-            self.rejected_in_a_row += 1;
-            self.reject_frame("rate");
-            if self.rejected_in_a_row >= self.state.config.signal.rate_abuse_limit {
-                tracing::warn!("closing connection for rate abuse");
-                return Some(End::Close(close_code::POLICY, "rate limit exceeded"));
-            }
             let id = match &parsed {
                 Ok(env) => Some(env.id),
                 Err(m) => m.id,
             };
-            let reply = ServerMessage::error(
-                id,
-                Failure::new(Status::RateLimited, "too many requests; slow down"),
-            );
-            return self.respond(reply).await.err().map(|_| End::Gone);
+            return self.rate_limited(id).await;
         }
         self.rejected_in_a_row = 0;
 
@@ -246,6 +243,22 @@ impl Connection {
             .metrics
             .observe_request(kind, code, started.elapsed().as_secs_f64());
         result.err().map(|_| End::Gone)
+    }
+
+    /// Answers a frame over the rate with 429, or closes the connection once
+    /// more than `rate_abuse_limit` frames in a row were over it.
+    async fn rate_limited(&mut self, id: Option<u64>) -> Option<End> {
+        self.rejected_in_a_row += 1;
+        self.reject_frame("rate");
+        if self.rejected_in_a_row > self.state.config.signal.rate_abuse_limit {
+            tracing::warn!("closing connection for rate abuse");
+            return Some(End::Close(close_code::POLICY, "rate limit exceeded"));
+        }
+        let reply = ServerMessage::error(
+            id,
+            Failure::new(Status::RateLimited, "too many requests; slow down"),
+        );
+        self.respond(reply).await.err().map(|_| End::Gone)
     }
 
     async fn handle(&mut self, request: Request) -> Result<serde_json::Value, Failure> {
@@ -402,7 +415,5 @@ fn is_too_big(e: &axum::Error) -> bool {
         }
         source = err.source();
     }
-    // Different tungstenite versions cannot be downcast; fall back to the text.
-    let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long")
+    false
 }

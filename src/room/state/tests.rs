@@ -436,7 +436,13 @@ fn only_admins_act_on_others() {
     );
     assert_eq!(
         r.kick(clock.now(), &Actor::Member(A), &boss),
-        Err(RoomError::NotPermitted)
+        Err(RoomError::KickNotPermitted)
+    );
+    let a_id: UserId = "a".into();
+    assert_eq!(
+        r.kick(clock.now(), &Actor::Member(A), &a_id),
+        Err(RoomError::KickNotPermitted),
+        "not even oneself"
     );
     assert_eq!(
         r.set_role(&Actor::Member(A), Some(&boss), Role::Audience),
