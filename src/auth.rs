@@ -69,6 +69,9 @@ pub struct Claims {
     pub iat: u64,
     #[serde(default)]
     pub grants: Grants,
+    /// Free-form attributes room policies can read (`member.attrs`).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub attrs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A verified user.
@@ -77,6 +80,8 @@ pub struct Identity {
     pub user: UserId,
     pub name: String,
     pub grants: Grants,
+    /// The token's `attrs`, as a JSON object.
+    pub attrs: serde_json::Value,
 }
 
 impl Identity {
@@ -213,6 +218,7 @@ impl Auth {
             user: UserId(claims.sub),
             name,
             grants: claims.grants,
+            attrs: serde_json::Value::Object(claims.attrs),
         })
     }
 }
@@ -229,6 +235,7 @@ pub fn claims_for(user: &str, name: &str, grants: Grants, ttl: Duration) -> Clai
         exp: now + ttl.as_secs(),
         iat: now,
         grants,
+        attrs: serde_json::Map::new(),
     }
 }
 

@@ -15,6 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::policy::catalog::PolicyConfig;
 use crate::room::RoomSettings;
 use crate::telemetry::LogFormat;
 
@@ -25,6 +26,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rooms: RoomsConfig,
     pub signal: SignalConfig,
+    pub policy: PolicyConfig,
     pub log: LogConfig,
 }
 

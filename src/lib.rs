@@ -29,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod policy;
 pub mod room;
 pub mod server;
 pub mod signal;

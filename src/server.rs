@@ -19,7 +19,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
+use crate::policy::catalog::Catalog;
 use crate::room::Rooms;
+use crate::store::kv::SqliteKv;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError, StoreHandle, StoreWorker};
 use crate::telemetry::Metrics;
@@ -47,6 +49,8 @@ pub enum ServerError {
     Secret(AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("policy runtime: {0}")]
+    Policy(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -61,6 +65,8 @@ pub struct Server {
     stop_accepting: CancellationToken,
     http: tokio::task::JoinHandle<()>,
     store_worker: StoreWorker,
+    /// Kept alive to keep watching; `None` when watching is off.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Server {
@@ -84,14 +90,27 @@ impl Server {
             tracing::warn!(dangling, "ended call records left open by an earlier crash");
         }
         let (store, store_worker) = StoreHandle::spawn(store);
+        let stop_accepting = CancellationToken::new();
 
+        let kv = SqliteKv::open(&config.server.data_dir.join(crate::store::sqlite::DB_FILE))?;
+        let catalog =
+            Catalog::open(config.policy.clone()).map_err(|e| ServerError::Policy(e.to_string()))?;
+        let watcher = if config.policy.watch {
+            let watcher = crate::policy::reload::watch(catalog.clone(), stop_accepting.clone())
+                .map_err(|e| ServerError::Policy(format!("cannot watch for changes: {e}")))?;
+            Some(watcher)
+        } else {
+            None
+        };
         let metrics = Metrics::new();
-        let rooms = Rooms::new(
+        let rooms = Rooms::with_policies(
             config.rooms.settings(),
             config.rooms.max_rooms,
             config.rooms.command_queue,
             store.clone(),
             metrics.clone(),
+            catalog,
+            Some(Arc::new(kv)),
         );
         let listener = TcpListener::bind(config.server.bind)
             .await
@@ -116,7 +135,6 @@ impl Server {
             connection_tasks: TaskTracker::new(),
         });
 
-        let stop_accepting = CancellationToken::new();
         let router = crate::http::router(state.clone());
         let stop = stop_accepting.clone();
         let http = tokio::spawn(async move {
@@ -134,6 +152,7 @@ impl Server {
             stop_accepting,
             http,
             store_worker,
+            _watcher: watcher,
         })
     }
 

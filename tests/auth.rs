@@ -60,6 +60,7 @@ async fn requests_before_hello_answer_401() {
         Request::Create {
             room: "x".parse_room(),
             custom_info: String::new(),
+            policy: None,
         },
         Request::Join {
             room: "r".parse_room(),

@@ -241,6 +241,9 @@ async fn binary_frames_count_against_the_rate_limit() {
             break;
         }
     }
-    assert_eq!(closed(&mut eve).await, Some((1008, "rate limit exceeded".into())));
+    assert_eq!(
+        closed(&mut eve).await,
+        Some((1008, "rate limit exceeded".into()))
+    );
     srv.shutdown().await;
 }

@@ -212,11 +212,39 @@ impl SignalClient {
     }
 
     pub async fn create(&self, room: &str, custom_info: &str) -> Result<CreateOk, ClientError> {
+        self.create_with_policy(room, custom_info, None).await
+    }
+
+    /// Creates a room bound to the named room policy.
+    pub async fn create_with_policy(
+        &self,
+        room: &str,
+        custom_info: &str,
+        policy: Option<&str>,
+    ) -> Result<CreateOk, ClientError> {
         self.request_as(Request::Create {
             room: room_name(room)?,
             custom_info: custom_info.to_owned(),
+            policy: policy.map(str::to_owned),
         })
         .await
+    }
+
+    /// Mutes (or unmutes) everyone else.
+    pub async fn mute_all(&self, kind: MediaKind, muted: bool) -> Result<(), ClientError> {
+        self.request(Request::MuteAll { kind, muted })
+            .await
+            .map(drop)
+    }
+
+    /// Sends a data message to everyone else, or to `to`.
+    pub async fn send_data(&self, payload: Value, to: Option<&str>) -> Result<(), ClientError> {
+        self.request(Request::Data {
+            payload,
+            to: to.map(UserId::from),
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn join(

@@ -31,6 +31,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/rooms/{room}/members/{user}/mute", post(mute))
         .route("/rooms/{room}/members/{user}/role", post(set_role))
         .route("/records", get(records))
+        .route("/policies", get(policies))
 }
 
 /// An API error: protocol status plus message.
@@ -113,6 +114,8 @@ struct CreateRoom {
     room: RoomName,
     #[serde(default)]
     custom_info: String,
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 async fn create_room(
@@ -121,7 +124,12 @@ async fn create_room(
     body: Result<Json<CreateRoom>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
-    let handle = state.rooms.create(body.room.clone(), body.custom_info)?;
+    let handle = state.rooms.create(
+        body.room.clone(),
+        body.custom_info,
+        body.policy.as_deref(),
+        None,
+    )?;
     tracing::info!(room = %body.room, channel_id = %handle.channel_id(), by = %admin.user, "room created by admin");
     let created = CreateOk {
         room: body.room,
@@ -135,13 +143,36 @@ async fn get_room(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
 ) -> ApiResult<Response> {
-    let handle = find(&state, room)?;
-    let members = handle.members().await?;
-    let mut summary = serde_json::to_value(handle.summary())
-        .map_err(|e| Failure::new(Status::Internal, e.to_string()))?;
-    summary["member_list"] =
-        serde_json::to_value(members).map_err(|e| Failure::new(Status::Internal, e.to_string()))?;
-    Ok(Json(summary).into_response())
+    let info = find(&state, room)?.info().await?;
+    Ok(Json(info).into_response())
+}
+
+/// Every script and plugin with its current version, load time and last
+/// error, and which rooms run which script version.
+async fn policies(_: Admin, State(state): State<Arc<AppState>>) -> ApiResult<Response> {
+    let status = state.rooms.catalog().status();
+    let mut rooms = Vec::new();
+    for handle in state.rooms.handles() {
+        // A room that closed meanwhile is simply not listed.
+        if let Ok(info) = handle.info().await {
+            rooms.push(json!({
+                "room": info.summary.room,
+                "channel_id": info.summary.channel_id,
+                "policy": info.policy.policy,
+                "version": info.policy.version,
+                "plugins": info.policy.plugins,
+                "errors": info.policy.errors,
+                "last_error": info.policy.last_error,
+            }));
+        }
+    }
+    rooms.sort_by(|a, b| a["room"].as_str().cmp(&b["room"].as_str()));
+    Ok(Json(json!({
+        "scripts": status.scripts,
+        "plugins": status.plugins,
+        "rooms": rooms,
+    }))
+    .into_response())
 }
 
 async fn close_room(

@@ -1,18 +1,29 @@
 //! The task that owns one [`Room`]: commands in through a bounded channel,
-//! the state machine's outputs out to member sinks, the store and metrics.
+//! the state machine's outputs out to member sinks, the store, metrics and
+//! the room's policy.
 //!
-//! The loop is the only place a room's state changes. It waits on three
-//! things: the next command, the room's next deadline, and server shutdown.
-//! Replies to a connection's request go back on a oneshot *after* the
-//! outputs of that request were queued to sinks, which is what lets the
-//! connection order events and responses (see `signal::connection`).
+//! The loop is the only place a room's state changes. It waits on: the next
+//! command, the next deadline (the room's or a policy timer's), a new policy
+//! version, and server shutdown. Every member request goes:
+//!
+//! 1. permission plugins (any deny wins),
+//! 2. the Lua decide hook (`can_join`, `can_mute`, ...),
+//! 3. the state machine, which applies the room's own rules,
+//!
+//! then the outputs are carried out, react hooks run on what happened
+//! (`on_joined`, `on_left`, ...), and the actions scripts queued are applied
+//! as the policy (bounded rounds, so scripts cannot ping-pong forever).
+//! Replies go back on a oneshot *after* the outputs of that request were
+//! queued to sinks, which is what lets a connection order events and
+//! responses (see `signal::connection`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -21,7 +32,12 @@ use super::state::{Actor, CloseReason, Output, Recipients, Room};
 use super::{Outbound, Sink, now};
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
-use crate::signal::protocol::{JoinOk, MediaKind, MemberInfo, Mode, Role};
+use crate::policy::lua::{Decision, Effect, RoomView};
+use crate::policy::room::{PolicyStatus, RoomPolicy};
+use crate::policy::{Action, Check};
+use crate::signal::protocol::{
+    JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage,
+};
 use crate::status::{Failure, Status};
 use crate::store::StoreHandle;
 use crate::telemetry::{Metrics, ReasonLabel};
@@ -30,6 +46,10 @@ type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 
 /// How long a caller waits for a room to answer before giving up with 101.
 pub const ROOM_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Rounds of react-hook effects applied after one event; a script whose
+/// effects keep causing effects stops here.
+const MAX_EFFECT_ROUNDS: usize = 8;
 
 pub(crate) enum Command {
     Join {
@@ -60,17 +80,33 @@ pub(crate) enum Command {
         muted: bool,
         reply: Reply<()>,
     },
+    MuteAll {
+        actor: Actor,
+        kind: MediaKind,
+        muted: bool,
+        reply: Reply<()>,
+    },
     Kick {
         actor: Actor,
         target: UserId,
         reply: Reply<()>,
     },
+    Data {
+        actor: Actor,
+        to: Option<UserId>,
+        payload: Value,
+        reply: Reply<()>,
+    },
+    Speaking {
+        user: UserId,
+        level: u8,
+    },
     Close {
         reason: CloseReason,
         reply: Reply<()>,
     },
-    Members {
-        reply: Reply<Vec<MemberInfo>>,
+    Info {
+        reply: Reply<RoomInfo>,
     },
 }
 
@@ -82,6 +118,18 @@ pub struct RoomSummary {
     pub custom_info: String,
     pub created_at: i64,
     pub members: usize,
+}
+
+/// A room in detail: members and policy.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct RoomInfo {
+    #[serde(flatten)]
+    pub summary: RoomSummary,
+    pub member_list: Vec<MemberInfo>,
+    pub metadata: serde_json::Map<String, Value>,
+    pub policy: PolicyStatus,
+    /// Bytes held by the room's Lua state.
+    pub lua_memory: usize,
 }
 
 /// A cheap, cloneable way to talk to one room.
@@ -198,6 +246,21 @@ impl RoomHandle {
         .await
     }
 
+    pub async fn mute_all(
+        &self,
+        actor: Actor,
+        kind: MediaKind,
+        muted: bool,
+    ) -> Result<(), Failure> {
+        self.ask(|reply| Command::MuteAll {
+            actor,
+            kind,
+            muted,
+            reply,
+        })
+        .await
+    }
+
     pub async fn kick(&self, actor: Actor, target: UserId) -> Result<(), Failure> {
         self.ask(|reply| Command::Kick {
             actor,
@@ -207,12 +270,37 @@ impl RoomHandle {
         .await
     }
 
+    pub async fn send_data(
+        &self,
+        actor: Actor,
+        to: Option<UserId>,
+        payload: Value,
+    ) -> Result<(), Failure> {
+        self.ask(|reply| Command::Data {
+            actor,
+            to,
+            payload,
+            reply,
+        })
+        .await
+    }
+
+    /// Reports a member's speaking level (0-127, RFC 6464 style: lower is
+    /// louder) to the room's `on_speaking` hook. Never waits.
+    pub fn speaking(&self, user: UserId, level: u8) {
+        let _ = self.tx.try_send(Command::Speaking { user, level });
+    }
+
     pub async fn close(&self, reason: CloseReason) -> Result<(), Failure> {
         self.ask(|reply| Command::Close { reason, reply }).await
     }
 
     pub async fn members(&self) -> Result<Vec<MemberInfo>, Failure> {
-        self.ask(|reply| Command::Members { reply }).await
+        Ok(self.info().await?.member_list)
+    }
+
+    pub async fn info(&self) -> Result<RoomInfo, Failure> {
+        self.ask(|reply| Command::Info { reply }).await
     }
 }
 
@@ -222,10 +310,11 @@ pub(crate) struct RoomContext {
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub registry: Arc<RoomsInner>,
+    pub versions: watch::Receiver<u64>,
 }
 
 /// Starts the task for `room` and returns its handle.
-pub(crate) fn spawn(room: Room, queue: usize, ctx: RoomContext) -> RoomHandle {
+pub(crate) fn spawn(room: Room, policy: RoomPolicy, queue: usize, ctx: RoomContext) -> RoomHandle {
     let (tx, rx) = mpsc::channel(queue.max(1));
     let members = Arc::new(AtomicUsize::new(0));
     let handle = RoomHandle {
@@ -240,6 +329,8 @@ pub(crate) fn spawn(room: Room, queue: usize, ctx: RoomContext) -> RoomHandle {
     let tracker = ctx.registry.tracker.clone();
     let driver = RoomDriver {
         room,
+        policy,
+        view: None,
         sinks: HashMap::new(),
         members,
         ctx,
@@ -248,20 +339,53 @@ pub(crate) fn spawn(room: Room, queue: usize, ctx: RoomContext) -> RoomHandle {
     handle
 }
 
+/// Something that happened, for the react hooks.
+enum Reaction {
+    Joined(UserId),
+    Left(UserId, LeaveReason),
+    Mute(Value),
+    Role(Value),
+    Closing(CloseReason),
+}
+
 struct RoomDriver {
     room: Room,
+    policy: RoomPolicy,
+    /// The room as scripts see it; rebuilt lazily after any change.
+    view: Option<Arc<RoomView>>,
     sinks: HashMap<ConnId, Sink>,
     members: Arc<AtomicUsize>,
     ctx: RoomContext,
 }
 
+/// The request a decide hook receives, as a Lua table.
+#[derive(Serialize)]
+struct HookRequest<'a> {
+    user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<MediaKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    muted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a Value>,
+    admin: bool,
+}
+
 impl RoomDriver {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        tracing::debug!("room open");
+        tracing::debug!(policy = ?self.policy.status().version, "room open");
         self.ctx.metrics.rooms.inc();
         let shutdown = self.ctx.shutdown.clone();
+        let mut versions = self.ctx.versions.clone();
         while !self.room.is_closed() {
-            let deadline = self.room.poll_timeout();
+            let deadline = [self.room.poll_timeout(), self.policy.next_timer()]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
@@ -269,10 +393,12 @@ impl RoomDriver {
                     // registry dropped this room: nobody can reach it.
                     None => self.room.close(now(), CloseReason::ClosedByAdmin),
                 },
-                _ = sleep_until(deadline) => self.room.handle_timeout(now()),
+                _ = sleep_until(deadline) => self.on_deadline(),
+                Ok(()) = versions.changed() => self.on_new_versions(),
                 _ = shutdown.cancelled() => self.room.close(now(), CloseReason::Shutdown),
             }
-            self.drain();
+            let effects = self.drain();
+            self.apply(effects);
         }
         // Commands still queued get their reply dropped, which the handle
         // reports as "room closed".
@@ -280,8 +406,37 @@ impl RoomDriver {
         tracing::debug!("room closed");
     }
 
-    fn handle(&mut self, cmd: Command) {
+    fn on_deadline(&mut self) {
         let now = now();
+        if self.room.poll_timeout().is_some_and(|t| t <= now.at) {
+            self.room.handle_timeout(now);
+        }
+        for name in self.policy.due_timers(now.at) {
+            let mut effects = Vec::new();
+            let view = self.view();
+            self.policy.react("on_timer", &view, &[&name], &mut effects);
+            self.apply(effects);
+        }
+    }
+
+    fn on_new_versions(&mut self) {
+        if let Some(previous) = self.policy.sync() {
+            tracing::info!(previous, now = ?self.policy.status().version, "room policy reloaded");
+            let mut effects = Vec::new();
+            let view = self.view();
+            self.policy
+                .react("on_reload", &view, &[&previous], &mut effects);
+            self.apply(effects);
+        }
+    }
+
+    fn view(&mut self) -> Arc<RoomView> {
+        self.view
+            .get_or_insert_with(|| Arc::new(self.room.view()))
+            .clone()
+    }
+
+    fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Join {
                 conn,
@@ -291,23 +446,28 @@ impl RoomDriver {
                 sink,
                 reply,
             } => {
-                let result = self.room.join(now, conn, &identity, mode, role);
+                let mut effects = Vec::new();
+                let result = self
+                    .decide_join(&identity, mode, role, &mut effects)
+                    .and_then(|(role, decided)| {
+                        self.room
+                            .join(now(), conn, &identity, mode, role, decided)
+                            .map_err(Failure::from)
+                    });
                 if result.is_ok() {
                     self.sinks.insert(conn, sink);
                 }
-                self.drain();
-                let _ = reply.send(result.map_err(Failure::from));
+                self.finish(effects, reply, result);
             }
             Command::Leave { conn, reply } => {
-                let result = self.room.leave(now, conn);
+                let result = self.room.leave(now(), conn);
                 if result.is_ok() {
                     self.sinks.remove(&conn);
                 }
-                self.drain();
-                let _ = reply.send(result.map_err(Failure::from));
+                self.finish(Vec::new(), reply, result.map_err(Failure::from));
             }
             Command::Disconnected { conn } => {
-                self.room.disconnected(now, conn);
+                self.room.disconnected(now(), conn);
                 self.sinks.remove(&conn);
             }
             Command::SetRole {
@@ -316,9 +476,25 @@ impl RoomDriver {
                 role,
                 reply,
             } => {
-                let result = self.room.set_role(&actor, target.as_ref(), role);
-                self.drain();
-                let _ = reply.send(result.map_err(Failure::from));
+                let mut effects = Vec::new();
+                let result = self
+                    .authorize(
+                        actor,
+                        target.as_ref(),
+                        Action::SetRole,
+                        "can_set_role",
+                        HookFields {
+                            role: Some(role),
+                            ..HookFields::default()
+                        },
+                        &mut effects,
+                    )
+                    .and_then(|actor| {
+                        self.room
+                            .set_role(&actor, target.as_ref(), role)
+                            .map_err(Failure::from)
+                    });
+                self.finish(effects, reply, result);
             }
             Command::Mute {
                 actor,
@@ -327,36 +503,369 @@ impl RoomDriver {
                 muted,
                 reply,
             } => {
-                let result = self.room.set_mute(&actor, target.as_ref(), kind, muted);
-                self.drain();
-                let _ = reply.send(result.map_err(Failure::from));
+                let mut effects = Vec::new();
+                let result = self
+                    .authorize(
+                        actor,
+                        target.as_ref(),
+                        Action::MuteOther,
+                        "can_mute",
+                        HookFields {
+                            kind: Some(kind),
+                            muted: Some(muted),
+                            ..HookFields::default()
+                        },
+                        &mut effects,
+                    )
+                    .and_then(|actor| {
+                        self.room
+                            .set_mute(&actor, target.as_ref(), kind, muted)
+                            .map_err(Failure::from)
+                    });
+                self.finish(effects, reply, result);
+            }
+            Command::MuteAll {
+                actor,
+                kind,
+                muted,
+                reply,
+            } => {
+                let mut effects = Vec::new();
+                let result = self
+                    .authorize(
+                        actor,
+                        None,
+                        Action::MuteEveryone,
+                        "can_mute_all",
+                        HookFields {
+                            kind: Some(kind),
+                            muted: Some(muted),
+                            on_others: true,
+                            ..HookFields::default()
+                        },
+                        &mut effects,
+                    )
+                    .and_then(|actor| {
+                        self.room
+                            .mute_all(&actor, kind, muted)
+                            .map_err(Failure::from)
+                    });
+                self.finish(effects, reply, result);
             }
             Command::Kick {
                 actor,
                 target,
                 reply,
             } => {
-                let result = self.room.kick(now, &actor, &target);
-                self.drain();
-                let _ = reply.send(result.map_err(Failure::from));
+                let mut effects = Vec::new();
+                let result = self
+                    .authorize(
+                        actor,
+                        Some(&target),
+                        Action::Kick,
+                        "can_kick",
+                        HookFields {
+                            on_others: true,
+                            ..HookFields::default()
+                        },
+                        &mut effects,
+                    )
+                    .and_then(|actor| {
+                        self.room
+                            .kick(now(), &actor, &target)
+                            .map_err(Failure::from)
+                    });
+                self.finish(effects, reply, result);
+            }
+            Command::Data {
+                actor,
+                to,
+                payload,
+                reply,
+            } => {
+                let mut effects = Vec::new();
+                let result = self.decide_data(actor, to.as_ref(), payload, &mut effects);
+                self.finish(effects, reply, result);
+            }
+            Command::Speaking { user, level } => {
+                if self.room.is_member(&user) && self.policy.wants("on_speaking") {
+                    let mut effects = Vec::new();
+                    let view = self.view();
+                    let event = json!({ "user": user, "level": level });
+                    self.policy
+                        .react("on_speaking", &view, &[&event], &mut effects);
+                    self.apply(effects);
+                }
             }
             Command::Close { reason, reply } => {
-                self.room.close(now, reason);
-                self.drain();
-                let _ = reply.send(Ok(()));
+                self.room.close(now(), reason);
+                self.finish(Vec::new(), reply, Ok(()));
             }
-            Command::Members { reply } => {
-                let _ = reply.send(Ok(self.room.members()));
+            Command::Info { reply } => {
+                let view = self.view();
+                let info = RoomInfo {
+                    summary: RoomSummary {
+                        room: self.room.name().clone(),
+                        channel_id: self.room.channel_id(),
+                        custom_info: self.room.custom_info().to_owned(),
+                        created_at: self.room.created_at_ms(),
+                        members: self.room.member_count(),
+                    },
+                    member_list: self.room.members(),
+                    metadata: view.metadata.clone(),
+                    policy: self.policy.status().clone(),
+                    lua_memory: self.policy.lua_memory(),
+                };
+                let _ = reply.send(Ok(info));
             }
         }
     }
 
-    /// Carries out everything the state machine asked for.
-    fn drain(&mut self) {
+    /// Carries out a request's outputs and the effects its hooks queued,
+    /// then answers it.
+    ///
+    /// Everything the request caused, the policy's reactions included, is
+    /// queued before the reply, so the requester sees it all before the
+    /// response: deterministic, whatever the scheduling.
+    fn finish<T>(&mut self, effects: Vec<Effect>, reply: Reply<T>, result: Result<T, Failure>) {
+        let reacted = self.drain();
+        let mut all = if result.is_ok() { effects } else { Vec::new() };
+        all.extend(reacted);
+        self.apply(all);
+        let _ = reply.send(result);
+    }
+
+    /// Plugins then `can_join`. Returns the role to join with and whether the
+    /// policy chose it. A resume is not decided again.
+    fn decide_join(
+        &mut self,
+        identity: &Identity,
+        mode: Mode,
+        role: Option<Role>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(Option<Role>, bool), Failure> {
+        if self.room.is_member(&identity.user) {
+            return Ok((role, false));
+        }
+        let mut check = Check::new(
+            Action::Join,
+            self.room.name().as_str(),
+            identity.user.as_str(),
+        );
+        check.role = role;
+        check.admin = identity.grants.admin;
+        self.policy.check_plugins(&check)?;
+        if !self.policy.has_script() {
+            return Ok((role, false));
+        }
+        #[derive(Serialize)]
+        struct JoinRequest<'a> {
+            user: &'a str,
+            name: &'a str,
+            role: Option<Role>,
+            mode: Mode,
+            attrs: &'a Value,
+            admin: bool,
+        }
+        let request = JoinRequest {
+            user: identity.user.as_str(),
+            name: &identity.name,
+            role: role.or_else(|| identity.default_role()),
+            mode,
+            attrs: &identity.attrs,
+            admin: identity.grants.admin,
+        };
+        let view = self.view();
+        match self.policy.decide("can_join", &view, &request, effects)? {
+            Decision::Deny(failure) => Err(failure),
+            Decision::Role(role) => Ok((Some(role), true)),
+            Decision::Pass | Decision::Allow | Decision::Payload(_) => Ok((role, false)),
+        }
+    }
+
+    /// Runs plugins and the decide hook for a member's action, and says as
+    /// whom the state machine should apply it: a member the policy
+    /// explicitly allowed to act on others becomes a moderator for this one
+    /// action. Admin and policy actors are not checked.
+    fn authorize(
+        &mut self,
+        actor: Actor,
+        target: Option<&UserId>,
+        on_other_action: Action,
+        hook: &str,
+        fields: HookFields,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Actor, Failure> {
+        let Actor::Member(conn) = actor else {
+            return Ok(actor);
+        };
+        let Some(me) = self.room.user_of(conn).cloned() else {
+            return Err(Failure::new(
+                Status::NotFound,
+                format!("this connection is not in room `{}`", self.room.name()),
+            ));
+        };
+        let on_other = fields.on_others || target.is_some_and(|t| *t != me);
+        let admin = self.room.is_admin(conn);
+        // Which plugin action this is: acting on others, or starting to
+        // publish (unmuting oneself); muting oneself or switching one's own
+        // role needs no permission.
+        let action = if on_other {
+            Some(on_other_action)
+        } else if on_other_action == Action::SetRole {
+            Some(Action::SetRole)
+        } else {
+            match (fields.kind, fields.muted) {
+                (Some(MediaKind::Audio), Some(false)) => Some(Action::PublishAudio),
+                (Some(MediaKind::Video), Some(false)) => Some(Action::PublishVideo),
+                _ => None,
+            }
+        };
+        if let Some(action) = action {
+            let mut check = Check::new(action, self.room.name().as_str(), me.as_str());
+            check.target = target.map_or("", |t| t.as_str());
+            check.role = fields.role;
+            check.kind = fields.kind;
+            check.muted = fields.muted.unwrap_or(false);
+            check.admin = admin;
+            self.policy.check_plugins(&check)?;
+        }
+        if !self.policy.has_script() {
+            return Ok(actor);
+        }
+        let request = HookRequest {
+            user: me.as_str(),
+            target: target.map(|t| t.as_str()),
+            role: fields.role,
+            kind: fields.kind,
+            muted: fields.muted,
+            payload: None,
+            admin,
+        };
+        let view = self.view();
+        match self.policy.decide(hook, &view, &request, effects)? {
+            Decision::Deny(failure) => Err(failure),
+            Decision::Allow if on_other => Ok(Actor::Moderator(conn)),
+            _ => Ok(actor),
+        }
+    }
+
+    fn decide_data(
+        &mut self,
+        actor: Actor,
+        to: Option<&UserId>,
+        payload: Value,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), Failure> {
+        let mut payload = payload;
+        if let Actor::Member(conn) = &actor {
+            let Some(me) = self.room.user_of(*conn).cloned() else {
+                return Err(Failure::new(
+                    Status::NotFound,
+                    format!("this connection is not in room `{}`", self.room.name()),
+                ));
+            };
+            let mut check = Check::new(Action::SendData, self.room.name().as_str(), me.as_str());
+            check.target = to.map_or("", |t| t.as_str());
+            check.admin = self.room.is_admin(*conn);
+            self.policy.check_plugins(&check)?;
+            if self.policy.has_script() {
+                let request = HookRequest {
+                    user: me.as_str(),
+                    target: to.map(|t| t.as_str()),
+                    role: None,
+                    kind: None,
+                    muted: None,
+                    payload: Some(&payload),
+                    admin: check.admin,
+                };
+                let view = self.view();
+                match self.policy.decide("can_send", &view, &request, effects)? {
+                    Decision::Deny(failure) => return Err(failure),
+                    Decision::Payload(changed) => payload = changed,
+                    _ => {}
+                }
+            }
+        }
+        self.room
+            .send_data(&actor, to, payload)
+            .map_err(Failure::from)
+    }
+
+    /// Applies script actions as the policy, then runs the react hooks of
+    /// whatever they caused, for a bounded number of rounds.
+    fn apply(&mut self, mut effects: Vec<Effect>) {
+        for _ in 0..MAX_EFFECT_ROUNDS {
+            if effects.is_empty() {
+                return;
+            }
+            let actor = Actor::Policy(self.policy.name().to_owned());
+            let now = now();
+            for effect in effects.drain(..) {
+                let result = match effect {
+                    Effect::Kick { user } => self.room.kick(now, &actor, &user),
+                    Effect::Mute { user, kind, muted } => {
+                        self.room.set_mute(&actor, Some(&user), kind, muted)
+                    }
+                    Effect::MuteAll { kind, muted } => self.room.mute_all(&actor, kind, muted),
+                    Effect::SetRole { user, role } => self.room.set_role(&actor, Some(&user), role),
+                    Effect::Send { to, payload } => {
+                        self.room.send_data(&actor, to.as_ref(), payload)
+                    }
+                    Effect::SetMetadata { key, value } => {
+                        self.room.set_metadata(key, value);
+                        Ok(())
+                    }
+                    Effect::Close => {
+                        self.room.close(now, CloseReason::ClosedByPolicy);
+                        Ok(())
+                    }
+                    Effect::Timer {
+                        name,
+                        after_ms,
+                        repeat,
+                    } => {
+                        let after = std::time::Duration::from_millis(after_ms);
+                        self.policy.set_timer(name, after, repeat, now.at);
+                        Ok(())
+                    }
+                    Effect::CancelTimer { name } => {
+                        self.policy.cancel_timer(&name);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::warn!(policy = self.policy.name(), error = %e, "policy action refused");
+                }
+            }
+            effects = self.drain();
+        }
+        if !effects.is_empty() {
+            tracing::warn!(
+                policy = self.policy.name(),
+                "policy effects still cascading after {MAX_EFFECT_ROUNDS} rounds; dropped"
+            );
+        }
+    }
+
+    /// Carries out everything the state machine asked for, then runs the
+    /// react hooks on it. Returns the effects those hooks queued.
+    fn drain(&mut self) -> Vec<Effect> {
+        let mut reactions = Vec::new();
         while let Some(output) = self.room.poll_output() {
             match output {
                 Output::Broadcast { to, msg } => {
+                    self.view = None;
+                    if let Some(reaction) = reaction_of(&msg) {
+                        reactions.push(reaction);
+                    }
                     let text: Arc<str> = msg.to_json().into();
+                    if let Recipients::Only(conn) = to {
+                        if let Some(sink) = self.sinks.get(&conn) {
+                            sink.push(Outbound::Text(text));
+                        }
+                        continue;
+                    }
                     for conn in self.room.connections() {
                         if to == Recipients::AllExcept(conn) {
                             continue;
@@ -367,6 +876,7 @@ impl RoomDriver {
                     }
                 }
                 Output::Remove { conn, msg } => {
+                    self.view = None;
                     if let Some(sink) = self.sinks.remove(&conn) {
                         sink.push(Outbound::Removed {
                             channel_id: self.room.channel_id(),
@@ -376,24 +886,8 @@ impl RoomDriver {
                 }
                 Output::Record(op) => self.ctx.store.apply(op),
                 Output::MemberCount(delta, reason) => {
-                    let metrics = &self.ctx.metrics;
-                    if delta > 0 {
-                        metrics.joins.inc();
-                        metrics.members.inc();
-                        self.members.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        metrics.members.dec();
-                        self.members.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    if let Some(reason) = reason {
-                        tracing::debug!(reason = reason.as_str(), "member left");
-                        metrics
-                            .leaves
-                            .get_or_create(&ReasonLabel {
-                                reason: reason.as_str(),
-                            })
-                            .inc();
-                    }
+                    self.view = None;
+                    self.count_member(delta, reason);
                 }
                 Output::Closed(reason) => {
                     tracing::info!(reason = reason.as_str(), "room closing");
@@ -410,9 +904,107 @@ impl RoomDriver {
                             reason: reason.as_str(),
                         })
                         .inc();
+                    reactions.push(Reaction::Closing(reason));
                 }
             }
         }
+        self.react(reactions)
+    }
+
+    fn count_member(&self, delta: isize, reason: Option<LeaveReason>) {
+        let metrics = &self.ctx.metrics;
+        if delta > 0 {
+            metrics.joins.inc();
+            metrics.members.inc();
+            self.members.fetch_add(1, Ordering::Relaxed);
+        } else {
+            metrics.members.dec();
+            self.members.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(reason) = reason {
+            tracing::debug!(reason = reason.as_str(), "member left");
+            metrics
+                .leaves
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Runs the react hook of each reaction, collecting their effects.
+    fn react(&mut self, reactions: Vec<Reaction>) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for reaction in reactions {
+            let hook = match &reaction {
+                Reaction::Joined(_) => "on_joined",
+                Reaction::Left(..) => "on_left",
+                Reaction::Mute(_) => "on_mute_changed",
+                Reaction::Role(_) => "on_role_changed",
+                Reaction::Closing(_) => "on_closing",
+            };
+            if !self.policy.wants(hook) {
+                continue;
+            }
+            let view = self.view();
+            match reaction {
+                Reaction::Joined(user) => {
+                    let member = view.members.iter().find(|m| m.info.user == user).cloned();
+                    if let Some(member) = member {
+                        self.policy.react(hook, &view, &[&member], &mut effects);
+                    }
+                }
+                Reaction::Left(user, reason) => {
+                    let event = json!({ "user": user, "reason": reason });
+                    self.policy.react(hook, &view, &[&event], &mut effects);
+                }
+                Reaction::Mute(event) | Reaction::Role(event) => {
+                    self.policy.react(hook, &view, &[&event], &mut effects);
+                }
+                Reaction::Closing(reason) => {
+                    self.policy
+                        .react(hook, &view, &[&reason.as_str()], &mut effects);
+                }
+            }
+        }
+        effects
+    }
+}
+
+/// The extra fields of a decide hook's request.
+#[derive(Default)]
+struct HookFields {
+    role: Option<Role>,
+    kind: Option<MediaKind>,
+    muted: Option<bool>,
+    /// The action is on others whatever the target (mute all, kick).
+    on_others: bool,
+}
+
+fn reaction_of(msg: &ServerMessage) -> Option<Reaction> {
+    match msg {
+        ServerMessage::MemberJoined { member, .. } => Some(Reaction::Joined(member.user.clone())),
+        ServerMessage::MemberLeft { user, reason, .. } => {
+            Some(Reaction::Left(user.clone(), *reason))
+        }
+        ServerMessage::MuteChanged {
+            user,
+            kind,
+            muted,
+            operate_by,
+            ..
+        } => Some(Reaction::Mute(json!({
+            "user": user, "kind": kind, "muted": muted, "operate_by": operate_by
+        }))),
+        ServerMessage::RoleChanged {
+            user,
+            role,
+            operate_by,
+            ..
+        } => Some(Reaction::Role(json!({
+            "user": user, "role": role, "operate_by": operate_by
+        }))),
+        _ => None,
     }
 }
 

@@ -14,9 +14,15 @@ use tokio_util::task::TaskTracker;
 use super::actor::{self, RoomContext, RoomHandle, RoomSummary};
 use super::now;
 use super::state::{Room, RoomSettings};
+use crate::auth::Identity;
 use crate::ids::{ChannelId, RoomName};
+use crate::policy::catalog::Catalog;
+use crate::policy::lua::{Decision, RoomIdentity, RoomView};
+use crate::policy::room::RoomPolicy;
+use crate::policy::{Action, Check, FailureMode};
 use crate::status::{Failure, Status};
 use crate::store::StoreHandle;
+use crate::store::kv::KvStore;
 use crate::telemetry::Metrics;
 
 pub(crate) struct RoomsInner {
@@ -28,6 +34,8 @@ pub(crate) struct RoomsInner {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    catalog: Arc<Catalog>,
+    kv: Option<Arc<dyn KvStore>>,
 }
 
 impl RoomsInner {
@@ -47,12 +55,35 @@ pub struct Rooms {
 }
 
 impl Rooms {
+    /// A registry whose rooms run no scripts and no plugins.
     pub fn new(
         settings: RoomSettings,
         max_rooms: usize,
         command_queue: usize,
         store: StoreHandle,
         metrics: Arc<Metrics>,
+    ) -> Rooms {
+        let catalog = Catalog::empty().expect("an empty catalog needs nothing from outside");
+        Self::with_policies(
+            settings,
+            max_rooms,
+            command_queue,
+            store,
+            metrics,
+            catalog,
+            None,
+        )
+    }
+
+    /// A registry whose rooms run the catalog's scripts and plugins.
+    pub fn with_policies(
+        settings: RoomSettings,
+        max_rooms: usize,
+        command_queue: usize,
+        store: StoreHandle,
+        metrics: Arc<Metrics>,
+        catalog: Arc<Catalog>,
+        kv: Option<Arc<dyn KvStore>>,
     ) -> Rooms {
         Rooms {
             inner: Arc::new(RoomsInner {
@@ -64,24 +95,134 @@ impl Rooms {
                 metrics,
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                catalog,
+                kv,
             }),
         }
     }
 
-    /// Creates a room; 417 if the name is taken, 503 at capacity or in shutdown.
-    pub fn create(&self, name: RoomName, custom_info: String) -> Result<RoomHandle, Failure> {
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.inner.catalog
+    }
+
+    /// Creates a room bound to a policy (`policy`, else the catalog's rules).
+    /// 417 if the name is taken, 503 at capacity or in shutdown, 400 for an
+    /// unknown policy; plugins and the policy's `can_create` may refuse.
+    /// `creator` is `None` for the admin API, which no policy checks.
+    pub fn create(
+        &self,
+        name: RoomName,
+        custom_info: String,
+        policy: Option<&str>,
+        creator: Option<&Identity>,
+    ) -> Result<RoomHandle, Failure> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Failure::new(
                 Status::Unavailable,
                 "the server is shutting down",
             ));
         }
+        self.check_free(&name)?;
+
+        // Build the room's policy state outside the lock: running a script
+        // takes microseconds, and other rooms should not wait for it.
+        let catalog = &self.inner.catalog;
+        let policy_name = catalog.policy_for(name.as_str(), policy);
+        let channel_id = ChannelId::generate();
+        let lua = catalog
+            .instantiate(
+                &policy_name,
+                RoomIdentity {
+                    name: name.as_str(),
+                    channel_id: channel_id.0,
+                    custom_info: &custom_info,
+                },
+                self.inner.kv.clone(),
+            )
+            .map_err(|e| {
+                Failure::new(
+                    Status::Internal,
+                    format!("the room policy failed to load: {e}"),
+                )
+            });
+        let lua = match lua {
+            Ok(None) if policy.is_some() => {
+                return Err(Failure::new(
+                    Status::BadRequest,
+                    format!("no room policy named `{policy_name}`"),
+                ));
+            }
+            Ok(lua) => lua,
+            Err(failure) if catalog.config().failure_mode == FailureMode::Deny => {
+                return Err(failure);
+            }
+            Err(failure) => {
+                tracing::warn!(room = %name, error = %failure.message, "room runs without its policy");
+                None
+            }
+        };
+        let mut room_policy = RoomPolicy::new(catalog.clone(), policy_name, lua);
+        if let Some(creator) = creator {
+            let mut check = Check::new(Action::CreateRoom, name.as_str(), creator.user.as_str());
+            check.admin = creator.grants.admin;
+            room_policy.check_plugins(&check)?;
+            #[derive(serde::Serialize)]
+            struct CreateRequest<'a> {
+                user: &'a str,
+                room: &'a str,
+                custom_info: &'a str,
+                attrs: &'a serde_json::Value,
+                admin: bool,
+            }
+            let request = CreateRequest {
+                user: creator.user.as_str(),
+                room: name.as_str(),
+                custom_info: &custom_info,
+                attrs: &creator.attrs,
+                admin: creator.grants.admin,
+            };
+            // Effects make no sense before the room exists; they are dropped.
+            let mut effects = Vec::new();
+            let view = Arc::new(RoomView::default());
+            if let Decision::Deny(failure) =
+                room_policy.decide("can_create", &view, &request, &mut effects)?
+            {
+                return Err(failure);
+            }
+        }
+
         let mut map = self.inner.map.lock().expect("room map lock poisoned");
+        // Checked again: another create may have won while the lock was free.
         if map.contains_key(&name) {
-            return Err(Failure::new(
-                Status::Conflict,
-                format!("a room named `{name}` already exists"),
-            ));
+            return Err(taken(&name));
+        }
+        let room = Room::new(
+            name.clone(),
+            channel_id,
+            custom_info,
+            self.inner.settings.clone(),
+            now(),
+        );
+        let handle = actor::spawn(
+            room,
+            room_policy,
+            self.inner.command_queue,
+            RoomContext {
+                store: self.inner.store.clone(),
+                metrics: self.inner.metrics.clone(),
+                shutdown: self.inner.shutdown.clone(),
+                registry: self.inner.clone(),
+                versions: self.inner.catalog.subscribe(),
+            },
+        );
+        map.insert(name, handle.clone());
+        Ok(handle)
+    }
+
+    fn check_free(&self, name: &RoomName) -> Result<(), Failure> {
+        let map = self.inner.map.lock().expect("room map lock poisoned");
+        if map.contains_key(name) {
+            return Err(taken(name));
         }
         if map.len() >= self.inner.max_rooms {
             return Err(Failure::new(
@@ -92,25 +233,13 @@ impl Rooms {
                 ),
             ));
         }
-        let room = Room::new(
-            name.clone(),
-            ChannelId::generate(),
-            custom_info,
-            self.inner.settings.clone(),
-            now(),
-        );
-        let handle = actor::spawn(
-            room,
-            self.inner.command_queue,
-            RoomContext {
-                store: self.inner.store.clone(),
-                metrics: self.inner.metrics.clone(),
-                shutdown: self.inner.shutdown.clone(),
-                registry: self.inner.clone(),
-            },
-        );
-        map.insert(name, handle.clone());
-        Ok(handle)
+        Ok(())
+    }
+
+    /// Every open room's handle.
+    pub fn handles(&self) -> Vec<RoomHandle> {
+        let map = self.inner.map.lock().expect("room map lock poisoned");
+        map.values().cloned().collect()
     }
 
     pub fn get(&self, name: &RoomName) -> Option<RoomHandle> {
@@ -152,4 +281,11 @@ impl Rooms {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
     }
+}
+
+fn taken(name: &RoomName) -> Failure {
+    Failure::new(
+        Status::Conflict,
+        format!("a room named `{name}` already exists"),
+    )
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
+use crate::policy::lua::{MemberView, RoomView};
 use crate::signal::protocol::{
     JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage,
 };
@@ -51,12 +52,18 @@ impl Default for RoomSettings {
     }
 }
 
-/// Who performs an operation: a member through its connection, or an operator
-/// through the admin API.
+/// Who performs an operation.
 #[derive(Clone, Debug)]
 pub enum Actor {
+    /// A member through its connection: on itself, or on others with the
+    /// token's admin grant.
     Member(ConnId),
+    /// A member whose action on others the room's policy explicitly allowed.
+    Moderator(ConnId),
+    /// An operator through the admin API.
     Admin(UserId),
+    /// The room's policy script, by name.
+    Policy(String),
 }
 
 /// Why a room closed.
@@ -68,6 +75,8 @@ pub enum CloseReason {
     Expired,
     /// Closed through the admin API.
     ClosedByAdmin,
+    /// Closed by the room's policy (`room.close()`).
+    ClosedByPolicy,
     /// The server is shutting down.
     Shutdown,
 }
@@ -78,6 +87,7 @@ impl CloseReason {
             CloseReason::AllLeft => "all_left",
             CloseReason::Expired => "expired",
             CloseReason::ClosedByAdmin => "closed",
+            CloseReason::ClosedByPolicy => "closed_by_policy",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -90,6 +100,8 @@ pub enum Recipients {
     All,
     /// Every connected member but one.
     AllExcept(ConnId),
+    /// One connection.
+    Only(ConnId),
 }
 
 /// What the room asks its driver to do.
@@ -158,6 +170,8 @@ struct Member {
     grace_until: Option<Instant>,
     /// May act on other members.
     admin: bool,
+    /// The token's `attrs`, for policies to read.
+    attrs: serde_json::Value,
     /// Roles the member's token lets it take for itself.
     roles: Vec<Role>,
 }
@@ -178,6 +192,8 @@ pub struct Room {
     /// Set while the room has never been joined.
     expires_at: Option<Instant>,
     closed: bool,
+    /// Set by policies (`room.set_metadata`); shown to joiners.
+    metadata: serde_json::Map<String, serde_json::Value>,
     out: VecDeque<Output>,
 }
 
@@ -201,6 +217,7 @@ impl Room {
             next_seq: 0,
             started: false,
             closed: false,
+            metadata: serde_json::Map::new(),
             out: VecDeque::new(),
         }
     }
@@ -286,6 +303,9 @@ impl Room {
 
     /// A connection joins as `who`. A join by a user who is already a member
     /// (a reconnect, or a second device) takes the membership over silently.
+    ///
+    /// `role_decided` means the room's policy chose the role: the token's
+    /// roles are not consulted.
     pub fn join(
         &mut self,
         now: Now,
@@ -293,6 +313,7 @@ impl Room {
         who: &Identity,
         mode: Mode,
         role: Option<Role>,
+        role_decided: bool,
     ) -> Result<JoinOk, RoomError> {
         if self.closed {
             return Err(RoomError::Closed(self.name.clone()));
@@ -305,6 +326,7 @@ impl Room {
             member.admin = who.grants.admin;
             member.roles.clone_from(&who.grants.roles);
             member.info.name.clone_from(&who.name);
+            member.attrs.clone_from(&who.attrs);
             let (role, mode) = (member.info.role, member.info.mode);
             self.conns.insert(conn, who.user.clone());
             if let Some(old) = previous.filter(|old| *old != conn) {
@@ -318,7 +340,7 @@ impl Room {
         }
 
         let role = match role {
-            Some(role) if who.may_take_role(role) => role,
+            Some(role) if role_decided || who.may_take_role(role) => role,
             Some(role) => return Err(RoomError::RoleNotAllowed(role)),
             None => who.default_role().ok_or(RoomError::NoRoleAllowed)?,
         };
@@ -370,6 +392,7 @@ impl Room {
                 grace_until: None,
                 admin: who.grants.admin,
                 roles: who.grants.roles.clone(),
+                attrs: who.attrs.clone(),
             },
         );
         self.conns.insert(conn, who.user.clone());
@@ -384,6 +407,7 @@ impl Room {
             role,
             mode,
             members: self.members(),
+            metadata: self.metadata.clone(),
             resumed,
         }
     }
@@ -424,7 +448,8 @@ impl Room {
         if member.info.role == role {
             return Ok(());
         }
-        let for_itself = matches!(actor, Actor::Member(_)) && operator == target;
+        let for_itself =
+            matches!(actor, Actor::Member(_) | Actor::Moderator(_)) && operator == target;
         if for_itself && !member.roles.contains(&role) {
             return Err(RoomError::RoleNotAllowed(role));
         }
@@ -531,6 +556,143 @@ impl Room {
         self.finish(now, reason);
     }
 
+    /// Who an actor is, as `operate_by` and `from` name it.
+    fn operator(&self, actor: &Actor) -> Result<UserId, RoomError> {
+        match actor {
+            Actor::Member(conn) | Actor::Moderator(conn) => self.member_on(*conn).cloned(),
+            Actor::Admin(op) => Ok(op.clone()),
+            Actor::Policy(name) => Ok(UserId(format!("policy:{name}"))),
+        }
+    }
+
+    /// Whether `user` holds a membership (connected or in its grace window).
+    pub fn is_member(&self, user: &UserId) -> bool {
+        self.members.contains_key(user)
+    }
+
+    /// Whether `conn` is allowed to act on others by its token alone.
+    pub fn is_admin(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .and_then(|u| self.members.get(u))
+            .is_some_and(|m| m.admin)
+    }
+
+    /// The room as a policy script reads it.
+    pub fn view(&self) -> RoomView {
+        let mut members: Vec<&Member> = self.members.values().collect();
+        members.sort_by_key(|m| m.seq);
+        RoomView {
+            members: members
+                .into_iter()
+                .map(|m| MemberView {
+                    info: m.info.clone(),
+                    attrs: m.attrs.clone(),
+                })
+                .collect(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    /// Mutes (or unmutes) every member but the one acting. Needs the right
+    /// to act on others. Unmuting skips members who cannot publish.
+    pub fn mute_all(
+        &mut self,
+        actor: &Actor,
+        kind: MediaKind,
+        muted: bool,
+    ) -> Result<(), RoomError> {
+        let operator = self.operator(actor)?;
+        if let Actor::Member(conn) = actor
+            && !self.is_admin(*conn)
+        {
+            return Err(RoomError::NotPermitted);
+        }
+        let mut targets: Vec<(u64, UserId)> = self
+            .members
+            .values()
+            .filter(|m| m.info.user != operator)
+            .map(|m| (m.seq, m.info.user.clone()))
+            .collect();
+        targets.sort();
+        for (_, user) in targets {
+            let Some(member) = self.members.get_mut(&user) else {
+                continue;
+            };
+            if !muted
+                && (member.info.role == Role::Audience
+                    || (kind == MediaKind::Video && member.info.mode == Mode::Audio))
+            {
+                continue;
+            }
+            let slot = match kind {
+                MediaKind::Audio => &mut member.info.audio_muted,
+                MediaKind::Video => &mut member.info.video_muted,
+            };
+            if *slot != muted {
+                *slot = muted;
+                self.push_mute_changed(&user, kind, muted, &operator);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a data message to one member or to everyone (a member's own
+    /// message is not echoed back to it).
+    pub fn send_data(
+        &mut self,
+        actor: &Actor,
+        to: Option<&UserId>,
+        payload: serde_json::Value,
+    ) -> Result<(), RoomError> {
+        let from = self.operator(actor)?;
+        let msg = ServerMessage::Data {
+            room: self.name.clone(),
+            channel_id: self.channel_id,
+            from: from.0,
+            payload,
+        };
+        let recipients = match to {
+            Some(user) => {
+                let member = self
+                    .members
+                    .get(user)
+                    .ok_or_else(|| RoomError::NoSuchMember(user.clone()))?;
+                match member.conn {
+                    Some(conn) => Recipients::Only(conn),
+                    // In its grace window: nobody to deliver to.
+                    None => return Ok(()),
+                }
+            }
+            None => match actor {
+                Actor::Member(conn) | Actor::Moderator(conn) => Recipients::AllExcept(*conn),
+                _ => Recipients::All,
+            },
+        };
+        self.out.push_back(Output::Broadcast {
+            to: recipients,
+            msg,
+        });
+        Ok(())
+    }
+
+    /// Sets (or, with `null`, removes) one metadata key; everyone is told.
+    pub fn set_metadata(&mut self, key: String, value: serde_json::Value) {
+        if value.is_null() {
+            self.metadata.remove(&key);
+        } else {
+            self.metadata.insert(key, value);
+        }
+        self.out.push_back(Output::Broadcast {
+            to: Recipients::All,
+            msg: ServerMessage::MetadataChanged {
+                room: self.name.clone(),
+                channel_id: self.channel_id,
+                metadata: self.metadata.clone(),
+            },
+        });
+    }
+
     /// The user on `conn`, or `NotMember`.
     fn member_on(&self, conn: ConnId) -> Result<&UserId, RoomError> {
         self.conns
@@ -546,18 +708,20 @@ impl Room {
         target: Option<&UserId>,
     ) -> Result<(UserId, UserId), RoomError> {
         match actor {
-            Actor::Admin(op) => {
-                let target = target.ok_or_else(|| RoomError::NoSuchMember(op.clone()))?;
-                Ok((target.clone(), op.clone()))
+            Actor::Admin(_) | Actor::Policy(_) => {
+                let operator = self.operator(actor)?;
+                let target = target.ok_or_else(|| RoomError::NoSuchMember(operator.clone()))?;
+                Ok((target.clone(), operator))
             }
-            Actor::Member(conn) => {
+            Actor::Member(conn) | Actor::Moderator(conn) => {
                 let me = self.member_on(*conn)?.clone();
                 match target {
                     None => Ok((me.clone(), me)),
                     Some(t) if *t == me => Ok((me.clone(), me)),
                     Some(t) => {
                         // `member_on` succeeded, so the member exists.
-                        if self.members.get(&me).is_some_and(|m| m.admin) {
+                        let moderator = matches!(actor, Actor::Moderator(_));
+                        if moderator || self.members.get(&me).is_some_and(|m| m.admin) {
                             Ok((t.clone(), me))
                         } else {
                             Err(RoomError::NotPermitted)

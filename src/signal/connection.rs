@@ -280,9 +280,18 @@ impl Connection {
                 Err(Failure::new(Status::Conflict, "hello was already accepted"))
             }
             Request::Ping {} => Ok(serde_json::Value::Null),
-            Request::Create { room, custom_info } => {
+            Request::Create {
+                room,
+                custom_info,
+                policy,
+            } => {
                 identity.check_create(&room)?;
-                let handle = self.state.rooms.create(room.clone(), custom_info)?;
+                let handle = self.state.rooms.create(
+                    room.clone(),
+                    custom_info,
+                    policy.as_deref(),
+                    Some(&identity),
+                )?;
                 tracing::info!(room = %room, channel_id = %handle.channel_id(), "room created");
                 to_value(CreateOk {
                     room,
@@ -329,6 +338,20 @@ impl Connection {
             }
             Request::Kick { user } => {
                 self.current_room()?.handle.kick(me, user).await?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::MuteAll { kind, muted } => {
+                self.current_room()?
+                    .handle
+                    .mute_all(me, kind, muted)
+                    .await?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::Data { payload, to } => {
+                self.current_room()?
+                    .handle
+                    .send_data(me, to, payload)
+                    .await?;
                 Ok(serde_json::Value::Null)
             }
         }

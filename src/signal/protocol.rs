@@ -114,6 +114,9 @@ pub enum Request {
         room: RoomName,
         #[serde(default)]
         custom_info: String,
+        /// The room policy (a script name); default: chosen by the server's rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<String>,
     },
     /// Join a created room.
     Join {
@@ -139,6 +142,14 @@ pub enum Request {
     },
     /// Remove `user` from the current room (needs the admin grant).
     Kick { user: UserId },
+    /// Mute (or unmute) everyone else's audio or video (needs the admin grant).
+    MuteAll { kind: MediaKind, muted: bool },
+    /// Send a data message to everyone else in the room, or to `to`.
+    Data {
+        payload: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<UserId>,
+    },
     /// Heartbeat; any message counts, this one does nothing else.
     Ping {},
 }
@@ -154,6 +165,8 @@ impl Request {
             Request::SetRole { .. } => "set_role",
             Request::Mute { .. } => "mute",
             Request::Kick { .. } => "kick",
+            Request::MuteAll { .. } => "mute_all",
+            Request::Data { .. } => "data",
             Request::Ping {} => "ping",
         }
     }
@@ -255,6 +268,20 @@ pub enum ServerMessage {
         muted: bool,
         operate_by: String,
     },
+    /// A data message from a member (`from` is its user id), the room's
+    /// policy (`policy:<name>`) or an admin.
+    Data {
+        room: RoomName,
+        channel_id: ChannelId,
+        from: String,
+        payload: Value,
+    },
+    /// The room's metadata changed; the whole new map.
+    MetadataChanged {
+        room: RoomName,
+        channel_id: ChannelId,
+        metadata: serde_json::Map<String, Value>,
+    },
     /// The server ended this connection's membership.
     Disconnected {
         room: RoomName,
@@ -321,6 +348,9 @@ pub struct JoinOk {
     pub mode: Mode,
     /// Everyone in the room, the joiner included, in join order.
     pub members: Vec<MemberInfo>,
+    /// What the room's policy has published with `room.set_metadata`.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, Value>,
     /// True when this join took over an existing membership of the same user
     /// (a reconnect inside the grace window): others saw nothing.
     pub resumed: bool,

@@ -7,6 +7,7 @@
 //! queued behind every write sent before them, so a reader always sees what
 //! happened-before its request.
 
+pub mod kv;
 pub mod sqlite;
 
 use std::thread::JoinHandle;

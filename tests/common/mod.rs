@@ -37,6 +37,12 @@ impl TestServer {
         config.server.bind = "127.0.0.1:0".parse().expect("literal address");
         config.server.data_dir = data_dir.path().to_path_buf();
         config.server.shutdown_grace = Duration::from_secs(5);
+        // Each server gets empty script and plugin directories of its own;
+        // tests that need policies write into them or point elsewhere.
+        config.policy.scripts_dir = data_dir.path().join("scripts");
+        config.policy.plugins_dir = data_dir.path().join("plugins");
+        std::fs::create_dir_all(&config.policy.scripts_dir).expect("scripts dir");
+        std::fs::create_dir_all(&config.policy.plugins_dir).expect("plugins dir");
         adjust(&mut config);
         let server = Server::start(config, true).await.expect("server starts");
         TestServer {

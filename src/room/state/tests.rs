@@ -37,6 +37,7 @@ fn who(user: &str) -> Identity {
             rooms: vec!["*".into()],
             ..Grants::default()
         },
+        attrs: serde_json::json!({}),
     }
 }
 
@@ -97,7 +98,7 @@ fn first_join_starts_the_record_and_returns_custom_info() {
     let clock = Clock::new();
     let mut r = room(&clock);
     let ok = r
-        .join(clock.now(), A, &who("a"), Mode::Video, None)
+        .join(clock.now(), A, &who("a"), Mode::Video, None, false)
         .unwrap();
     assert_eq!(ok.channel_id, ChannelId(77));
     assert_eq!(ok.custom_info, "hello all");
@@ -127,11 +128,18 @@ fn first_join_starts_the_record_and_returns_custom_info() {
 fn others_see_member_joined_and_the_joiner_gets_everyone() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
     let ok = r
-        .join(clock.now(), B, &who("b"), Mode::Audio, Some(Role::Audience))
+        .join(
+            clock.now(),
+            B,
+            &who("b"),
+            Mode::Audio,
+            Some(Role::Audience),
+            false,
+        )
         .unwrap();
     let users: Vec<_> = ok.members.iter().map(|m| m.user.as_str()).collect();
     assert_eq!(users, ["a", "b"]);
@@ -160,7 +168,7 @@ fn audio_mode_has_no_video_to_unmute() {
     let clock = Clock::new();
     let mut r = room(&clock);
     let ok = r
-        .join(clock.now(), A, &who("a"), Mode::Audio, None)
+        .join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
     assert!(ok.members[0].video_muted);
     assert_eq!(
@@ -181,14 +189,15 @@ fn a_role_outside_the_token_is_refused() {
             A,
             &only_audience,
             Mode::Audio,
-            Some(Role::Interactor)
+            Some(Role::Interactor),
+            false,
         )
         .unwrap_err(),
         RoomError::RoleNotAllowed(Role::Interactor)
     );
     assert!(drain(&mut r).is_empty(), "a refused join changes nothing");
     let ok = r
-        .join(clock.now(), A, &only_audience, Mode::Audio, None)
+        .join(clock.now(), A, &only_audience, Mode::Audio, None, false)
         .unwrap();
     assert_eq!(
         ok.role,
@@ -213,9 +222,9 @@ fn a_role_outside_the_token_is_refused() {
 fn leave_tells_others_and_the_last_leave_closes() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None)
+    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
 
@@ -250,7 +259,7 @@ fn leave_tells_others_and_the_last_leave_closes() {
             .any(|op| matches!(op, RecordOp::End { reason, .. } if reason == "all_left"))
     );
     assert!(
-        r.join(clock.now(), C, &who("c"), Mode::Audio, None)
+        r.join(clock.now(), C, &who("c"), Mode::Audio, None, false)
             .is_err()
     );
 }
@@ -275,7 +284,7 @@ fn a_room_never_joined_expires_without_a_record() {
 fn a_joined_room_does_not_expire() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
     assert_eq!(r.poll_timeout(), None);
     r.handle_timeout(clock.advance(Duration::from_secs(3600)));
@@ -286,9 +295,9 @@ fn a_joined_room_does_not_expire() {
 fn lost_connection_leaves_with_timeout_after_the_grace_window() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None)
+    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
 
@@ -327,9 +336,16 @@ fn lost_connection_leaves_with_timeout_after_the_grace_window() {
 fn reconnect_inside_the_grace_window_resumes_silently() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Video, Some(Role::Audience))
-        .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None)
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Video,
+        Some(Role::Audience),
+        false,
+    )
+    .unwrap();
+    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
 
@@ -341,6 +357,7 @@ fn reconnect_inside_the_grace_window_resumes_silently() {
             &who("a"),
             Mode::Audio,
             None,
+            false,
         )
         .unwrap();
     assert!(ok.resumed);
@@ -357,11 +374,11 @@ fn reconnect_inside_the_grace_window_resumes_silently() {
 fn a_second_connection_of_the_same_user_replaces_the_first() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
     let ok = r
-        .join(clock.now(), B, &who("a"), Mode::Audio, None)
+        .join(clock.now(), B, &who("a"), Mode::Audio, None, false)
         .unwrap();
     assert!(ok.resumed);
     let out = drain(&mut r);
@@ -388,9 +405,9 @@ fn a_second_connection_of_the_same_user_replaces_the_first() {
 fn mute_changes_reach_everyone_with_the_operator() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Video, None)
+    r.join(clock.now(), A, &who("a"), Mode::Video, None, false)
         .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Video, None)
+    r.join(clock.now(), B, &who("b"), Mode::Video, None, false)
         .unwrap();
     drain(&mut r);
 
@@ -422,9 +439,9 @@ fn mute_changes_reach_everyone_with_the_operator() {
 fn only_admins_act_on_others() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
-    r.join(clock.now(), B, &admin("boss"), Mode::Audio, None)
+    r.join(clock.now(), B, &admin("boss"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
     let a: UserId = "a".into();
@@ -468,7 +485,7 @@ fn only_admins_act_on_others() {
 fn audience_cannot_unmute_and_becoming_audience_mutes() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Video, None)
+    r.join(clock.now(), A, &who("a"), Mode::Video, None, false)
         .unwrap();
     drain(&mut r);
 
@@ -513,9 +530,9 @@ fn audience_cannot_unmute_and_becoming_audience_mutes() {
 fn kick_removes_with_its_own_message_to_the_kicked() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None)
+    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
 
@@ -551,9 +568,9 @@ fn kick_removes_with_its_own_message_to_the_kicked() {
 fn close_evicts_everyone_and_ends_the_record() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None)
+    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
         .unwrap();
     drain(&mut r);
     r.close(clock.now(), CloseReason::Shutdown);
@@ -598,14 +615,14 @@ fn close_evicts_everyone_and_ends_the_record() {
 fn rejoining_after_leaving_is_a_new_membership() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None)
+    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
         .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None)
+    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
         .unwrap();
     r.leave(clock.now(), A).unwrap();
     drain(&mut r);
     let ok = r
-        .join(clock.now(), C, &who("a"), Mode::Audio, None)
+        .join(clock.now(), C, &who("a"), Mode::Audio, None, false)
         .unwrap();
     assert!(!ok.resumed);
     let out = drain(&mut r);

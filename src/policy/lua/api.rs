@@ -1,0 +1,331 @@
+//! What a room script can call: the `room`, `store` and `log` globals.
+//!
+//! Reads come from a [`RoomView`] the room hands in for the duration of a
+//! hook; actions are queued as [`Effect`]s and carried out by the room after
+//! the hook returns (a script never re-enters the room mid-decision). Both
+//! live in the state's app data as a [`HookContext`], present only while a
+//! hook runs.
+
+use std::sync::Arc;
+
+use mlua::{Lua, LuaSerdeExt, Table, Value};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::ids::UserId;
+use crate::signal::protocol::{MediaKind, MemberInfo, Role};
+use crate::store::kv::KvStore;
+
+/// A member as a script sees it: the public info plus the token's attributes.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub info: MemberInfo,
+    pub attrs: Json,
+}
+
+/// The room as a script sees it during one hook call.
+#[derive(Clone, Debug, Default)]
+pub struct RoomView {
+    pub members: Vec<MemberView>,
+    pub metadata: serde_json::Map<String, Json>,
+}
+
+/// An action a script asked for; applied by the room after the hook.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Kick {
+        user: UserId,
+    },
+    Mute {
+        user: UserId,
+        kind: MediaKind,
+        muted: bool,
+    },
+    MuteAll {
+        kind: MediaKind,
+        muted: bool,
+    },
+    SetRole {
+        user: UserId,
+        role: Role,
+    },
+    Send {
+        to: Option<UserId>,
+        payload: Json,
+    },
+    SetMetadata {
+        key: String,
+        value: Json,
+    },
+    Close,
+    Timer {
+        name: String,
+        after_ms: u64,
+        repeat: bool,
+    },
+    CancelTimer {
+        name: String,
+    },
+}
+
+/// Present in app data while a hook runs.
+pub struct HookContext {
+    pub view: Arc<RoomView>,
+    pub effects: Vec<Effect>,
+}
+
+/// Set once per state: who the store belongs to.
+pub(crate) struct StoreScope {
+    pub kv: Arc<dyn KvStore>,
+    pub namespace: String,
+}
+
+fn outside_hook() -> mlua::Error {
+    mlua::Error::RuntimeError("room actions are only available inside a hook".into())
+}
+
+fn with_context<R>(lua: &Lua, f: impl FnOnce(&mut HookContext) -> R) -> mlua::Result<R> {
+    let mut ctx = lua.app_data_mut::<HookContext>().ok_or_else(outside_hook)?;
+    Ok(f(&mut ctx))
+}
+
+fn push(lua: &Lua, effect: Effect) -> mlua::Result<()> {
+    with_context(lua, |ctx| ctx.effects.push(effect))
+}
+
+fn parse_kind(kind: &str) -> mlua::Result<MediaKind> {
+    match kind {
+        "audio" => Ok(MediaKind::Audio),
+        "video" => Ok(MediaKind::Video),
+        other => Err(mlua::Error::RuntimeError(format!(
+            "unknown media kind `{other}`: use \"audio\" or \"video\""
+        ))),
+    }
+}
+
+pub fn parse_role(role: &str) -> mlua::Result<Role> {
+    match role {
+        "interactor" => Ok(Role::Interactor),
+        "audience" => Ok(Role::Audience),
+        other => Err(mlua::Error::RuntimeError(format!(
+            "unknown role `{other}`: use \"interactor\" or \"audience\""
+        ))),
+    }
+}
+
+/// Installs `room`, `store` and `log` into a fresh state.
+pub fn install(
+    lua: &Lua,
+    room: &str,
+    channel_id: i64,
+    custom_info: &str,
+    script: &str,
+    store: Option<(Arc<dyn KvStore>, String)>,
+) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let api = lua.create_table()?;
+    api.raw_set("name", room)?;
+    api.raw_set("channel_id", channel_id)?;
+    api.raw_set("custom_info", custom_info)?;
+    // Survives reloads: it belongs to the state, not to a script version.
+    api.raw_set("state", lua.create_table()?)?;
+
+    api.raw_set(
+        "members",
+        lua.create_function(|lua, ()| {
+            let view = with_context(lua, |ctx| ctx.view.clone())?;
+            lua.to_value(&view.members)
+        })?,
+    )?;
+    api.raw_set(
+        "member",
+        lua.create_function(|lua, user: String| {
+            let view = with_context(lua, |ctx| ctx.view.clone())?;
+            match view.members.iter().find(|m| m.info.user.as_str() == user) {
+                Some(member) => lua.to_value(member),
+                None => Ok(Value::Nil),
+            }
+        })?,
+    )?;
+    api.raw_set(
+        "count",
+        lua.create_function(|lua, ()| with_context(lua, |ctx| ctx.view.members.len()))?,
+    )?;
+    api.raw_set(
+        "metadata",
+        lua.create_function(|lua, ()| {
+            let view = with_context(lua, |ctx| ctx.view.clone())?;
+            lua.to_value(&view.metadata)
+        })?,
+    )?;
+    api.raw_set(
+        "kick",
+        lua.create_function(|lua, user: String| push(lua, Effect::Kick { user: UserId(user) }))?,
+    )?;
+    api.raw_set(
+        "mute",
+        lua.create_function(|lua, (user, kind, muted): (String, String, Option<bool>)| {
+            let kind = parse_kind(&kind)?;
+            push(
+                lua,
+                Effect::Mute {
+                    user: UserId(user),
+                    kind,
+                    muted: muted.unwrap_or(true),
+                },
+            )
+        })?,
+    )?;
+    api.raw_set(
+        "mute_all",
+        lua.create_function(|lua, (kind, muted): (String, Option<bool>)| {
+            let kind = parse_kind(&kind)?;
+            push(
+                lua,
+                Effect::MuteAll {
+                    kind,
+                    muted: muted.unwrap_or(true),
+                },
+            )
+        })?,
+    )?;
+    api.raw_set(
+        "set_role",
+        lua.create_function(|lua, (user, role): (String, String)| {
+            let role = parse_role(&role)?;
+            push(
+                lua,
+                Effect::SetRole {
+                    user: UserId(user),
+                    role,
+                },
+            )
+        })?,
+    )?;
+    api.raw_set(
+        "send",
+        lua.create_function(|lua, (to, payload): (Option<String>, Value)| {
+            let payload: Json = lua.from_value(payload)?;
+            push(
+                lua,
+                Effect::Send {
+                    to: to.map(UserId),
+                    payload,
+                },
+            )
+        })?,
+    )?;
+    api.raw_set(
+        "set_metadata",
+        lua.create_function(|lua, (key, value): (String, Value)| {
+            let value: Json = lua.from_value(value)?;
+            push(lua, Effect::SetMetadata { key, value })
+        })?,
+    )?;
+    api.raw_set(
+        "close",
+        lua.create_function(|lua, ()| push(lua, Effect::Close))?,
+    )?;
+    api.raw_set(
+        "after",
+        lua.create_function(|lua, (ms, name): (u64, String)| {
+            push(
+                lua,
+                Effect::Timer {
+                    name,
+                    after_ms: ms,
+                    repeat: false,
+                },
+            )
+        })?,
+    )?;
+    api.raw_set(
+        "every",
+        lua.create_function(|lua, (ms, name): (u64, String)| {
+            if ms == 0 {
+                return Err(mlua::Error::RuntimeError(
+                    "room.every needs an interval above 0 ms".into(),
+                ));
+            }
+            push(
+                lua,
+                Effect::Timer {
+                    name,
+                    after_ms: ms,
+                    repeat: true,
+                },
+            )
+        })?,
+    )?;
+    api.raw_set(
+        "cancel",
+        lua.create_function(|lua, name: String| push(lua, Effect::CancelTimer { name }))?,
+    )?;
+    globals.raw_set("room", api)?;
+
+    install_log(lua, script)?;
+    if let Some((kv, namespace)) = store {
+        lua.set_app_data(StoreScope { kv, namespace });
+    }
+    install_store(lua)?;
+    Ok(())
+}
+
+fn install_log(lua: &Lua, script: &str) -> mlua::Result<()> {
+    let log = lua.create_table()?;
+    let script: Arc<str> = script.into();
+    for level in ["error", "warn", "info", "debug"] {
+        let script = script.clone();
+        let f = lua.create_function(move |_, message: String| {
+            match level {
+                "error" => tracing::error!(script = %script, "{message}"),
+                "warn" => tracing::warn!(script = %script, "{message}"),
+                "info" => tracing::info!(script = %script, "{message}"),
+                _ => tracing::debug!(script = %script, "{message}"),
+            }
+            Ok(())
+        })?;
+        log.raw_set(level, f)?;
+    }
+    lua.globals().raw_set("log", log)
+}
+
+fn install_store(lua: &Lua) -> mlua::Result<()> {
+    let store: Table = lua.create_table()?;
+    store.raw_set(
+        "get",
+        lua.create_function(|lua, key: String| {
+            let value = {
+                let scope = lua.app_data_ref::<StoreScope>().ok_or_else(no_store)?;
+                scope
+                    .kv
+                    .get(&scope.namespace, &key)
+                    .map_err(|e| mlua::Error::RuntimeError(e.to_string()))?
+            };
+            match value {
+                Some(v) => lua.to_value(&v),
+                None => Ok(Value::Nil),
+            }
+        })?,
+    )?;
+    store.raw_set(
+        "set",
+        lua.create_function(|lua, (key, value): (String, Value)| {
+            let value: Option<Json> = match value {
+                Value::Nil => None,
+                other => Some(lua.from_value(other)?),
+            };
+            let scope = lua.app_data_ref::<StoreScope>().ok_or_else(no_store)?;
+            scope
+                .kv
+                .set(&scope.namespace, &key, value.as_ref())
+                .map_err(|e| mlua::Error::RuntimeError(e.to_string()))
+        })?,
+    )?;
+    lua.globals().raw_set("store", store)
+}
+
+fn no_store() -> mlua::Error {
+    mlua::Error::RuntimeError("no key-value store is configured".into())
+}

@@ -1,0 +1,320 @@
+//! The sandbox, the budget and the decision protocol, on real Lua.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::policy::catalog::{Script, short_hash};
+
+fn script(source: &str) -> Arc<Script> {
+    Arc::new(Script {
+        name: "test".into(),
+        source: source.into(),
+        hash: short_hash(source.as_bytes()),
+        loaded_at_ms: 0,
+        path: "scripts/test.lua".into(),
+    })
+}
+
+fn limits() -> LuaLimits {
+    LuaLimits {
+        memory_bytes: 2 * 1024 * 1024,
+        instructions: 200_000,
+        time: Duration::from_secs(5),
+    }
+}
+
+fn policy(source: &str) -> LuaPolicy {
+    LuaPolicy::new(
+        script(source),
+        RoomIdentity {
+            name: "r",
+            channel_id: 7,
+            custom_info: "info",
+        },
+        &limits(),
+        None,
+    )
+    .expect("script loads")
+}
+
+fn view() -> Arc<RoomView> {
+    Arc::new(RoomView::default())
+}
+
+fn decide(p: &mut LuaPolicy, hook: &str) -> Result<Decision, HookError> {
+    p.decide(hook, &view(), &json!({"user": "u"}), &mut Vec::new())
+}
+
+#[test]
+fn dangerous_globals_are_absent() {
+    let mut p = policy(
+        r#"
+        local policy = {}
+        function policy.can_join()
+          local seen = {}
+          for _, name in ipairs({"io", "debug", "package", "require", "load", "loadfile",
+                                  "dofile", "collectgarbage", "coroutine", "xpcall"}) do
+            if _G[name] ~= nil then table.insert(seen, name) end
+          end
+          if os.execute or os.getenv or os.remove then table.insert(seen, "os.*") end
+          if #seen > 0 then return false, table.concat(seen, ",") end
+          if type(os.time()) ~= "number" or type(os.clock()) ~= "number" then
+            return false, "no clock"
+          end
+          return true
+        end
+        return policy
+        "#,
+    );
+    assert_eq!(decide(&mut p, "can_join").unwrap(), Decision::Allow);
+}
+
+#[test]
+fn decisions_read_every_form() {
+    let mut p = policy(
+        r#"
+        return {
+          a = function() end,
+          b = function() return true end,
+          c = function() return false end,
+          d = function() return false, "not today" end,
+          e = function() return { allow = false, reason = "busy", code = 429 } end,
+          f = function() return { role = "audience" } end,
+          g = function() return { payload = { text = "hi" } } end,
+          h = function() return 42 end,
+          i = function() return { role = "king" } end,
+        }
+        "#,
+    );
+    assert_eq!(decide(&mut p, "a").unwrap(), Decision::Pass);
+    assert_eq!(decide(&mut p, "b").unwrap(), Decision::Allow);
+    match decide(&mut p, "c").unwrap() {
+        Decision::Deny(f) => {
+            assert_eq!(f.status, Status::Forbidden);
+            assert!(f.message.contains("`test`"), "{}", f.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        decide(&mut p, "d").unwrap(),
+        Decision::Deny(Failure::new(Status::Forbidden, "not today"))
+    );
+    assert_eq!(
+        decide(&mut p, "e").unwrap(),
+        Decision::Deny(Failure::new(Status::RateLimited, "busy"))
+    );
+    assert_eq!(decide(&mut p, "f").unwrap(), Decision::Role(Role::Audience));
+    assert_eq!(
+        decide(&mut p, "g").unwrap(),
+        Decision::Payload(json!({"text": "hi"}))
+    );
+    let err = decide(&mut p, "h").unwrap_err();
+    assert!(
+        err.message.contains("returned a integer"),
+        "{}",
+        err.message
+    );
+    let err = decide(&mut p, "i").unwrap_err();
+    assert!(
+        err.message.contains("unknown role `king`"),
+        "{}",
+        err.message
+    );
+    assert_eq!(decide(&mut p, "missing").unwrap(), Decision::Pass);
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_the_budget() {
+    let mut p = policy("return { can_join = function() while true do end end }");
+    let err = decide(&mut p, "can_join").unwrap_err();
+    assert_eq!(err.kind, HookErrorKind::Budget);
+    assert!(err.message.contains("budget"), "{}", err.message);
+    // The state is still usable afterwards.
+    let err = decide(&mut p, "can_join").unwrap_err();
+    assert_eq!(err.kind, HookErrorKind::Budget);
+}
+
+#[test]
+fn pcall_cannot_swallow_the_budget() {
+    let mut p = policy(
+        r#"return { can_join = function()
+             while true do pcall(function() while true do end end) end
+           end }"#,
+    );
+    assert_eq!(
+        decide(&mut p, "can_join").unwrap_err().kind,
+        HookErrorKind::Budget
+    );
+}
+
+#[test]
+fn pcall_still_catches_ordinary_errors() {
+    let mut p = policy(
+        r#"return { can_join = function()
+             local ok, err = pcall(function() error("boom") end)
+             return ok == false and err:find("boom") ~= nil
+           end }"#,
+    );
+    assert_eq!(decide(&mut p, "can_join").unwrap(), Decision::Allow);
+}
+
+#[test]
+fn a_memory_bomb_hits_the_cap() {
+    let mut p = policy(
+        r#"return { can_join = function()
+             local t = {}
+             for i = 1, 1e9 do t[i] = string.rep("x", 1024) .. i end
+           end }"#,
+    );
+    let err = decide(&mut p, "can_join").unwrap_err();
+    assert_eq!(err.kind, HookErrorKind::Memory, "{err}");
+}
+
+#[test]
+fn runaway_recursion_is_an_error() {
+    let mut p = policy(
+        r#"local function f(n) return f(n + 1) + 1 end
+           return { can_join = function() return f(1) end, ok = function() return true end }"#,
+    );
+    // Stopped by whichever limit it meets first (stack, memory or budget).
+    assert!(decide(&mut p, "can_join").is_err());
+    assert_eq!(
+        decide(&mut p, "ok").unwrap(),
+        Decision::Allow,
+        "the state still works"
+    );
+}
+
+#[test]
+fn errors_name_the_script_and_line() {
+    let mut p = policy("return {\n  can_join = function()\n    error('nope')\n  end\n}\n");
+    let err = decide(&mut p, "can_join").unwrap_err();
+    assert_eq!(err.kind, HookErrorKind::Error);
+    assert!(
+        err.message.contains("scripts/test.lua:3:"),
+        "{}",
+        err.message
+    );
+    assert!(err.script.starts_with("test@"));
+}
+
+#[test]
+fn loading_refuses_scripts_that_are_not_policies() {
+    for (source, needle) in [
+        ("return 5", "must return a table"),
+        ("this is not lua", "scripts/test.lua:1:"),
+        ("while true do end", "budget"),
+    ] {
+        let err = LuaPolicy::new(
+            script(source),
+            RoomIdentity {
+                name: "r",
+                channel_id: 1,
+                custom_info: "",
+            },
+            &limits(),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.message.contains(needle), "{source}: {}", err.message);
+    }
+}
+
+#[test]
+fn actions_are_queued_as_effects_and_state_survives_reload() {
+    let mut p = policy(
+        r#"return {
+             on_joined = function(member)
+               room.state.count = (room.state.count or 0) + 1
+               room.send(member.user, { n = room.state.count, room = room.name })
+               room.mute(member.user, "audio")
+               room.after(100, "tick")
+             end
+           }"#,
+    );
+    let mut effects = Vec::new();
+    p.react(
+        "on_joined",
+        &view(),
+        &[&json!({"user": "ann"})],
+        &mut effects,
+    )
+    .unwrap();
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Send {
+                to: Some("ann".into()),
+                payload: json!({"n": 1, "room": "r"})
+            },
+            Effect::Mute {
+                user: "ann".into(),
+                kind: crate::signal::protocol::MediaKind::Audio,
+                muted: true
+            },
+            Effect::Timer {
+                name: "tick".into(),
+                after_ms: 100,
+                repeat: false
+            },
+        ]
+    );
+
+    p.reload(script(
+        r#"return { on_joined = function(member)
+             room.state.count = room.state.count + 10
+             room.send(nil, room.state.count)
+           end }"#,
+    ))
+    .unwrap();
+    let mut effects = Vec::new();
+    p.react(
+        "on_joined",
+        &view(),
+        &[&json!({"user": "bob"})],
+        &mut effects,
+    )
+    .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::Send {
+            to: None,
+            payload: json!(11)
+        }]
+    );
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_version() {
+    let mut p = policy("return { can_join = function() return false, 'v1' end }");
+    let before = p.script().hash.clone();
+    assert!(p.reload(script("syntax error here")).is_err());
+    assert_eq!(p.script().hash, before);
+    assert_eq!(
+        decide(&mut p, "can_join").unwrap(),
+        Decision::Deny(Failure::new(Status::Forbidden, "v1"))
+    );
+}
+
+#[test]
+fn effects_of_a_failed_hook_are_dropped() {
+    let mut p = policy("return { on_joined = function() room.kick('x'); error('late') end }");
+    let mut effects = Vec::new();
+    assert!(p.react("on_joined", &view(), &[], &mut effects).is_err());
+    assert!(effects.is_empty());
+}
+
+#[test]
+fn an_idle_state_is_small() {
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/classroom.lua"
+    ))
+    .unwrap_or_else(|_| "return {}".into());
+    let p = policy(&source);
+    // The target is 200 KiB per idle room, Lua state included.
+    assert!(p.used_memory() < 200 * 1024, "{} bytes", p.used_memory());
+}

@@ -1,0 +1,271 @@
+//! One room's share of the policy runtime: its Lua state, its plugin
+//! instances, its timers, and which versions it runs.
+//!
+//! Owned by the room's task, so nothing here locks. Failures are turned into
+//! decisions here, in one place: a script or plugin that errors, runs out of
+//! budget or memory, traps or answers garbage is logged (with the script and
+//! line), remembered for the admin API, and decides by its failure mode.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Catalog, Script};
+use super::lua::{Decision, Effect, HookError, LuaPolicy, RoomView};
+use super::wasm::{Plugin, PluginInstance, Verdict};
+use super::{Check, FailureMode};
+use crate::status::{Failure, Status};
+
+/// What the admin API shows about a room's policy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyStatus {
+    /// The policy name the room is bound to.
+    pub policy: String,
+    /// `name@hash` of the script version running; `None` without a script.
+    pub version: Option<String>,
+    /// `name@hash` of each plugin version this room checks with.
+    pub plugins: Vec<String>,
+    /// Hook or plugin failures since the room opened.
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+struct Timer {
+    due: Instant,
+    every: Option<Duration>,
+}
+
+/// A room's policy state.
+pub struct RoomPolicy {
+    catalog: Arc<Catalog>,
+    name: String,
+    lua: Option<LuaPolicy>,
+    plugins: Arc<Vec<Arc<Plugin>>>,
+    instances: Vec<Option<PluginInstance>>,
+    timers: BTreeMap<String, Timer>,
+    status: PolicyStatus,
+}
+
+impl std::fmt::Debug for RoomPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomPolicy")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl RoomPolicy {
+    pub fn new(catalog: Arc<Catalog>, name: String, lua: Option<LuaPolicy>) -> RoomPolicy {
+        let plugins = catalog.plugins();
+        let mut policy = RoomPolicy {
+            catalog,
+            lua,
+            instances: plugins.iter().map(|_| None).collect(),
+            plugins,
+            timers: BTreeMap::new(),
+            status: PolicyStatus {
+                policy: name.clone(),
+                ..PolicyStatus::default()
+            },
+            name,
+        };
+        policy.refresh_labels();
+        policy
+    }
+
+    /// A room with no script and no plugins (tests, and rooms made before
+    /// the catalog exists).
+    pub fn status(&self) -> &PolicyStatus {
+        &self.status
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn refresh_labels(&mut self) {
+        self.status.version = self.lua.as_ref().map(|l| l.script().label());
+        self.status.plugins = self.plugins.iter().map(|p| p.label()).collect();
+    }
+
+    fn failed(&mut self, error: String) {
+        tracing::warn!(policy = %self.name, %error, "policy failure");
+        self.status.errors += 1;
+        self.status.last_error = Some(error);
+    }
+
+    /// Picks up new script and plugin versions. Returns the previous script
+    /// label when the script changed (for `on_reload`).
+    pub fn sync(&mut self) -> Option<String> {
+        let plugins = self.catalog.plugins();
+        if !Arc::ptr_eq(&plugins, &self.plugins) {
+            // Instances are per version: a new set starts fresh.
+            self.instances = plugins.iter().map(|_| None).collect();
+            self.plugins = plugins;
+        }
+        let mut reloaded = None;
+        if let Some(lua) = &mut self.lua
+            && let Some(newest) = self.catalog.script(&self.name)
+            && !Arc::ptr_eq(lua.script(), &newest)
+        {
+            let old = lua.script().label();
+            match lua.reload(newest) {
+                Ok(()) => reloaded = Some(old),
+                // Validated by the catalog, so this is rare (the room's state
+                // differs from the probe's: memory already near its cap, say).
+                Err(e) => self.failed(e.to_string()),
+            }
+        }
+        self.refresh_labels();
+        reloaded
+    }
+
+    /// Asks every plugin; the first deny wins. A failing plugin decides by
+    /// its own failure mode.
+    pub fn check_plugins(&mut self, check: &Check<'_>) -> Result<(), Failure> {
+        for i in 0..self.plugins.len() {
+            let plugin = self.plugins[i].clone();
+            if self.instances[i].is_none() {
+                match plugin.instantiate() {
+                    Ok(instance) => self.instances[i] = Some(instance),
+                    Err(e) => {
+                        let error = format!("plugin {}: {e}", plugin.label());
+                        self.failed(error.clone());
+                        if plugin.failure_mode == FailureMode::Deny {
+                            return Err(Failure::new(Status::Internal, error));
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(instance) = self.instances[i].as_mut() else {
+                continue;
+            };
+            match instance.check(check) {
+                Verdict::Abstain | Verdict::Allow => {}
+                Verdict::Deny(failure) => return Err(failure),
+                Verdict::Failed(why) => {
+                    // A trapped instance may hold broken state: start over.
+                    self.instances[i] = None;
+                    let error = format!("plugin {}: {why}", plugin.label());
+                    self.failed(error.clone());
+                    if plugin.failure_mode == FailureMode::Deny {
+                        return Err(Failure::new(
+                            Status::Forbidden,
+                            format!("permission check failed ({error})"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_script(&self) -> bool {
+        self.lua.is_some()
+    }
+
+    /// Runs a decide hook. A failing hook decides by the policy failure mode.
+    pub fn decide(
+        &mut self,
+        hook: &str,
+        view: &Arc<RoomView>,
+        request: &impl Serialize,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Decision, Failure> {
+        let Some(lua) = &mut self.lua else {
+            return Ok(Decision::Pass);
+        };
+        match lua.decide(hook, view, request, effects) {
+            Ok(decision) => Ok(decision),
+            Err(e) => {
+                let message = e.to_string();
+                self.failed(message.clone());
+                match self.catalog.config().failure_mode {
+                    FailureMode::Deny => Err(Failure::new(
+                        Status::Forbidden,
+                        format!("the room policy failed: {message}"),
+                    )),
+                    FailureMode::Allow => Ok(Decision::Pass),
+                }
+            }
+        }
+    }
+
+    /// Runs a react hook; a failure is reported and otherwise ignored.
+    pub fn react(
+        &mut self,
+        hook: &str,
+        view: &Arc<RoomView>,
+        args: &[&dyn super::lua::erased::ToLua],
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(lua) = &mut self.lua else {
+            return;
+        };
+        if !lua.has_hook(hook) {
+            return;
+        }
+        if let Err(e) = lua.react(hook, view, args, effects) {
+            self.failed(e.to_string());
+        }
+    }
+
+    /// Whether the script defines `hook` (so views need not be built for nothing).
+    pub fn wants(&self, hook: &str) -> bool {
+        self.lua.as_ref().is_some_and(|l| l.has_hook(hook))
+    }
+
+    pub fn set_timer(&mut self, name: String, after: Duration, repeat: bool, now: Instant) {
+        self.timers.insert(
+            name,
+            Timer {
+                due: now + after,
+                every: repeat.then_some(after),
+            },
+        );
+    }
+
+    pub fn cancel_timer(&mut self, name: &str) {
+        self.timers.remove(name);
+    }
+
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.values().map(|t| t.due).min()
+    }
+
+    /// Timers due at `now`, rescheduling repeating ones.
+    pub fn due_timers(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        self.timers.retain(|name, timer| {
+            if timer.due > now {
+                return true;
+            }
+            due.push(name.clone());
+            match timer.every {
+                Some(every) => {
+                    timer.due = now + every;
+                    true
+                }
+                None => false,
+            }
+        });
+        due
+    }
+
+    /// Memory held by the Lua state, in bytes.
+    pub fn lua_memory(&self) -> usize {
+        self.lua.as_ref().map_or(0, |l| l.used_memory())
+    }
+
+    pub fn script(&self) -> Option<&Arc<Script>> {
+        self.lua.as_ref().map(|l| l.script())
+    }
+
+    /// The script's load failure, when a room could not get its state.
+    pub fn load_failed(&mut self, error: &HookError) {
+        self.failed(error.to_string());
+    }
+}
