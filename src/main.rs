@@ -1,5 +1,6 @@
 //! The `conclave` binary: parses the command line and calls the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::config::Config;
-use conclave::server::Server;
+use conclave::server::{Server, ShutdownSignal};
 use conclave::signal::protocol::Role;
 
 #[derive(Parser)]
@@ -123,11 +124,12 @@ fn serve(dev: bool, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let signal = ShutdownSignal::install().context("installing signal handlers")?;
         let server = Server::start(config, dev).await?;
         if dev {
             print_dev_banner(&server)?;
         }
-        server.run_until_signal().await;
+        server.run_until(signal).await;
         Ok(())
     })
 }
@@ -146,12 +148,17 @@ fn print_dev_banner(server: &Server) -> anyhow::Result<()> {
         Duration::from_secs(7 * 24 * 3600),
     ))?;
     let addr = server.addr();
-    println!("conclave is running in dev mode (built-in key, loopback only)");
-    println!("  signaling  ws://{addr}/ws");
-    println!("  admin API  http://{addr}/api/rooms");
-    println!("  metrics    http://{addr}/metrics");
-    println!("  token (user `dev`, admin, may create and join any room, valid 7 days):");
-    println!("{token}");
-    println!("  mint more: conclave token --dev --user alice --create");
+    let banner = format!(
+        "conclave is running in dev mode (built-in key, loopback only)\n\
+         \x20 signaling  ws://{addr}/ws\n\
+         \x20 admin API  http://{addr}/api/rooms\n\
+         \x20 metrics    http://{addr}/metrics\n\
+         \x20 token (user `dev`, admin, may create and join any room, valid 7 days):\n\
+         {token}\n\
+         \x20 mint more: conclave token --dev --user alice --create\n"
+    );
+    // A closed stdout (the reader went away) is no reason to stop serving.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     Ok(())
 }

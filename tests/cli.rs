@@ -114,6 +114,8 @@ async fn serve_dev_prints_a_working_token_and_stops_on_sigterm() {
                 url = Some(rest.trim().to_owned());
             }
             if line.starts_with("eyJ") {
+                // Keep reading in the background, as a terminal would.
+                std::thread::spawn(move || lines.for_each(drop));
                 return (url.expect("the URL comes before the token"), line);
             }
         }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::registry::RoomsInner;
-use super::state::{Actor, CloseReason, Output, Recipients, Room};
+use super::state::{Actor, CloseReason, JoinOptions, Output, Recipients, Room};
 use super::{Outbound, Sink, now};
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
@@ -449,9 +449,9 @@ impl RoomDriver {
                 let mut effects = Vec::new();
                 let result = self
                     .decide_join(&identity, mode, role, &mut effects)
-                    .and_then(|(role, decided)| {
+                    .and_then(|(role, options)| {
                         self.room
-                            .join(now(), conn, &identity, mode, role, decided)
+                            .join(now(), conn, &identity, mode, role, options)
                             .map_err(Failure::from)
                     });
                 if result.is_ok() {
@@ -635,17 +635,17 @@ impl RoomDriver {
         let _ = reply.send(result);
     }
 
-    /// Plugins then `can_join`. Returns the role to join with and whether the
-    /// policy chose it. A resume is not decided again.
+    /// Plugins then `can_join`. Returns the role to join with and how the
+    /// policy wants the join applied. A resume is not decided again.
     fn decide_join(
         &mut self,
         identity: &Identity,
         mode: Mode,
         role: Option<Role>,
         effects: &mut Vec<Effect>,
-    ) -> Result<(Option<Role>, bool), Failure> {
+    ) -> Result<(Option<Role>, JoinOptions), Failure> {
         if self.room.is_member(&identity.user) {
-            return Ok((role, false));
+            return Ok((role, JoinOptions::default()));
         }
         let mut check = Check::new(
             Action::Join,
@@ -656,7 +656,7 @@ impl RoomDriver {
         check.admin = identity.grants.admin;
         self.policy.check_plugins(&check)?;
         if !self.policy.has_script() {
-            return Ok((role, false));
+            return Ok((role, JoinOptions::default()));
         }
         #[derive(Serialize)]
         struct JoinRequest<'a> {
@@ -678,8 +678,19 @@ impl RoomDriver {
         let view = self.view();
         match self.policy.decide("can_join", &view, &request, effects)? {
             Decision::Deny(failure) => Err(failure),
-            Decision::Role(role) => Ok((Some(role), true)),
-            Decision::Pass | Decision::Allow | Decision::Payload(_) => Ok((role, false)),
+            Decision::Join {
+                role: decided,
+                muted,
+            } => Ok((
+                decided.or(role),
+                JoinOptions {
+                    role_decided: decided.is_some(),
+                    muted,
+                },
+            )),
+            Decision::Pass | Decision::Allow | Decision::Payload(_) | Decision::Handled => {
+                Ok((role, JoinOptions::default()))
+            }
         }
     }
 
@@ -783,6 +794,7 @@ impl RoomDriver {
                 match self.policy.decide("can_send", &view, &request, effects)? {
                     Decision::Deny(failure) => return Err(failure),
                     Decision::Payload(changed) => payload = changed,
+                    Decision::Handled => return Ok(()),
                     _ => {}
                 }
             }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use actor::{RoomHandle, RoomSummary};
 pub use registry::Rooms;
-pub use state::{Actor, CloseReason, Now, Room, RoomError, RoomSettings};
+pub use state::{Actor, CloseReason, JoinOptions, Now, Room, RoomError, RoomSettings};
 
 use crate::ids::ChannelId;
 

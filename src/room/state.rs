@@ -66,6 +66,15 @@ pub enum Actor {
     Policy(String),
 }
 
+/// How a join is to be applied, as the room's policy decided.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// The policy chose the role: the token's roles are not consulted.
+    pub role_decided: bool,
+    /// Start with audio and video muted.
+    pub muted: bool,
+}
+
 /// Why a room closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -303,9 +312,6 @@ impl Room {
 
     /// A connection joins as `who`. A join by a user who is already a member
     /// (a reconnect, or a second device) takes the membership over silently.
-    ///
-    /// `role_decided` means the room's policy chose the role: the token's
-    /// roles are not consulted.
     pub fn join(
         &mut self,
         now: Now,
@@ -313,7 +319,7 @@ impl Room {
         who: &Identity,
         mode: Mode,
         role: Option<Role>,
-        role_decided: bool,
+        options: JoinOptions,
     ) -> Result<JoinOk, RoomError> {
         if self.closed {
             return Err(RoomError::Closed(self.name.clone()));
@@ -340,11 +346,11 @@ impl Room {
         }
 
         let role = match role {
-            Some(role) if role_decided || who.may_take_role(role) => role,
+            Some(role) if options.role_decided || who.may_take_role(role) => role,
             Some(role) => return Err(RoomError::RoleNotAllowed(role)),
             None => who.default_role().ok_or(RoomError::NoRoleAllowed)?,
         };
-        let audience = role == Role::Audience;
+        let audience = role == Role::Audience || options.muted;
         let info = MemberInfo {
             user: who.user.clone(),
             name: who.name.clone(),

@@ -68,6 +68,22 @@ impl TestServer {
             .expect("mint")
     }
 
+    /// A token with `attrs` (for room policies), that may create and join any room.
+    pub fn token_with_attrs(&self, user: &str, attrs: Value) -> String {
+        let mut claims = claims_for(
+            user,
+            "",
+            Grants {
+                create: true,
+                rooms: vec!["*".into()],
+                ..Grants::default()
+            },
+            Duration::from_secs(600),
+        );
+        claims.attrs = attrs.as_object().cloned().unwrap_or_default();
+        Auth::dev().mint(&claims).expect("mint")
+    }
+
     /// A token that may create and join any room.
     pub fn user_token(&self, user: &str) -> String {
         self.token(
@@ -196,4 +212,42 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The repository's shipped room policies.
+pub fn shipped_scripts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// Waits for the next event that `pick` accepts, skipping others.
+pub async fn event_where<T>(
+    client: &mut SignalClient,
+    mut pick: impl FnMut(&ServerMessage) -> Option<T>,
+) -> T {
+    loop {
+        let event = next_event(client).await;
+        if let Some(found) = pick(&event) {
+            return found;
+        }
+    }
+}
+
+/// A plugin built by tools/build-plugins.
+pub fn built_plugin(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/target/wasm32-unknown-unknown/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run tools/build-plugins (tools/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Writes a file the way editors do: a temporary file renamed into place.
+pub fn save(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("saving");
+    std::fs::write(&tmp, text).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
 }

@@ -264,6 +264,21 @@ pub fn install(
     )?;
     globals.raw_set("room", api)?;
 
+    // `array(t)` marks a table as a JSON array, so that an empty one is
+    // sent as `[]` rather than `{}`.
+    let array_mt = lua.array_metatable();
+    globals.raw_set(
+        "array",
+        lua.create_function(move |lua, t: Option<Table>| {
+            let t = match t {
+                Some(t) => t,
+                None => lua.create_table()?,
+            };
+            t.set_metatable(Some(array_mt.clone()))?;
+            Ok(t)
+        })?,
+    )?;
+
     install_log(lua, script)?;
     if let Some((kv, namespace)) = store {
         lua.set_app_data(StoreScope { kv, namespace });

@@ -67,10 +67,17 @@ pub enum Decision {
     /// members this grants what the token alone would not.
     Allow,
     Deny(Failure),
-    /// `{role = "..."}` from `can_join`: join, but with this role.
-    Role(Role),
+    /// `{role = "...", muted = true}` from `can_join`: join, with this role
+    /// and/or with audio and video muted.
+    Join {
+        role: Option<Role>,
+        muted: bool,
+    },
     /// `{payload = ...}` from `can_send`: deliver this instead.
     Payload(serde_json::Value),
+    /// `{handled = true}` from `can_send`: the script took care of the
+    /// message; the sender gets 200 and nothing is delivered.
+    Handled,
 }
 
 /// Identifies the room a state belongs to.
@@ -278,10 +285,19 @@ impl LuaPolicy {
                     };
                     return Ok(Decision::Deny(Failure::new(status, reason)));
                 }
-                if let Value::String(role) = get("role") {
-                    let role = api::parse_role(&role.to_string_lossy())
-                        .map_err(|e| unreadable(sandbox::error_text(&e)))?;
-                    return Ok(Decision::Role(role));
+                if let Value::Boolean(true) = get("handled") {
+                    return Ok(Decision::Handled);
+                }
+                let role = match get("role") {
+                    Value::String(role) => Some(
+                        api::parse_role(&role.to_string_lossy())
+                            .map_err(|e| unreadable(sandbox::error_text(&e)))?,
+                    ),
+                    _ => None,
+                };
+                let muted = matches!(get("muted"), Value::Boolean(true));
+                if role.is_some() || muted {
+                    return Ok(Decision::Join { role, muted });
                 }
                 let payload = get("payload");
                 if !payload.is_nil() {

@@ -86,6 +86,8 @@ fn decisions_read_every_form() {
           g = function() return { payload = { text = "hi" } } end,
           h = function() return 42 end,
           i = function() return { role = "king" } end,
+          j = function() return { handled = true } end,
+          k = function() return { muted = true } end,
         }
         "#,
     );
@@ -106,7 +108,20 @@ fn decisions_read_every_form() {
         decide(&mut p, "e").unwrap(),
         Decision::Deny(Failure::new(Status::RateLimited, "busy"))
     );
-    assert_eq!(decide(&mut p, "f").unwrap(), Decision::Role(Role::Audience));
+    assert_eq!(
+        decide(&mut p, "f").unwrap(),
+        Decision::Join {
+            role: Some(Role::Audience),
+            muted: false
+        }
+    );
+    assert_eq!(
+        decide(&mut p, "k").unwrap(),
+        Decision::Join {
+            role: None,
+            muted: true
+        }
+    );
     assert_eq!(
         decide(&mut p, "g").unwrap(),
         Decision::Payload(json!({"text": "hi"}))
@@ -123,6 +138,7 @@ fn decisions_read_every_form() {
         "{}",
         err.message
     );
+    assert_eq!(decide(&mut p, "j").unwrap(), Decision::Handled);
     assert_eq!(decide(&mut p, "missing").unwrap(), Decision::Pass);
 }
 

@@ -98,7 +98,14 @@ fn first_join_starts_the_record_and_returns_custom_info() {
     let clock = Clock::new();
     let mut r = room(&clock);
     let ok = r
-        .join(clock.now(), A, &who("a"), Mode::Video, None, false)
+        .join(
+            clock.now(),
+            A,
+            &who("a"),
+            Mode::Video,
+            None,
+            JoinOptions::default(),
+        )
         .unwrap();
     assert_eq!(ok.channel_id, ChannelId(77));
     assert_eq!(ok.custom_info, "hello all");
@@ -128,8 +135,15 @@ fn first_join_starts_the_record_and_returns_custom_info() {
 fn others_see_member_joined_and_the_joiner_gets_everyone() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
     let ok = r
         .join(
@@ -138,7 +152,7 @@ fn others_see_member_joined_and_the_joiner_gets_everyone() {
             &who("b"),
             Mode::Audio,
             Some(Role::Audience),
-            false,
+            JoinOptions::default(),
         )
         .unwrap();
     let users: Vec<_> = ok.members.iter().map(|m| m.user.as_str()).collect();
@@ -168,7 +182,14 @@ fn audio_mode_has_no_video_to_unmute() {
     let clock = Clock::new();
     let mut r = room(&clock);
     let ok = r
-        .join(clock.now(), A, &who("a"), Mode::Audio, None, false)
+        .join(
+            clock.now(),
+            A,
+            &who("a"),
+            Mode::Audio,
+            None,
+            JoinOptions::default(),
+        )
         .unwrap();
     assert!(ok.members[0].video_muted);
     assert_eq!(
@@ -190,14 +211,21 @@ fn a_role_outside_the_token_is_refused() {
             &only_audience,
             Mode::Audio,
             Some(Role::Interactor),
-            false,
+            JoinOptions::default(),
         )
         .unwrap_err(),
         RoomError::RoleNotAllowed(Role::Interactor)
     );
     assert!(drain(&mut r).is_empty(), "a refused join changes nothing");
     let ok = r
-        .join(clock.now(), A, &only_audience, Mode::Audio, None, false)
+        .join(
+            clock.now(),
+            A,
+            &only_audience,
+            Mode::Audio,
+            None,
+            JoinOptions::default(),
+        )
         .unwrap();
     assert_eq!(
         ok.role,
@@ -222,10 +250,24 @@ fn a_role_outside_the_token_is_refused() {
 fn leave_tells_others_and_the_last_leave_closes() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &who("b"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
 
     r.leave(clock.advance(Duration::from_secs(3)), A).unwrap();
@@ -259,8 +301,15 @@ fn leave_tells_others_and_the_last_leave_closes() {
             .any(|op| matches!(op, RecordOp::End { reason, .. } if reason == "all_left"))
     );
     assert!(
-        r.join(clock.now(), C, &who("c"), Mode::Audio, None, false)
-            .is_err()
+        r.join(
+            clock.now(),
+            C,
+            &who("c"),
+            Mode::Audio,
+            None,
+            JoinOptions::default()
+        )
+        .is_err()
     );
 }
 
@@ -284,8 +333,15 @@ fn a_room_never_joined_expires_without_a_record() {
 fn a_joined_room_does_not_expire() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     assert_eq!(r.poll_timeout(), None);
     r.handle_timeout(clock.advance(Duration::from_secs(3600)));
     assert!(!r.is_closed());
@@ -295,10 +351,24 @@ fn a_joined_room_does_not_expire() {
 fn lost_connection_leaves_with_timeout_after_the_grace_window() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &who("b"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
 
     r.disconnected(clock.now(), A);
@@ -342,11 +412,18 @@ fn reconnect_inside_the_grace_window_resumes_silently() {
         &who("a"),
         Mode::Video,
         Some(Role::Audience),
-        false,
+        JoinOptions::default(),
     )
     .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &who("b"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
 
     r.disconnected(clock.now(), A);
@@ -357,7 +434,7 @@ fn reconnect_inside_the_grace_window_resumes_silently() {
             &who("a"),
             Mode::Audio,
             None,
-            false,
+            JoinOptions::default(),
         )
         .unwrap();
     assert!(ok.resumed);
@@ -374,11 +451,25 @@ fn reconnect_inside_the_grace_window_resumes_silently() {
 fn a_second_connection_of_the_same_user_replaces_the_first() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
     let ok = r
-        .join(clock.now(), B, &who("a"), Mode::Audio, None, false)
+        .join(
+            clock.now(),
+            B,
+            &who("a"),
+            Mode::Audio,
+            None,
+            JoinOptions::default(),
+        )
         .unwrap();
     assert!(ok.resumed);
     let out = drain(&mut r);
@@ -405,10 +496,24 @@ fn a_second_connection_of_the_same_user_replaces_the_first() {
 fn mute_changes_reach_everyone_with_the_operator() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Video, None, false)
-        .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Video, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Video,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &who("b"),
+        Mode::Video,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
 
     r.set_mute(&Actor::Member(A), None, MediaKind::Video, true)
@@ -439,10 +544,24 @@ fn mute_changes_reach_everyone_with_the_operator() {
 fn only_admins_act_on_others() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
-    r.join(clock.now(), B, &admin("boss"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &admin("boss"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
     let a: UserId = "a".into();
     let boss: UserId = "boss".into();
@@ -485,8 +604,15 @@ fn only_admins_act_on_others() {
 fn audience_cannot_unmute_and_becoming_audience_mutes() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Video, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Video,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
 
     r.set_role(&Actor::Member(A), None, Role::Audience).unwrap();
@@ -530,10 +656,24 @@ fn audience_cannot_unmute_and_becoming_audience_mutes() {
 fn kick_removes_with_its_own_message_to_the_kicked() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &who("b"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
 
     r.kick(
@@ -568,10 +708,24 @@ fn kick_removes_with_its_own_message_to_the_kicked() {
 fn close_evicts_everyone_and_ends_the_record() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &who("b"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     drain(&mut r);
     r.close(clock.now(), CloseReason::Shutdown);
     let out = drain(&mut r);
@@ -615,14 +769,35 @@ fn close_evicts_everyone_and_ends_the_record() {
 fn rejoining_after_leaving_is_a_new_membership() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(clock.now(), A, &who("a"), Mode::Audio, None, false)
-        .unwrap();
-    r.join(clock.now(), B, &who("b"), Mode::Audio, None, false)
-        .unwrap();
+    r.join(
+        clock.now(),
+        A,
+        &who("a"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
+    r.join(
+        clock.now(),
+        B,
+        &who("b"),
+        Mode::Audio,
+        None,
+        JoinOptions::default(),
+    )
+    .unwrap();
     r.leave(clock.now(), A).unwrap();
     drain(&mut r);
     let ok = r
-        .join(clock.now(), C, &who("a"), Mode::Audio, None, false)
+        .join(
+            clock.now(),
+            C,
+            &who("a"),
+            Mode::Audio,
+            None,
+            JoinOptions::default(),
+        )
         .unwrap();
     assert!(!ok.resumed);
     let out = drain(&mut r);
