@@ -50,6 +50,11 @@ enum Command {
         /// May use the admin API and act on other members.
         #[arg(long)]
         admin: bool,
+        /// An attribute room policies can read, `key=value` (the value is
+        /// JSON if it parses as JSON, else a string); repeatable.
+        /// E.g. `--attr teacher=true`.
+        #[arg(long = "attr", value_parser = parse_attr)]
+        attrs: Vec<(String, serde_json::Value)>,
         /// How long the token is valid, e.g. `1h`, `7d`.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
@@ -72,6 +77,15 @@ fn parse_role(s: &str) -> Result<Role, String> {
     }
 }
 
+fn parse_attr(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not key=value"))?;
+    let value =
+        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -83,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             rooms,
             roles,
             admin,
+            attrs,
             ttl,
             dev,
             config,
@@ -106,7 +121,9 @@ fn main() -> anyhow::Result<()> {
                 },
                 admin,
             };
-            let token = auth.mint(&claims_for(&user, &name, grants, ttl))?;
+            let mut claims = claims_for(&user, &name, grants, ttl);
+            claims.attrs = attrs.into_iter().collect();
+            let token = auth.mint(&claims)?;
             println!("{token}");
             Ok(())
         }

@@ -62,6 +62,14 @@ fn token_mints_what_it_is_told() {
             "token", "--dev", "--user", "alice", "--name", "Alice", "--create",
         ])
         .args(["--room", "class-*", "--role", "audience", "--ttl", "1h"])
+        .args([
+            "--attr",
+            "teacher=true",
+            "--attr",
+            "grade=7",
+            "--attr",
+            "nick=Al",
+        ])
         .output()
         .unwrap();
     assert!(

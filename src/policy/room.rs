@@ -27,6 +27,8 @@ pub struct PolicyStatus {
     pub version: Option<String>,
     /// `name@hash` of each plugin version this room checks with.
     pub plugins: Vec<String>,
+    /// Unix ms when the room started running its current script version.
+    pub since: Option<i64>,
     /// Hook or plugin failures since the room opened.
     pub errors: u64,
     pub last_error: Option<String>,
@@ -72,6 +74,7 @@ impl RoomPolicy {
             name,
         };
         policy.refresh_labels();
+        policy.status.since = Some(crate::room::now().unix_ms);
         policy
     }
 
@@ -106,6 +109,7 @@ impl RoomPolicy {
             self.plugins = plugins;
         }
         let mut reloaded = None;
+        let before = self.status.version.clone();
         if let Some(lua) = &mut self.lua
             && let Some(newest) = self.catalog.script(&self.name)
             && !Arc::ptr_eq(lua.script(), &newest)
@@ -119,6 +123,9 @@ impl RoomPolicy {
             }
         }
         self.refresh_labels();
+        if self.status.version != before {
+            self.status.since = Some(crate::room::now().unix_ms);
+        }
         reloaded
     }
 

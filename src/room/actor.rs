@@ -457,7 +457,19 @@ impl RoomDriver {
                 if result.is_ok() {
                     self.sinks.insert(conn, sink);
                 }
-                self.finish(effects, reply, result);
+                self.settle(effects, result.is_ok());
+                // The response describes the room after everything the
+                // joiner has already been told (the policy's reactions
+                // included), not the moment before.
+                let result = result.map(|mut ok| {
+                    ok.members = self.room.members();
+                    ok.metadata = self.room.metadata().clone();
+                    if let Some(me) = ok.members.iter().find(|m| m.user == identity.user) {
+                        ok.role = me.role;
+                    }
+                    ok
+                });
+                let _ = reply.send(result);
             }
             Command::Leave { conn, reply } => {
                 let result = self.room.leave(now(), conn);
@@ -628,11 +640,17 @@ impl RoomDriver {
     /// queued before the reply, so the requester sees it all before the
     /// response: deterministic, whatever the scheduling.
     fn finish<T>(&mut self, effects: Vec<Effect>, reply: Reply<T>, result: Result<T, Failure>) {
+        self.settle(effects, result.is_ok());
+        let _ = reply.send(result);
+    }
+
+    /// Carries out outputs, react hooks and effects (the decide hook's only
+    /// when the request succeeded).
+    fn settle(&mut self, effects: Vec<Effect>, succeeded: bool) {
         let reacted = self.drain();
-        let mut all = if result.is_ok() { effects } else { Vec::new() };
+        let mut all = if succeeded { effects } else { Vec::new() };
         all.extend(reacted);
         self.apply(all);
-        let _ = reply.send(result);
     }
 
     /// Plugins then `can_join`. Returns the role to join with and how the

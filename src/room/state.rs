@@ -571,6 +571,11 @@ impl Room {
         }
     }
 
+    /// What policies published with `room.set_metadata`.
+    pub fn metadata(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.metadata
+    }
+
     /// Whether `user` holds a membership (connected or in its grace window).
     pub fn is_member(&self, user: &UserId) -> bool {
         self.members.contains_key(user)

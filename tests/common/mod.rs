@@ -53,6 +53,28 @@ impl TestServer {
         }
     }
 
+    /// The running server's shared state (rooms, catalog, config).
+    pub fn state(&self) -> &std::sync::Arc<conclave::server::AppState> {
+        self.server.as_ref().expect("server running").state()
+    }
+
+    /// Writes a room policy script and waits until the catalog has loaded it.
+    pub async fn script(&self, name: &str, source: &str) {
+        save(
+            &self.data_dir.path().join(format!("scripts/{name}.lua")),
+            source,
+        );
+        let hash = conclave::policy::catalog::short_hash(source.as_bytes());
+        eventually("the script to load", || async {
+            self.state()
+                .rooms
+                .catalog()
+                .script(name)
+                .is_some_and(|s| s.hash == hash)
+        })
+        .await;
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
