@@ -66,6 +66,7 @@ fn view(members: usize) -> Arc<RoomView> {
                     mode: Mode::Audio,
                     audio_muted: false,
                     video_muted: true,
+                    screen_sharing: false,
                     joined_at: 0,
                 },
                 attrs: serde_json::json!({}),

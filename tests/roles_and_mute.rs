@@ -197,3 +197,80 @@ async fn requests_outside_a_room_answer_404() {
     }
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn screen_sharing_is_for_video_interactors_and_admins_can_stop_it() {
+    let srv = TestServer::start().await;
+    let mut alice = srv.client("alice").await;
+    let admin = srv.client_with_token(&srv.admin_token()).await;
+    let listener = srv.client("listener").await;
+    let voice = srv.client("voice").await;
+    alice.create("r", "").await.unwrap();
+    alice.join("r", Mode::Video, None).await.unwrap();
+    admin.join("r", Mode::Video, None).await.unwrap();
+    listener
+        .join("r", Mode::Video, Some(Role::Audience))
+        .await
+        .unwrap();
+    voice.join("r", Mode::Audio, None).await.unwrap();
+
+    let err = listener.share_screen(true, None).await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::Forbidden));
+    let err = voice.share_screen(true, None).await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::BadRequest));
+    let err = admin.share_screen(true, Some("alice")).await.unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(Status::BadRequest),
+        "nobody starts a share for someone else"
+    );
+
+    alice.share_screen(true, None).await.unwrap();
+    let event = common::event_where(&mut alice, |e| match e {
+        ServerMessage::ScreenShareChanged {
+            user,
+            sharing,
+            operate_by,
+            ..
+        } => Some((user.to_string(), *sharing, operate_by.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(event, ("alice".into(), true, "alice".into()));
+    let (_, members) = srv
+        .get("/api/rooms/r/members", Some(&srv.admin_token()))
+        .await;
+    assert_eq!(members["members"][0]["screen_sharing"], true);
+
+    let err = listener
+        .share_screen(false, Some("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(Status::Forbidden),
+        "stopping others needs the grant"
+    );
+    admin.share_screen(false, Some("alice")).await.unwrap();
+    let event = common::event_where(&mut alice, |e| match e {
+        ServerMessage::ScreenShareChanged {
+            sharing,
+            operate_by,
+            ..
+        } => Some((*sharing, operate_by.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(event, (false, "ops".into()));
+
+    // Becoming audience ends a share.
+    alice.share_screen(true, None).await.unwrap();
+    alice.set_role(Role::Audience, None).await.unwrap();
+    let stopped = common::event_where(&mut alice, |e| match e {
+        ServerMessage::ScreenShareChanged { sharing: false, .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(stopped, ());
+    srv.shutdown().await;
+}

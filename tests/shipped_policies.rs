@@ -238,3 +238,35 @@ async fn capacity_overflows_to_audience_then_refuses() {
         .unwrap();
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn rules_bind_room_names_and_clients_cannot_override_them() {
+    let srv = TestServer::start_with(|c| {
+        c.policy.scripts_dir = shipped_scripts();
+        c.policy.rules = conclave::config::Config::from_toml(
+            "[[policy.rules]]\nrooms = \"class-*\"\npolicy = \"classroom\"\n",
+        )
+        .unwrap()
+        .policy
+        .rules;
+    })
+    .await;
+    let alice = srv.client("alice").await;
+    alice.create("class-1", "").await.unwrap();
+    alice.create("elsewhere", "").await.unwrap();
+    let err = alice
+        .create_with_policy("class-2", "", Some("default"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::Forbidden));
+    assert!(err.to_string().contains("use the policy `classroom`"), "{err}");
+    alice
+        .create_with_policy("class-3", "", Some("classroom"))
+        .await
+        .unwrap();
+    for (room, policy) in [("class-1", "classroom"), ("elsewhere", "default")] {
+        let (_, info) = srv.get(&format!("/api/rooms/{room}"), Some(&srv.admin_token())).await;
+        assert_eq!(info["policy"]["policy"], policy, "{room}");
+    }
+    srv.shutdown().await;
+}

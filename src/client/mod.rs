@@ -237,6 +237,16 @@ impl SignalClient {
             .map(drop)
     }
 
+    /// Starts or stops sharing one's screen, or stops `user`'s.
+    pub async fn share_screen(&self, on: bool, user: Option<&str>) -> Result<(), ClientError> {
+        self.request(Request::ShareScreen {
+            on,
+            user: user.map(UserId::from),
+        })
+        .await
+        .map(drop)
+    }
+
     /// Sends a data message to everyone else, or to `to`.
     pub async fn send_data(&self, payload: Value, to: Option<&str>) -> Result<(), ClientError> {
         self.request(Request::Data {

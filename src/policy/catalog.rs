@@ -402,18 +402,24 @@ impl Catalog {
             .clone()
     }
 
-    /// The policy a room gets: the one its creator named, else the first
-    /// matching rule's, else the default.
-    pub fn policy_for(&self, room: &str, requested: Option<&str>) -> String {
-        if let Some(name) = requested {
-            return name.to_owned();
-        }
-        self.config
+    /// The policy a room gets: the first matching rule's, else the one its
+    /// creator named, else the default. A creator may not override a rule:
+    /// naming another policy for a room a rule covers is an error.
+    pub fn policy_for(&self, room: &str, requested: Option<&str>) -> Result<String, String> {
+        let ruled = self
+            .config
             .rules
             .iter()
-            .find(|r| glob_match(&r.rooms, room))
-            .map(|r| r.policy.clone())
-            .unwrap_or_else(|| self.config.default.clone())
+            .find(|r| glob_match(&r.rooms, room));
+        match (ruled, requested) {
+            (Some(rule), Some(name)) if rule.policy != name => Err(format!(
+                "rooms named like `{}` use the policy `{}`",
+                rule.rooms, rule.policy
+            )),
+            (Some(rule), _) => Ok(rule.policy.clone()),
+            (None, Some(name)) => Ok(name.to_owned()),
+            (None, None) => Ok(self.config.default.clone()),
+        }
     }
 
     /// A fresh policy state for a new room, from `name`'s current version.
@@ -487,9 +493,12 @@ pub fn plugin_config_text(config: &BTreeMap<String, toml_value::Value>) -> Strin
             Value::String(_, s) => s.clone(),
             Value::Char(_, c) => c.to_string(),
             Value::Bool(_, b) => b.to_string(),
+            // Environment overrides arrive as unsigned numbers, TOML ones
+            // as signed: try both before falling back to a float.
             Value::Num(_, n) => n
                 .to_i128()
                 .map(|i| i.to_string())
+                .or_else(|| n.to_u128().map(|u| u.to_string()))
                 .or_else(|| n.to_f64().map(|f| f.to_string()))
                 .unwrap_or_default(),
             Value::Array(_, items) => items.iter().map(render).collect::<Vec<_>>().join(","),

@@ -41,6 +41,8 @@ pub enum Action {
     Kick = 8,
     SetRole = 9,
     SendData = 10,
+    /// Stop another member's screen share.
+    StopScreenShare = 11,
 }
 
 impl Action {
@@ -60,6 +62,7 @@ impl Action {
             Action::Kick => "kick",
             Action::SetRole => "set_role",
             Action::SendData => "send_data",
+            Action::StopScreenShare => "stop_screen_share",
         }
     }
 }

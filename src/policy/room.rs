@@ -104,8 +104,22 @@ impl RoomPolicy {
     pub fn sync(&mut self) -> Option<String> {
         let plugins = self.catalog.plugins();
         if !Arc::ptr_eq(&plugins, &self.plugins) {
-            // Instances are per version: a new set starts fresh.
-            self.instances = plugins.iter().map(|_| None).collect();
+            // Instances are per version: a changed plugin starts fresh, the
+            // others keep their instance (and its state).
+            let mut old: Vec<(Arc<Plugin>, Option<PluginInstance>)> = self
+                .plugins
+                .iter()
+                .cloned()
+                .zip(self.instances.drain(..))
+                .collect();
+            self.instances = plugins
+                .iter()
+                .map(|p| {
+                    old.iter_mut()
+                        .find(|(q, _)| Arc::ptr_eq(p, q))
+                        .and_then(|(_, instance)| instance.take())
+                })
+                .collect();
             self.plugins = plugins;
         }
         let mut reloaded = None;
@@ -188,12 +202,18 @@ impl RoomPolicy {
         match lua.decide(hook, view, request, effects) {
             Ok(decision) => Ok(decision),
             Err(e) => {
-                let message = e.to_string();
-                self.failed(message.clone());
+                // The client learns what kind of failure; the script, line
+                // and message go to the log and the admin API only.
+                let kind = match e.kind {
+                    super::lua::HookErrorKind::Error => "an error",
+                    super::lua::HookErrorKind::Budget => "its time budget ran out",
+                    super::lua::HookErrorKind::Memory => "its memory limit was hit",
+                };
+                self.failed(e.to_string());
                 match self.catalog.config().failure_mode {
                     FailureMode::Deny => Err(Failure::new(
                         Status::Forbidden,
-                        format!("the room policy failed: {message}"),
+                        format!("the room policy `{}` failed ({kind})", self.name),
                     )),
                     FailureMode::Allow => Ok(Decision::Pass),
                 }

@@ -377,8 +377,10 @@ impl PluginInstance {
         match answer {
             Ok(0) => Verdict::Abstain,
             Ok(1) => Verdict::Allow,
-            Ok(code) => match u16::try_from(code).ok().and_then(Status::from_code) {
-                Some(status) if code >= 100 && status != Status::Ok => {
+            Ok(code) => match u16::try_from(code).ok().filter(|c| *c >= 100 && *c != 200) {
+                Some(code) => {
+                    // A code the protocol does not define still denies.
+                    let status = Status::from_code(code).unwrap_or(Status::Forbidden);
                     let reason = std::mem::take(&mut self.store.data_mut().reason);
                     let reason = if reason.is_empty() {
                         "refused by a permission plugin".to_owned()

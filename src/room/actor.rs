@@ -91,6 +91,12 @@ pub(crate) enum Command {
         target: UserId,
         reply: Reply<()>,
     },
+    ShareScreen {
+        actor: Actor,
+        target: Option<UserId>,
+        on: bool,
+        reply: Reply<()>,
+    },
     Data {
         actor: Actor,
         to: Option<UserId>,
@@ -270,6 +276,21 @@ impl RoomHandle {
         .await
     }
 
+    pub async fn share_screen(
+        &self,
+        actor: Actor,
+        target: Option<UserId>,
+        on: bool,
+    ) -> Result<(), Failure> {
+        self.ask(|reply| Command::ShareScreen {
+            actor,
+            target,
+            on,
+            reply,
+        })
+        .await
+    }
+
     pub async fn send_data(
         &self,
         actor: Actor,
@@ -345,6 +366,7 @@ enum Reaction {
     Left(UserId, LeaveReason),
     Mute(Value),
     Role(Value),
+    ScreenShare(Value),
     Closing(CloseReason),
 }
 
@@ -370,6 +392,8 @@ struct HookRequest<'a> {
     kind: Option<MediaKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     muted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a Value>,
     admin: bool,
@@ -589,6 +613,32 @@ impl RoomDriver {
                     });
                 self.finish(effects, reply, result);
             }
+            Command::ShareScreen {
+                actor,
+                target,
+                on,
+                reply,
+            } => {
+                let mut effects = Vec::new();
+                let result = self
+                    .authorize(
+                        actor,
+                        target.as_ref(),
+                        Action::StopScreenShare,
+                        "can_share_screen",
+                        HookFields {
+                            on: Some(on),
+                            ..HookFields::default()
+                        },
+                        &mut effects,
+                    )
+                    .and_then(|actor| {
+                        self.room
+                            .share_screen(&actor, target.as_ref(), on)
+                            .map_err(Failure::from)
+                    });
+                self.finish(effects, reply, result);
+            }
             Command::Data {
                 actor,
                 to,
@@ -665,12 +715,13 @@ impl RoomDriver {
         if self.room.is_member(&identity.user) {
             return Ok((role, JoinOptions::default()));
         }
+        let asked = role.or_else(|| identity.default_role());
         let mut check = Check::new(
             Action::Join,
             self.room.name().as_str(),
             identity.user.as_str(),
         );
-        check.role = role;
+        check.role = asked;
         check.admin = identity.grants.admin;
         self.policy.check_plugins(&check)?;
         if !self.policy.has_script() {
@@ -688,7 +739,7 @@ impl RoomDriver {
         let request = JoinRequest {
             user: identity.user.as_str(),
             name: &identity.name,
-            role: role.or_else(|| identity.default_role()),
+            role: asked,
             mode,
             attrs: &identity.attrs,
             admin: identity.grants.admin,
@@ -743,6 +794,8 @@ impl RoomDriver {
             Some(on_other_action)
         } else if on_other_action == Action::SetRole {
             Some(Action::SetRole)
+        } else if fields.on == Some(true) {
+            Some(Action::ShareScreen)
         } else {
             match (fields.kind, fields.muted) {
                 (Some(MediaKind::Audio), Some(false)) => Some(Action::PublishAudio),
@@ -768,6 +821,7 @@ impl RoomDriver {
             role: fields.role,
             kind: fields.kind,
             muted: fields.muted,
+            on: fields.on,
             payload: None,
             admin,
         };
@@ -805,6 +859,7 @@ impl RoomDriver {
                     role: None,
                     kind: None,
                     muted: None,
+                    on: None,
                     payload: Some(&payload),
                     admin: check.admin,
                 };
@@ -971,6 +1026,7 @@ impl RoomDriver {
                 Reaction::Left(..) => "on_left",
                 Reaction::Mute(_) => "on_mute_changed",
                 Reaction::Role(_) => "on_role_changed",
+                Reaction::ScreenShare(_) => "on_screen_share_changed",
                 Reaction::Closing(_) => "on_closing",
             };
             if !self.policy.wants(hook) {
@@ -988,7 +1044,7 @@ impl RoomDriver {
                     let event = json!({ "user": user, "reason": reason });
                     self.policy.react(hook, &view, &[&event], &mut effects);
                 }
-                Reaction::Mute(event) | Reaction::Role(event) => {
+                Reaction::Mute(event) | Reaction::Role(event) | Reaction::ScreenShare(event) => {
                     self.policy.react(hook, &view, &[&event], &mut effects);
                 }
                 Reaction::Closing(reason) => {
@@ -1007,6 +1063,8 @@ struct HookFields {
     role: Option<Role>,
     kind: Option<MediaKind>,
     muted: Option<bool>,
+    /// Screen share: start (`true`) or stop.
+    on: Option<bool>,
     /// The action is on others whatever the target (mute all, kick).
     on_others: bool,
 }
@@ -1033,6 +1091,14 @@ fn reaction_of(msg: &ServerMessage) -> Option<Reaction> {
             ..
         } => Some(Reaction::Role(json!({
             "user": user, "role": role, "operate_by": operate_by
+        }))),
+        ServerMessage::ScreenShareChanged {
+            user,
+            sharing,
+            operate_by,
+            ..
+        } => Some(Reaction::ScreenShare(json!({
+            "user": user, "sharing": sharing, "operate_by": operate_by
         }))),
         _ => None,
     }

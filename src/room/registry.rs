@@ -127,7 +127,9 @@ impl Rooms {
         // Build the room's policy state outside the lock: running a script
         // takes microseconds, and other rooms should not wait for it.
         let catalog = &self.inner.catalog;
-        let policy_name = catalog.policy_for(name.as_str(), policy);
+        let policy_name = catalog
+            .policy_for(name.as_str(), policy)
+            .map_err(|why| Failure::new(Status::Forbidden, why))?;
         let channel_id = ChannelId::generate();
         let lua = catalog
             .instantiate(

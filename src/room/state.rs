@@ -144,6 +144,12 @@ pub enum RoomError {
     AudienceCannotUnmute,
     #[error("joined in audio mode: there is no video to unmute")]
     NoVideoInAudioMode,
+    #[error("joined in audio mode: there is no video to share a screen on")]
+    NoScreenInAudioMode,
+    #[error("an audience member cannot share a screen; switch to interactor first")]
+    AudienceCannotShare,
+    #[error("only a screen share can be stopped for someone else, not started")]
+    CannotStartForOthers,
     #[error("acting on another member needs the admin grant")]
     NotPermitted,
     #[error("kicking needs the admin grant; to go, send `leave`")]
@@ -158,7 +164,10 @@ impl From<RoomError> for Failure {
             RoomError::Closed(_) | RoomError::NoSuchMember(_) | RoomError::NotMember(_) => {
                 Status::NotFound
             }
-            RoomError::NoVideoInAudioMode => Status::BadRequest,
+            RoomError::NoVideoInAudioMode
+            | RoomError::NoScreenInAudioMode
+            | RoomError::CannotStartForOthers => Status::BadRequest,
+            RoomError::AudienceCannotShare => Status::Forbidden,
             RoomError::RoleNotAllowed(_)
             | RoomError::AudienceCannotUnmute
             | RoomError::NotPermitted
@@ -358,6 +367,7 @@ impl Room {
             mode,
             audio_muted: audience,
             video_muted: audience || mode == Mode::Audio,
+            screen_sharing: false,
             joined_at: now.unix_ms,
         };
         if !self.started {
@@ -489,7 +499,67 @@ impl Room {
         for kind in forced {
             self.push_mute_changed(&target, kind, true, &operator);
         }
+        if role == Role::Audience {
+            self.stop_screen_share(&target, &operator);
+        }
         Ok(())
+    }
+
+    /// Starts or stops a member's screen share. Starting is for oneself, as
+    /// an interactor in video mode; stopping someone else's needs the right
+    /// to act on others.
+    pub fn share_screen(
+        &mut self,
+        actor: &Actor,
+        target: Option<&UserId>,
+        on: bool,
+    ) -> Result<(), RoomError> {
+        let (target, operator) = self.resolve(actor, target)?;
+        if on && target != operator {
+            return Err(RoomError::CannotStartForOthers);
+        }
+        let member = self
+            .members
+            .get_mut(&target)
+            .ok_or_else(|| RoomError::NoSuchMember(target.clone()))?;
+        if on {
+            if member.info.role == Role::Audience {
+                return Err(RoomError::AudienceCannotShare);
+            }
+            if member.info.mode == Mode::Audio {
+                return Err(RoomError::NoScreenInAudioMode);
+            }
+            if member.info.screen_sharing {
+                return Ok(());
+            }
+            member.info.screen_sharing = true;
+            self.push_screen_share(&target, true, &operator);
+        } else {
+            self.stop_screen_share(&target, &operator);
+        }
+        Ok(())
+    }
+
+    fn stop_screen_share(&mut self, user: &UserId, operator: &UserId) {
+        if let Some(member) = self.members.get_mut(user)
+            && member.info.screen_sharing
+        {
+            member.info.screen_sharing = false;
+            self.push_screen_share(user, false, operator);
+        }
+    }
+
+    fn push_screen_share(&mut self, user: &UserId, sharing: bool, by: &UserId) {
+        self.out.push_back(Output::Broadcast {
+            to: Recipients::All,
+            msg: ServerMessage::ScreenShareChanged {
+                room: self.name.clone(),
+                channel_id: self.channel_id,
+                user: user.clone(),
+                sharing,
+                operate_by: by.0.clone(),
+            },
+        });
     }
 
     /// Mutes or unmutes a member's audio or video.

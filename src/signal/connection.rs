@@ -347,6 +347,13 @@ impl Connection {
                     .await?;
                 Ok(serde_json::Value::Null)
             }
+            Request::ShareScreen { on, user } => {
+                self.current_room()?
+                    .handle
+                    .share_screen(me, user, on)
+                    .await?;
+                Ok(serde_json::Value::Null)
+            }
             Request::Data { payload, to } => {
                 self.current_room()?
                     .handle

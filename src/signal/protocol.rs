@@ -99,6 +99,9 @@ pub struct MemberInfo {
     pub mode: Mode,
     pub audio_muted: bool,
     pub video_muted: bool,
+    /// Sharing a screen now.
+    #[serde(default)]
+    pub screen_sharing: bool,
     /// Unix milliseconds when this membership began.
     pub joined_at: i64,
 }
@@ -144,6 +147,12 @@ pub enum Request {
     Kick { user: UserId },
     /// Mute (or unmute) everyone else's audio or video (needs the admin grant).
     MuteAll { kind: MediaKind, muted: bool },
+    /// Start or stop sharing one's screen, or stop `user`'s (needs the admin grant).
+    ShareScreen {
+        on: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
+    },
     /// Send a data message to everyone else in the room, or to `to`.
     Data {
         payload: Value,
@@ -166,6 +175,7 @@ impl Request {
             Request::Mute { .. } => "mute",
             Request::Kick { .. } => "kick",
             Request::MuteAll { .. } => "mute_all",
+            Request::ShareScreen { .. } => "share_screen",
             Request::Data { .. } => "data",
             Request::Ping {} => "ping",
         }
@@ -266,6 +276,14 @@ pub enum ServerMessage {
         user: UserId,
         kind: MediaKind,
         muted: bool,
+        operate_by: String,
+    },
+    /// A member started or stopped sharing a screen.
+    ScreenShareChanged {
+        room: RoomName,
+        channel_id: ChannelId,
+        user: UserId,
+        sharing: bool,
         operate_by: String,
     },
     /// A data message from a member (`from` is its user id), the room's

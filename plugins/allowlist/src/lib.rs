@@ -1,7 +1,7 @@
 //! Only listed users may join rooms whose name matches a pattern.
 //!
 //! ```toml
-//! [plugins.allowlist.config]
+//! [policy.plugins.allowlist.config]
 //! rooms = "vip-*"          # which rooms are guarded (default: all)
 //! users = ["alice", "bob"] # who may join them
 //! ```

@@ -2,7 +2,7 @@
 //! plugin keeps, per room, when each member last muted someone.
 //!
 //! ```toml
-//! [plugins.ratelimit.config]
+//! [policy.plugins.ratelimit.config]
 //! max = 3
 //! window_secs = 60
 //! ```

@@ -48,6 +48,8 @@ pub enum Action {
     Kick,
     SetRole,
     SendData,
+    /// Stop another member's screen share.
+    StopScreenShare,
     /// An action this SDK does not know (a newer host); abstaining is safe.
     Other(u32),
 }
@@ -65,6 +67,7 @@ impl Action {
             8 => Action::Kick,
             9 => Action::SetRole,
             10 => Action::SendData,
+            11 => Action::StopScreenShare,
             other => Action::Other(other),
         }
     }

@@ -1,7 +1,7 @@
 //! Joining is possible only inside daily opening hours, read from the host clock.
 //!
 //! ```toml
-//! [plugins.timewindow.config]
+//! [policy.plugins.timewindow.config]
 //! open = "08:00"            # inclusive
 //! close = "18:00"           # exclusive; may be earlier than open (overnight)
 //! utc_offset_minutes = 480  # the hours are local to this offset

@@ -264,6 +264,9 @@ pub fn install(
     )?;
     globals.raw_set("room", api)?;
 
+    // JSON null as scripts see it (in requests and `store.get` results).
+    globals.raw_set("null", lua.null())?;
+
     // `array(t)` marks a table as a JSON array, so that an empty one is
     // sent as `[]` rather than `{}`.
     let array_mt = lua.array_metatable();
