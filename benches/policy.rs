@@ -53,6 +53,7 @@ fn catalog() -> Arc<Catalog> {
 
 fn view(members: usize) -> Arc<RoomView> {
     Arc::new(RoomView {
+        generation: 1,
         members: (0..members)
             .map(|i| MemberView {
                 info: MemberInfo {
@@ -140,6 +141,37 @@ fn lua_join_hook(c: &mut Criterion) {
     let mut group = c.benchmark_group("lua");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(4));
+    // For reference: the host's share, with a hook that does almost nothing.
+    let mut minimal = RoomPolicy::new(
+        catalog.clone(),
+        "minimal".into(),
+        Some(
+            conclave::policy::lua::LuaPolicy::new(
+                Arc::new(conclave::policy::catalog::Script {
+                    name: "minimal".into(),
+                    source: "return { can_join = function(req) if req.user == 'x' then return false end end }".into(),
+                    hash: "0".into(),
+                    loaded_at_ms: 0,
+                    path: "minimal.lua".into(),
+                }),
+                RoomIdentity {
+                    name: "bench",
+                    channel_id: 1,
+                    custom_info: "",
+                },
+                &catalog.config().lua,
+                None,
+            )
+            .expect("the minimal script loads"),
+        ),
+    );
+    group.bench_function("can_join_minimal", |b| {
+        b.iter(|| {
+            let decision = minimal.decide("can_join", &view, &request, &mut effects);
+            effects.clear();
+            black_box(decision)
+        })
+    });
     group.bench_function("can_join_capacity_10_members", |b| {
         b.iter(|| {
             let decision = room.decide("can_join", &view, &request, &mut effects);

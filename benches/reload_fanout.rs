@@ -113,10 +113,10 @@ fn main() {
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::new();
-        for i in 0..16 {
-            let token = Auth::dev()
+        let member_token = |user: &str| {
+            Auth::dev()
                 .mint(&claims_for(
-                    &format!("load-{i}"),
+                    user,
                     "",
                     Grants {
                         rooms: vec!["*".into()],
@@ -124,7 +124,25 @@ fn main() {
                     },
                     Duration::from_secs(3600),
                 ))
-                .expect("mint");
+                .expect("mint")
+        };
+        // One member stays in each loaded room, or its last leave would
+        // close it (a room closes when the last member leaves).
+        let mut anchors = Vec::new();
+        for i in 0..8 {
+            let mut anchor = SignalClient::connect(&url).await.expect("connect");
+            anchor.hello(&member_token(&format!("anchor-{i}"))).await.expect("hello");
+            anchor
+                .join(&format!("room-{i}"), Mode::Audio, None)
+                .await
+                .expect("anchor joins");
+            // Events for the anchor are read off in the background.
+            anchors.push(tokio::spawn(async move {
+                while anchor.next_event().await.is_some() {}
+            }));
+        }
+        for i in 0..16 {
+            let token = member_token(&format!("load-{i}"));
             let mut client = SignalClient::connect(&url).await.expect("connect");
             client.hello(&token).await.expect("hello");
             let (stop, requests) = (stop.clone(), requests.clone());
@@ -192,6 +210,9 @@ fn main() {
                 .map(|f| format!(" (first: {f})"))
                 .unwrap_or_default()
         );
+        for anchor in anchors {
+            anchor.abort();
+        }
         server.shutdown().await;
     });
 }

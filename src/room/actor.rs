@@ -352,6 +352,7 @@ pub(crate) fn spawn(room: Room, policy: RoomPolicy, queue: usize, ctx: RoomConte
         room,
         policy,
         view: None,
+        view_generation: 0,
         sinks: HashMap::new(),
         members,
         ctx,
@@ -375,6 +376,8 @@ struct RoomDriver {
     policy: RoomPolicy,
     /// The room as scripts see it; rebuilt lazily after any change.
     view: Option<Arc<RoomView>>,
+    /// Numbers the views, so Lua states can cache what they built from one.
+    view_generation: u64,
     sinks: HashMap<ConnId, Sink>,
     members: Arc<AtomicUsize>,
     ctx: RoomContext,
@@ -455,9 +458,13 @@ impl RoomDriver {
     }
 
     fn view(&mut self) -> Arc<RoomView> {
-        self.view
-            .get_or_insert_with(|| Arc::new(self.room.view()))
-            .clone()
+        if self.view.is_none() {
+            self.view_generation += 1;
+            let mut view = self.room.view();
+            view.generation = self.view_generation;
+            self.view = Some(Arc::new(view));
+        }
+        self.view.clone().expect("set just above")
     }
 
     fn handle(&mut self, cmd: Command) {

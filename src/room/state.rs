@@ -664,6 +664,7 @@ impl Room {
         let mut members: Vec<&Member> = self.members.values().collect();
         members.sort_by_key(|m| m.seq);
         RoomView {
+            generation: 0,
             members: members
                 .into_iter()
                 .map(|m| MemberView {

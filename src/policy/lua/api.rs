@@ -27,8 +27,61 @@ pub struct MemberView {
 /// The room as a script sees it during one hook call.
 #[derive(Clone, Debug, Default)]
 pub struct RoomView {
+    /// Changes whenever the room does; lets a Lua state reuse the tables it
+    /// built for the same view (see [`MembersCache`]).
+    pub generation: u64,
     pub members: Vec<MemberView>,
     pub metadata: serde_json::Map<String, Json>,
+}
+
+/// The Lua tables last built for `room.members()`, kept across hook calls
+/// until the room changes: building them is most of a hook's cost.
+struct MembersCache {
+    generation: u64,
+    members: Table,
+}
+
+/// A member as a Lua table, built field by field (serde's `flatten` path is
+/// several times slower).
+pub fn member_table(lua: &Lua, member: &MemberView) -> mlua::Result<Table> {
+    let info = &member.info;
+    let t = lua.create_table_with_capacity(0, 9)?;
+    t.raw_set("user", info.user.as_str())?;
+    t.raw_set("name", info.name.as_str())?;
+    t.raw_set("role", info.role.as_str())?;
+    t.raw_set(
+        "mode",
+        match info.mode {
+            crate::signal::protocol::Mode::Audio => "audio",
+            crate::signal::protocol::Mode::Video => "video",
+        },
+    )?;
+    t.raw_set("audio_muted", info.audio_muted)?;
+    t.raw_set("video_muted", info.video_muted)?;
+    t.raw_set("screen_sharing", info.screen_sharing)?;
+    t.raw_set("joined_at", info.joined_at)?;
+    t.raw_set("attrs", lua.to_value(&member.attrs)?)?;
+    Ok(t)
+}
+
+/// `room.members()`: the cached array when the room has not changed.
+fn members(lua: &Lua) -> mlua::Result<Table> {
+    let view = with_context(lua, |ctx| ctx.view.clone())?;
+    if let Some(cache) = lua.app_data_ref::<MembersCache>()
+        && cache.generation == view.generation
+    {
+        return Ok(cache.members.clone());
+    }
+    let list = lua.create_table_with_capacity(view.members.len(), 0)?;
+    for (i, member) in view.members.iter().enumerate() {
+        list.raw_set(i + 1, member_table(lua, member)?)?;
+    }
+    list.set_metatable(Some(lua.array_metatable()))?;
+    lua.set_app_data(MembersCache {
+        generation: view.generation,
+        members: list.clone(),
+    });
+    Ok(list)
 }
 
 /// An action a script asked for; applied by the room after the hook.
@@ -131,19 +184,13 @@ pub fn install(
     // Survives reloads: it belongs to the state, not to a script version.
     api.raw_set("state", lua.create_table()?)?;
 
-    api.raw_set(
-        "members",
-        lua.create_function(|lua, ()| {
-            let view = with_context(lua, |ctx| ctx.view.clone())?;
-            lua.to_value(&view.members)
-        })?,
-    )?;
+    api.raw_set("members", lua.create_function(|lua, ()| members(lua))?)?;
     api.raw_set(
         "member",
         lua.create_function(|lua, user: String| {
             let view = with_context(lua, |ctx| ctx.view.clone())?;
             match view.members.iter().find(|m| m.info.user.as_str() == user) {
-                Some(member) => lua.to_value(member),
+                Some(member) => Ok(Value::Table(member_table(lua, member)?)),
                 None => Ok(Value::Nil),
             }
         })?,
