@@ -259,13 +259,18 @@ async fn rules_bind_room_names_and_clients_cannot_override_them() {
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::Forbidden));
-    assert!(err.to_string().contains("use the policy `classroom`"), "{err}");
+    assert!(
+        err.to_string().contains("use the policy `classroom`"),
+        "{err}"
+    );
     alice
         .create_with_policy("class-3", "", Some("classroom"))
         .await
         .unwrap();
     for (room, policy) in [("class-1", "classroom"), ("elsewhere", "default")] {
-        let (_, info) = srv.get(&format!("/api/rooms/{room}"), Some(&srv.admin_token())).await;
+        let (_, info) = srv
+            .get(&format!("/api/rooms/{room}"), Some(&srv.admin_token()))
+            .await;
         assert_eq!(info["policy"]["policy"], policy, "{room}");
     }
     srv.shutdown().await;
