@@ -488,11 +488,14 @@ impl RoomDriver {
                 if result.is_ok() {
                     self.sinks.insert(conn, sink);
                 }
-                self.settle(effects, result.is_ok());
+                let reacted = self.settle(effects, result.is_ok());
                 // The response describes the room after everything the
                 // joiner has already been told (the policy's reactions
                 // included), not the moment before.
                 let result = result.map(|mut ok| {
+                    if !reacted {
+                        return ok;
+                    }
                     ok.members = self.room.members();
                     ok.metadata = self.room.metadata().clone();
                     if let Some(me) = ok.members.iter().find(|m| m.user == identity.user) {
@@ -702,12 +705,14 @@ impl RoomDriver {
     }
 
     /// Carries out outputs, react hooks and effects (the decide hook's only
-    /// when the request succeeded).
-    fn settle(&mut self, effects: Vec<Effect>, succeeded: bool) {
+    /// when the request succeeded). Returns whether any effect was applied.
+    fn settle(&mut self, effects: Vec<Effect>, succeeded: bool) -> bool {
         let reacted = self.drain();
         let mut all = if succeeded { effects } else { Vec::new() };
         all.extend(reacted);
+        let any = !all.is_empty();
         self.apply(all);
+        any
     }
 
     /// Plugins then `can_join`. Returns the role to join with and how the
