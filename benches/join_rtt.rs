@@ -11,13 +11,19 @@
 //! response arrives, so it includes the client library, the socket, the
 //! server's connection task, the room task and the way back.
 //!
+//! Rooms run the shipped default policy (`scripts/default.lua`), as a server
+//! started with no configuration does; `--no-policy` runs them without one,
+//! to separate signaling from the Lua hooks.
+//!
 //! ```text
 //! cargo bench --bench join_rtt
 //! cargo bench --bench join_rtt -- --clients 2000 --rate 2000 --secs 30
 //! JOIN_RTT_RATE=500 cargo bench --bench join_rtt
+//! cargo bench --bench join_rtt -- --no-policy
 //! ```
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
@@ -31,9 +37,9 @@ use conclave::server::Server;
 use conclave::signal::protocol::Mode;
 
 const USAGE: &str = "usage: join_rtt [--clients N] [--rooms N] [--rate JOINS_PER_SEC] \
-                     [--secs MEASURED_SECONDS] [--warmup SECONDS]
+                     [--secs MEASURED_SECONDS] [--warmup SECONDS] [--no-policy]
 each option can also be set as JOIN_RTT_CLIENTS, JOIN_RTT_ROOMS, JOIN_RTT_RATE, \
-                     JOIN_RTT_SECS, JOIN_RTT_WARMUP";
+                     JOIN_RTT_SECS, JOIN_RTT_WARMUP, JOIN_RTT_NO_POLICY=1";
 
 /// Connections opened at once while setting up; enough to be quick, few
 /// enough not to overflow the listen backlog.
@@ -46,6 +52,7 @@ struct Options {
     rate: f64,
     secs: f64,
     warmup: f64,
+    policy: bool,
 }
 
 impl Options {
@@ -56,7 +63,11 @@ impl Options {
             rate: 1000.0,
             secs: 15.0,
             warmup: 2.0,
+            policy: true,
         };
+        if std::env::var("JOIN_RTT_NO_POLICY").is_ok_and(|v| v == "1") {
+            options.policy = false;
+        }
         for (key, slot) in [
             ("JOIN_RTT_CLIENTS", "--clients"),
             ("JOIN_RTT_ROOMS", "--rooms"),
@@ -74,6 +85,7 @@ impl Options {
                 // `cargo bench` passes this to every bench binary.
                 "--bench" => {}
                 "-h" | "--help" => return Err(USAGE.into()),
+                "--no-policy" => options.policy = false,
                 flag => {
                     let value = args
                         .next()
@@ -383,6 +395,17 @@ fn main() {
     config.server.shutdown_grace = Duration::from_secs(2);
     config.signal.max_connections = (options.clients + options.rooms) * 2;
     config.rooms.max_rooms = options.rooms * 2;
+    // The shipped scripts, wherever the binary is started from; no watching,
+    // so editing a script during a run cannot change what is measured.
+    let (scripts, plugins) = if options.policy {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        (root.join("scripts"), root.join("plugins"))
+    } else {
+        (PathBuf::new(), PathBuf::new())
+    };
+    config.policy.scripts_dir = scripts;
+    config.policy.plugins_dir = plugins;
+    config.policy.watch = false;
     let server = server_rt
         .block_on(Server::start(config, true))
         .expect("the server starts");
@@ -390,7 +413,7 @@ fn main() {
 
     println!(
         "join_rtt: {} clients in {} rooms (+{} holders), {} joins/s for {} s after {} s warm-up, \
-         each client every {:.3} s",
+         each client every {:.3} s, {}",
         options.clients,
         options.rooms,
         options.rooms,
@@ -398,6 +421,11 @@ fn main() {
         options.secs,
         options.warmup,
         options.period().as_secs_f64(),
+        if options.policy {
+            "default policy"
+        } else {
+            "no policy"
+        },
     );
     let mut tally = client_rt.block_on(run(&options, url));
     server_rt.block_on(server.shutdown());
