@@ -522,25 +522,14 @@ impl RoomDriver {
                 role,
                 reply,
             } => {
-                let mut effects = Vec::new();
-                let result = self
-                    .authorize(
-                        actor,
-                        target.as_ref(),
-                        Action::SetRole,
-                        "can_set_role",
-                        HookFields {
-                            role: Some(role),
-                            ..HookFields::default()
-                        },
-                        &mut effects,
-                    )
-                    .and_then(|actor| {
-                        self.room
-                            .set_role(&actor, target.as_ref(), role)
-                            .map_err(Failure::from)
-                    });
-                self.finish(effects, reply, result);
+                let fields = HookFields {
+                    role: Some(role),
+                    ..HookFields::default()
+                };
+                let guard = Guard::new(Action::SetRole, "can_set_role", fields);
+                self.guarded(actor, target.as_ref(), guard, reply, |room, actor| {
+                    room.set_role(actor, target.as_ref(), role)
+                });
             }
             Command::Mute {
                 actor,
@@ -549,26 +538,15 @@ impl RoomDriver {
                 muted,
                 reply,
             } => {
-                let mut effects = Vec::new();
-                let result = self
-                    .authorize(
-                        actor,
-                        target.as_ref(),
-                        Action::MuteOther,
-                        "can_mute",
-                        HookFields {
-                            kind: Some(kind),
-                            muted: Some(muted),
-                            ..HookFields::default()
-                        },
-                        &mut effects,
-                    )
-                    .and_then(|actor| {
-                        self.room
-                            .set_mute(&actor, target.as_ref(), kind, muted)
-                            .map_err(Failure::from)
-                    });
-                self.finish(effects, reply, result);
+                let fields = HookFields {
+                    kind: Some(kind),
+                    muted: Some(muted),
+                    ..HookFields::default()
+                };
+                let guard = Guard::new(Action::MuteOther, "can_mute", fields);
+                self.guarded(actor, target.as_ref(), guard, reply, |room, actor| {
+                    room.set_mute(actor, target.as_ref(), kind, muted)
+                });
             }
             Command::MuteAll {
                 actor,
@@ -576,52 +554,30 @@ impl RoomDriver {
                 muted,
                 reply,
             } => {
-                let mut effects = Vec::new();
-                let result = self
-                    .authorize(
-                        actor,
-                        None,
-                        Action::MuteEveryone,
-                        "can_mute_all",
-                        HookFields {
-                            kind: Some(kind),
-                            muted: Some(muted),
-                            on_others: true,
-                            ..HookFields::default()
-                        },
-                        &mut effects,
-                    )
-                    .and_then(|actor| {
-                        self.room
-                            .mute_all(&actor, kind, muted)
-                            .map_err(Failure::from)
-                    });
-                self.finish(effects, reply, result);
+                let fields = HookFields {
+                    kind: Some(kind),
+                    muted: Some(muted),
+                    on_others: true,
+                    ..HookFields::default()
+                };
+                let guard = Guard::new(Action::MuteEveryone, "can_mute_all", fields);
+                self.guarded(actor, None, guard, reply, |room, actor| {
+                    room.mute_all(actor, kind, muted)
+                });
             }
             Command::Kick {
                 actor,
                 target,
                 reply,
             } => {
-                let mut effects = Vec::new();
-                let result = self
-                    .authorize(
-                        actor,
-                        Some(&target),
-                        Action::Kick,
-                        "can_kick",
-                        HookFields {
-                            on_others: true,
-                            ..HookFields::default()
-                        },
-                        &mut effects,
-                    )
-                    .and_then(|actor| {
-                        self.room
-                            .kick(now(), &actor, &target)
-                            .map_err(Failure::from)
-                    });
-                self.finish(effects, reply, result);
+                let fields = HookFields {
+                    on_others: true,
+                    ..HookFields::default()
+                };
+                let guard = Guard::new(Action::Kick, "can_kick", fields);
+                self.guarded(actor, Some(&target), guard, reply, |room, actor| {
+                    room.kick(now(), actor, &target)
+                });
             }
             Command::ShareScreen {
                 actor,
@@ -629,25 +585,14 @@ impl RoomDriver {
                 on,
                 reply,
             } => {
-                let mut effects = Vec::new();
-                let result = self
-                    .authorize(
-                        actor,
-                        target.as_ref(),
-                        Action::StopScreenShare,
-                        "can_share_screen",
-                        HookFields {
-                            on: Some(on),
-                            ..HookFields::default()
-                        },
-                        &mut effects,
-                    )
-                    .and_then(|actor| {
-                        self.room
-                            .share_screen(&actor, target.as_ref(), on)
-                            .map_err(Failure::from)
-                    });
-                self.finish(effects, reply, result);
+                let fields = HookFields {
+                    on: Some(on),
+                    ..HookFields::default()
+                };
+                let guard = Guard::new(Action::StopScreenShare, "can_share_screen", fields);
+                self.guarded(actor, target.as_ref(), guard, reply, |room, actor| {
+                    room.share_screen(actor, target.as_ref(), on)
+                });
             }
             Command::Data {
                 actor,
@@ -691,6 +636,23 @@ impl RoomDriver {
                 let _ = reply.send(Ok(info));
             }
         }
+    }
+
+    /// Authorizes a member's action (plugins, then the decide hook) and, if
+    /// allowed, applies it to the state machine as the actor it resolved to.
+    fn guarded(
+        &mut self,
+        actor: Actor,
+        target: Option<&UserId>,
+        guard: Guard,
+        reply: Reply<()>,
+        apply: impl FnOnce(&mut Room, &Actor) -> Result<(), super::RoomError>,
+    ) {
+        let mut effects = Vec::new();
+        let result = self
+            .authorize(actor, target, guard, &mut effects)
+            .and_then(|actor| apply(&mut self.room, &actor).map_err(Failure::from));
+        self.finish(effects, reply, result);
     }
 
     /// Carries out a request's outputs and the effects its hooks queued,
@@ -783,11 +745,14 @@ impl RoomDriver {
         &mut self,
         actor: Actor,
         target: Option<&UserId>,
-        on_other_action: Action,
-        hook: &str,
-        fields: HookFields,
+        guard: Guard,
         effects: &mut Vec<Effect>,
     ) -> Result<Actor, Failure> {
+        let Guard {
+            on_other: on_other_action,
+            hook,
+            fields,
+        } = guard;
         let Actor::Member(conn) = actor else {
             return Ok(actor);
         };
@@ -1066,6 +1031,24 @@ impl RoomDriver {
             }
         }
         effects
+    }
+}
+
+/// How a member's action is checked: the plugin action it is when aimed at
+/// others, the decide hook, and the request's extra fields.
+struct Guard {
+    on_other: Action,
+    hook: &'static str,
+    fields: HookFields,
+}
+
+impl Guard {
+    fn new(on_other: Action, hook: &'static str, fields: HookFields) -> Guard {
+        Guard {
+            on_other,
+            hook,
+            fields,
+        }
     }
 }
 
