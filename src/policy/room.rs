@@ -78,8 +78,7 @@ impl RoomPolicy {
         policy
     }
 
-    /// A room with no script and no plugins (tests, and rooms made before
-    /// the catalog exists).
+    /// Versions, failures and when the current script version started.
     pub fn status(&self) -> &PolicyStatus {
         &self.status
     }

@@ -307,8 +307,10 @@ impl RoomHandle {
     }
 
     /// Reports a member's speaking level (0-127, RFC 6464 style: lower is
-    /// louder) to the room's `on_speaking` hook. Never waits.
+    /// louder; larger values are clamped) to the room's `on_speaking` hook.
+    /// Never waits.
     pub fn speaking(&self, user: UserId, level: u8) {
+        let level = level.min(127);
         let _ = self.tx.try_send(Command::Speaking { user, level });
     }
 
@@ -589,6 +591,15 @@ impl RoomDriver {
                     on: Some(on),
                     ..HookFields::default()
                 };
+                // Starting a share for someone else is refused before any
+                // plugin could mistake it for stopping theirs.
+                if on
+                    && let (Actor::Member(conn), Some(target)) = (&actor, &target)
+                    && self.room.user_of(*conn) != Some(target)
+                {
+                    let _ = reply.send(Err(super::RoomError::CannotStartForOthers.into()));
+                    return;
+                }
                 let guard = Guard::new(Action::StopScreenShare, "can_share_screen", fields);
                 self.guarded(actor, target.as_ref(), guard, reply, |room, actor| {
                     room.share_screen(actor, target.as_ref(), on)

@@ -131,22 +131,16 @@ impl Rooms {
             .policy_for(name.as_str(), policy)
             .map_err(|why| Failure::new(Status::Forbidden, why))?;
         let channel_id = ChannelId::generate();
-        let lua = catalog
-            .instantiate(
-                &policy_name,
-                RoomIdentity {
-                    name: name.as_str(),
-                    channel_id: channel_id.0,
-                    custom_info: &custom_info,
-                },
-                self.inner.kv.clone(),
-            )
-            .map_err(|e| {
-                Failure::new(
-                    Status::Internal,
-                    format!("the room policy failed to load: {e}"),
-                )
-            });
+        let lua = catalog.instantiate(
+            &policy_name,
+            RoomIdentity {
+                name: name.as_str(),
+                channel_id: channel_id.0,
+                custom_info: &custom_info,
+            },
+            self.inner.kv.clone(),
+        );
+        let mut load_error = None;
         let lua = match lua {
             Ok(None) if policy.is_some() => {
                 return Err(Failure::new(
@@ -155,15 +149,24 @@ impl Rooms {
                 ));
             }
             Ok(lua) => lua,
-            Err(failure) if catalog.config().failure_mode == FailureMode::Deny => {
-                return Err(failure);
-            }
-            Err(failure) => {
-                tracing::warn!(room = %name, error = %failure.message, "room runs without its policy");
+            Err(e) => {
+                // The client learns that, not why: the script and line go to
+                // the log and (when the room opens anyway) the admin API.
+                tracing::warn!(room = %name, error = %e, "room policy failed to load");
+                if catalog.config().failure_mode == FailureMode::Deny {
+                    return Err(Failure::new(
+                        Status::Internal,
+                        format!("the room policy `{policy_name}` failed to load"),
+                    ));
+                }
+                load_error = Some(e);
                 None
             }
         };
         let mut room_policy = RoomPolicy::new(catalog.clone(), policy_name, lua);
+        if let Some(e) = &load_error {
+            room_policy.load_failed(e);
+        }
         if let Some(creator) = creator {
             let mut check = Check::new(Action::CreateRoom, name.as_str(), creator.user.as_str());
             check.admin = creator.grants.admin;
