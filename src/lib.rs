@@ -18,6 +18,7 @@
 //! - [`telemetry`]: Prometheus metrics and log set-up.
 //! - [`server`]: assembles the above into a running server and shuts it down in order.
 //! - [`client`]: a Rust client for the protocol.
+//! - [`community`]: community servers, roles, channels and members' permissions (sans-I/O).
 //!
 //! The flow: a connection task parses a request, checks the token's grants and
 //! sends a command to the room's task; the room applies it to its state
@@ -26,6 +27,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod community;
 pub mod config;
 pub mod http;
 pub mod ids;
