@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +138,14 @@ impl Server {
 
         let router = crate::http::router(state.clone());
         let stop = stop_accepting.clone();
+        // Signaling sends small frames back to back (events, then a
+        // response); with Nagle's algorithm the second waits for the peer's
+        // delayed ACK, up to 40 ms. Every accepted socket gets TCP_NODELAY.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let http = tokio::spawn(async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())

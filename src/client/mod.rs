@@ -99,7 +99,8 @@ impl SignalClient {
         url: &str,
         options: ClientOptions,
     ) -> Result<SignalClient, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
+        // No Nagle: requests are small and latency-bound (see server.rs).
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let (mut write, mut read) = socket.split();
