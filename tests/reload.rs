@@ -233,11 +233,20 @@ async fn reload_under_load_fails_no_request() {
     .await;
 
     let owner = srv.client("owner").await;
+    // A member stays in each room: a room closes when its last member
+    // leaves, and the workers' leaves would otherwise close it.
+    let mut anchors = Vec::new();
     for i in 0..4 {
         owner
             .create_with_policy(&format!("r{i}"), "", Some("busy"))
             .await
             .unwrap();
+        let anchor = srv.client(&format!("anchor{i}")).await;
+        anchor
+            .join(&format!("r{i}"), Mode::Audio, None)
+            .await
+            .unwrap();
+        anchors.push(anchor);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
