@@ -11,6 +11,8 @@
 //! - [`auth`]: HS256 tokens and the grants they carry.
 //! - [`room`]: the room state machine (sans-I/O), the task that drives each
 //!   room, and the registry of rooms by name.
+//! - [`media`]: the WebRTC media plane: an SFU on webrtc-rs's sans-I/O core,
+//!   one task per room forwarding RTP between its members' peer connections.
 //! - [`signal`]: the WebSocket protocol, its messages and the per-connection task.
 //! - [`http`]: the router: `/ws`, the admin REST API, `/healthz`, `/metrics`.
 //! - [`store`]: durable call records behind the `Store` trait; SQLite by default.
@@ -31,6 +33,7 @@ pub mod community;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod media;
 pub mod policy;
 pub mod room;
 pub mod server;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
+use crate::media::Media;
 use crate::policy::catalog::Catalog;
 use crate::room::Rooms;
 use crate::store::kv::SqliteKv;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub auth: Auth,
     pub store: StoreHandle,
     pub metrics: Arc<Metrics>,
+    /// The WebRTC media plane; `None` when `[media] enabled = false`.
+    pub media: Option<Media>,
     /// One permit per open signaling connection.
     pub connection_slots: Arc<Semaphore>,
     /// Cancelled at shutdown, after rooms have closed.
@@ -52,6 +55,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("policy runtime: {0}")]
     Policy(String),
+    #[error("media plane: {0}")]
+    Media(#[from] crate::media::MediaError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -113,6 +118,15 @@ impl Server {
             catalog,
             Some(Arc::new(kv)),
         );
+        let media = if config.media.enabled {
+            Some(Media::bind(config.media.clone(), metrics.media.clone()).await?)
+        } else {
+            None
+        };
+        let rooms = match &media {
+            Some(media) => rooms.with_media(media.clone()),
+            None => rooms,
+        };
         let listener = TcpListener::bind(config.server.bind)
             .await
             .map_err(|source| ServerError::Bind {
@@ -132,6 +146,7 @@ impl Server {
             auth,
             store,
             metrics,
+            media,
             connections_closing: CancellationToken::new(),
             connection_tasks: TaskTracker::new(),
         });

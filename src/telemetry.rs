@@ -35,6 +35,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabel, Counter>,
     pub request_seconds: Family<RequestLabel, Histogram>,
     pub rejected_frames: Family<ReasonLabel, Counter>,
+    pub media: Arc<crate::media::MediaMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,7 +98,10 @@ impl Metrics {
             "Signaling frames refused without being applied: too_big, binary, malformed, rate",
             rejected_frames.clone(),
         );
+        let media = Arc::new(crate::media::MediaMetrics::default());
+        media.register(&mut registry);
         Arc::new(Metrics {
+            media,
             registry,
             rooms,
             members,

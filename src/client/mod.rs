@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod media;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,8 @@ pub enum ClientError {
     Protocol(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("media: {0}")]
+    Media(String),
 }
 
 impl ClientError {

@@ -32,11 +32,13 @@ use super::state::{Actor, CloseReason, JoinOptions, Output, Recipients, Room};
 use super::{Outbound, Sink, now};
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
+use crate::media::room::MediaCommand;
+use crate::media::{Gate, Media, RoomMedia};
 use crate::policy::lua::{Decision, Effect, RoomView};
 use crate::policy::room::{PolicyStatus, RoomPolicy};
 use crate::policy::{Action, Check};
 use crate::signal::protocol::{
-    JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage,
+    JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage, VolumeLevel,
 };
 use crate::status::{Failure, Status};
 use crate::store::StoreHandle;
@@ -106,6 +108,28 @@ pub(crate) enum Command {
     Speaking {
         user: UserId,
         level: u8,
+    },
+    MediaStart {
+        conn: ConnId,
+        reply: Reply<()>,
+    },
+    MediaAnswer {
+        conn: ConnId,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    IceCandidate {
+        conn: ConnId,
+        candidate: rtc::peer_connection::transport::RTCIceCandidateInit,
+        reply: Reply<()>,
+    },
+    /// The media plane lost this connection's peer (ICE failure or silence).
+    MediaLost {
+        conn: ConnId,
+    },
+    /// Speaking levels from the media plane, for the room and its policy.
+    Volume {
+        levels: Vec<VolumeLevel>,
     },
     Close {
         reason: CloseReason,
@@ -318,6 +342,29 @@ impl RoomHandle {
         self.ask(|reply| Command::Close { reason, reply }).await
     }
 
+    /// Starts WebRTC for the member on `conn`; its `media_offer` follows as an event.
+    pub async fn media_start(&self, conn: ConnId) -> Result<(), Failure> {
+        self.ask(|reply| Command::MediaStart { conn, reply }).await
+    }
+
+    pub async fn media_answer(&self, conn: ConnId, sdp: String) -> Result<(), Failure> {
+        self.ask(|reply| Command::MediaAnswer { conn, sdp, reply })
+            .await
+    }
+
+    pub async fn ice_candidate(
+        &self,
+        conn: ConnId,
+        candidate: rtc::peer_connection::transport::RTCIceCandidateInit,
+    ) -> Result<(), Failure> {
+        self.ask(|reply| Command::IceCandidate {
+            conn,
+            candidate,
+            reply,
+        })
+        .await
+    }
+
     pub async fn members(&self) -> Result<Vec<MemberInfo>, Failure> {
         Ok(self.info().await?.member_list)
     }
@@ -334,6 +381,7 @@ pub(crate) struct RoomContext {
     pub shutdown: CancellationToken,
     pub registry: Arc<RoomsInner>,
     pub versions: watch::Receiver<u64>,
+    pub media: Option<Media>,
 }
 
 /// Starts the task for `room` and returns its handle.
@@ -358,6 +406,9 @@ pub(crate) fn spawn(room: Room, policy: RoomPolicy, queue: usize, ctx: RoomConte
         sinks: HashMap::new(),
         members,
         ctx,
+        media: None,
+        gates: Vec::new(),
+        weak: handle.tx.downgrade(),
     };
     tracker.spawn(driver.run(rx).instrument(span));
     handle
@@ -383,6 +434,12 @@ struct RoomDriver {
     sinks: HashMap<ConnId, Sink>,
     members: Arc<AtomicUsize>,
     ctx: RoomContext,
+    /// The room's media task, from the first `media_start` on.
+    media: Option<RoomMedia>,
+    /// The last gates sent to the media task.
+    gates: Vec<Gate>,
+    /// For the media task to reach this room without keeping it alive.
+    weak: mpsc::WeakSender<Command>,
 }
 
 /// The request a decide hook receives, as a Lua table.
@@ -428,6 +485,7 @@ impl RoomDriver {
             }
             let effects = self.drain();
             self.apply(effects);
+            self.sync_media();
         }
         // Commands still queued get their reply dropped, which the handle
         // reports as "room closed".
@@ -629,6 +687,32 @@ impl RoomDriver {
                 self.room.close(now(), reason);
                 self.finish(Vec::new(), reply, Ok(()));
             }
+            Command::MediaStart { conn, reply } => self.media_start(conn, reply),
+            Command::MediaAnswer { conn, sdp, reply } => match self.media_for(conn) {
+                Ok(media) => media.send(MediaCommand::Answer { conn, sdp, reply }),
+                Err(failure) => {
+                    let _ = reply.send(Err(failure));
+                }
+            },
+            Command::IceCandidate {
+                conn,
+                candidate,
+                reply,
+            } => match self.media_for(conn) {
+                Ok(media) => media.send(MediaCommand::Candidate {
+                    conn,
+                    candidate,
+                    reply,
+                }),
+                Err(failure) => {
+                    let _ = reply.send(Err(failure));
+                }
+            },
+            Command::MediaLost { conn } => {
+                // Already gone (left, replaced) is fine: nothing to end.
+                let _ = self.room.media_lost(now(), conn);
+            }
+            Command::Volume { levels } => self.volume(levels),
             Command::Info { reply } => {
                 let view = self.view();
                 let info = RoomInfo {
@@ -651,6 +735,112 @@ impl RoomDriver {
 
     /// Authorizes a member's action (plugins, then the decide hook) and, if
     /// allowed, applies it to the state machine as the actor it resolved to.
+    fn media_start(&mut self, conn: ConnId, reply: Reply<()>) {
+        let Some(media) = self.ctx.media.clone() else {
+            let _ = reply.send(Err(Failure::new(
+                Status::Unavailable,
+                "this server runs without a media plane ([media] enabled = false)",
+            )));
+            return;
+        };
+        let member = self
+            .room
+            .members_with_conns()
+            .find(|(_, c)| *c == Some(conn))
+            .map(|(info, _)| (info.user.clone(), info.mode));
+        let (Some((user, mode)), Some(sink)) = (member, self.sinks.get(&conn).cloned()) else {
+            let _ = reply.send(Err(Failure::new(
+                Status::NotFound,
+                "join a room before starting media",
+            )));
+            return;
+        };
+        // The media task learns the gates before the peer, so the first
+        // offer already carries what the member may publish.
+        if self.media.is_none() {
+            self.media = Some(RoomMedia::spawn(&media, self.weak.clone()));
+            self.gates.clear();
+        }
+        self.sync_media();
+        let room_media = self.media.as_ref().expect("spawned above");
+        room_media.send(MediaCommand::Start {
+            conn,
+            user,
+            mode,
+            sink,
+            reply,
+        });
+    }
+
+    /// The media task, if `conn` is a member's and media has started.
+    fn media_for(&self, conn: ConnId) -> Result<&RoomMedia, Failure> {
+        if self.room.user_of(conn).is_none() {
+            return Err(Failure::new(Status::NotFound, "not in a room"));
+        }
+        self.media
+            .as_ref()
+            .ok_or_else(|| Failure::new(Status::BadRequest, "send media_start first"))
+    }
+
+    /// Tells the media task who may publish what, when that changed.
+    fn sync_media(&mut self) {
+        let Some(media) = &self.media else {
+            return;
+        };
+        let mut gates: Vec<Gate> = self
+            .room
+            .members_with_conns()
+            .map(|(m, conn)| {
+                let interactor = m.role == Role::Interactor;
+                Gate {
+                    user: m.user.clone(),
+                    conn,
+                    mode: m.mode,
+                    interactor,
+                    audio: interactor && !m.audio_muted,
+                    video: interactor && m.mode == Mode::Video && !m.video_muted,
+                }
+            })
+            .collect();
+        gates.sort_by(|a, b| a.user.cmp(&b.user));
+        if gates != self.gates {
+            self.gates = gates.clone();
+            media.send(MediaCommand::Gates(gates));
+        }
+    }
+
+    /// Speaking levels: to every member as a `volume` event, and to the
+    /// policy's `on_speaking` hook for each member speaking.
+    fn volume(&mut self, levels: Vec<VolumeLevel>) {
+        let levels: Vec<VolumeLevel> = levels
+            .into_iter()
+            .filter(|l| self.room.is_member(&l.user))
+            .collect();
+        if levels.is_empty() {
+            return;
+        }
+        let text: Arc<str> = ServerMessage::Volume {
+            levels: levels.clone(),
+        }
+        .to_json()
+        .into();
+        for conn in self.room.connections() {
+            if let Some(sink) = self.sinks.get(&conn) {
+                sink.push(Outbound::Text(text.clone()));
+            }
+        }
+        if self.policy.wants("on_speaking") {
+            for level in levels.iter().filter(|l| l.speaking) {
+                let mut effects = Vec::new();
+                let view = self.view();
+                let event = json!({ "user": level.user, "level": level.level });
+                self.policy
+                    .react("on_speaking", &view, &[&event], &mut effects);
+                self.apply(effects);
+            }
+        }
+    }
+
     fn guarded(
         &mut self,
         actor: Actor,
@@ -674,6 +864,10 @@ impl RoomDriver {
     /// response: deterministic, whatever the scheduling.
     fn finish<T>(&mut self, effects: Vec<Effect>, reply: Reply<T>, result: Result<T, Failure>) {
         self.settle(effects, result.is_ok());
+        // The media task hears of a mute or role change before the caller
+        // hears the answer: once a client sees "muted", no later packet of
+        // the muted track is forwarded.
+        self.sync_media();
         let _ = reply.send(result);
     }
 

@@ -16,6 +16,7 @@ use super::now;
 use super::state::{Room, RoomSettings};
 use crate::auth::Identity;
 use crate::ids::{ChannelId, RoomName};
+use crate::media::Media;
 use crate::policy::catalog::Catalog;
 use crate::policy::lua::{Decision, RoomIdentity, RoomView};
 use crate::policy::room::RoomPolicy;
@@ -36,6 +37,7 @@ pub(crate) struct RoomsInner {
     pub(crate) tracker: TaskTracker,
     catalog: Arc<Catalog>,
     kv: Option<Arc<dyn KvStore>>,
+    media: Option<Media>,
 }
 
 impl RoomsInner {
@@ -97,8 +99,19 @@ impl Rooms {
                 tracker: TaskTracker::new(),
                 catalog,
                 kv,
+                media: None,
             }),
         }
+    }
+
+    /// Gives rooms created from now on a media plane. Call before the
+    /// registry is cloned.
+    pub fn with_media(mut self, media: Media) -> Rooms {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.media = Some(media),
+            None => tracing::error!("Rooms::with_media called on a shared registry; ignored"),
+        }
+        self
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -218,6 +231,7 @@ impl Rooms {
                 shutdown: self.inner.shutdown.clone(),
                 registry: self.inner.clone(),
                 versions: self.inner.catalog.subscribe(),
+                media: self.inner.media.clone(),
             },
         );
         map.insert(name, handle.clone());

@@ -436,6 +436,21 @@ impl Room {
         Ok(())
     }
 
+    /// The member's media connection failed or went silent past the media
+    /// timeout: it leaves with `timeout` at once. Its signaling may still be
+    /// up, but a member nobody can hear is not in the call.
+    pub fn media_lost(&mut self, now: Now, conn: ConnId) -> Result<(), RoomError> {
+        let user = self.member_on(conn)?.clone();
+        self.remove_member(now, &user, LeaveReason::Timeout);
+        self.close_if_empty(now);
+        Ok(())
+    }
+
+    /// Each member with the connection it is on (`None` in the grace window).
+    pub fn members_with_conns(&self) -> impl Iterator<Item = (&MemberInfo, Option<ConnId>)> {
+        self.members.values().map(|m| (&m.info, m.conn))
+    }
+
     /// The connection is gone without a leave: the member waits out the grace
     /// window. Unknown or already-replaced connections are ignored.
     pub fn disconnected(&mut self, now: Now, conn: ConnId) {

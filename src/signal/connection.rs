@@ -354,6 +354,36 @@ impl Connection {
                     .await?;
                 Ok(serde_json::Value::Null)
             }
+            Request::MediaStart {} => {
+                let conn = self.conn;
+                self.current_room()?.handle.media_start(conn).await?;
+                Ok(serde_json::json!({
+                    "ice_servers": self.state.config.media.ice_servers,
+                }))
+            }
+            Request::MediaAnswer { sdp } => {
+                let conn = self.conn;
+                self.current_room()?.handle.media_answer(conn, sdp).await?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::IceCandidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                let conn = self.conn;
+                let candidate = rtc::peer_connection::transport::RTCIceCandidateInit {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index,
+                    ..Default::default()
+                };
+                self.current_room()?
+                    .handle
+                    .ice_candidate(conn, candidate)
+                    .await?;
+                Ok(serde_json::Value::Null)
+            }
             Request::Data { payload, to } => {
                 self.current_room()?
                     .handle

@@ -106,6 +106,30 @@ pub struct MemberInfo {
     pub joined_at: i64,
 }
 
+/// An m-line where the member publishes its own audio or video.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishSlot {
+    pub mid: String,
+    pub kind: MediaKind,
+}
+
+/// An m-line carrying another member's track.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub mid: String,
+    pub user: UserId,
+    pub kind: MediaKind,
+}
+
+/// One member's audio level in a `volume` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeLevel {
+    pub user: UserId,
+    /// RFC 6464 level: 0 (loudest, 0 dBov) to 127 (silence, -127 dBov).
+    pub level: u8,
+    pub speaking: bool,
+}
+
 /// A request from a client, without its envelope `id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -159,6 +183,20 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<UserId>,
     },
+    /// Start WebRTC media for the current membership; the server answers,
+    /// then sends a `media_offer` event.
+    MediaStart {},
+    /// The answer to the latest `media_offer`.
+    MediaAnswer { sdp: String },
+    /// A trickled ICE candidate of the client (`candidate` is the
+    /// `candidate:...` attribute text, as the browser's RTCIceCandidate has it).
+    IceCandidate {
+        candidate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mline_index: Option<u16>,
+    },
     /// Heartbeat; any message counts, this one does nothing else.
     Ping {},
 }
@@ -177,6 +215,9 @@ impl Request {
             Request::MuteAll { .. } => "mute_all",
             Request::ShareScreen { .. } => "share_screen",
             Request::Data { .. } => "data",
+            Request::MediaStart {} => "media_start",
+            Request::MediaAnswer { .. } => "media_answer",
+            Request::IceCandidate { .. } => "ice_candidate",
             Request::Ping {} => "ping",
         }
     }
@@ -300,6 +341,19 @@ pub enum ServerMessage {
         channel_id: ChannelId,
         metadata: serde_json::Map<String, Value>,
     },
+    /// The server's WebRTC offer (first, or a renegotiation); answer it with
+    /// `media_answer`.
+    MediaOffer {
+        sdp: String,
+        /// Where this member sends its own media (none for the audience).
+        publish: Vec<PublishSlot>,
+        /// Other members' tracks in this offer.
+        tracks: Vec<TrackInfo>,
+        /// STUN/TURN servers for the client's peer connection.
+        ice_servers: Vec<crate::config::IceServerConfig>,
+    },
+    /// Who is speaking, a few times a second while anyone does.
+    Volume { levels: Vec<VolumeLevel> },
     /// The server ended this connection's membership.
     Disconnected {
         room: RoomName,

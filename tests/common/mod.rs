@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod media;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -43,6 +45,9 @@ impl TestServer {
         config.policy.plugins_dir = data_dir.path().join("plugins");
         std::fs::create_dir_all(&config.policy.scripts_dir).expect("scripts dir");
         std::fs::create_dir_all(&config.policy.plugins_dir).expect("plugins dir");
+        // Media on loopback, any free port: tests run side by side.
+        config.media.bind_ip = std::net::Ipv4Addr::LOCALHOST.into();
+        config.media.udp_port = "0".parse().expect("literal port");
         adjust(&mut config);
         let server = Server::start(config, true).await.expect("server starts");
         TestServer {

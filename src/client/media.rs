@@ -1,0 +1,320 @@
+//! WebRTC for the Rust client, on webrtc-rs's async `webrtc` crate: one peer
+//! connection per membership, answering the server's offers.
+//!
+//! ```no_run
+//! # async fn demo(mut client: conclave::client::SignalClient) -> Result<(), conclave::client::ClientError> {
+//! use conclave::client::media::{MediaOptions, MediaSession};
+//! use conclave::signal::protocol::ServerMessage;
+//!
+//! let mut media = MediaSession::new(MediaOptions::default()).await?;
+//! client.request(conclave::signal::protocol::Request::MediaStart {}).await?;
+//! while let Some(event) = client.next_event().await {
+//!     if let ServerMessage::MediaOffer { sdp, .. } = event {
+//!         media.accept_offer(&client, sdp).await?;
+//!         break;
+//!     }
+//! }
+//! // media.send_audio(...) publishes; media.next_packet() receives.
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{Mutex, mpsc, watch};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler};
+
+use super::{ClientError, SignalClient};
+use crate::ids::UserId;
+use crate::media::codec;
+use crate::signal::protocol::{MediaKind, Request};
+
+/// What a session publishes and where it listens.
+#[derive(Clone, Debug)]
+pub struct MediaOptions {
+    /// Offer an audio track to publish (used when the server gives a slot).
+    pub audio: bool,
+    /// Offer a video track to publish (video-mode joins only).
+    pub video: bool,
+    /// Local UDP address for ICE; port 0 picks one.
+    pub bind: SocketAddr,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        MediaOptions {
+            audio: true,
+            video: false,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+/// One RTP packet received from another member.
+#[derive(Debug)]
+pub struct Received {
+    /// The member whose track it is (the server names streams by user id).
+    pub user: UserId,
+    pub kind: MediaKind,
+    pub packet: rtc::rtp::Packet,
+    pub at: Instant,
+}
+
+/// A peer connection to the server for one membership.
+pub struct MediaSession {
+    pc: Arc<dyn PeerConnection>,
+    audio: Option<(Arc<TrackLocalStaticRTP>, u32)>,
+    video: Option<(Arc<TrackLocalStaticRTP>, u32)>,
+    received: Mutex<mpsc::Receiver<Received>>,
+    connected: watch::Receiver<RTCPeerConnectionState>,
+    audio_seq: std::sync::atomic::AtomicU16,
+}
+
+struct Handler {
+    packets: mpsc::Sender<Received>,
+    state: watch::Sender<RTCPeerConnectionState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let user = UserId::from(track.stream_id().await.as_str());
+        let kind = match track.kind().await {
+            RtpCodecKind::Video => MediaKind::Video,
+            _ => MediaKind::Audio,
+        };
+        let packets = self.packets.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                    let received = Received {
+                        user: user.clone(),
+                        kind,
+                        packet,
+                        at: Instant::now(),
+                    };
+                    // A reader that fell behind loses packets, like a jitter
+                    // buffer overflowing; the connection keeps going.
+                    let _ = packets.try_send(received);
+                }
+            }
+        });
+    }
+}
+
+impl MediaSession {
+    /// Builds the peer connection; nothing is sent until an offer is accepted.
+    pub async fn new(options: MediaOptions) -> Result<MediaSession, ClientError> {
+        let (media, registry) = codec::engine().map_err(rtc_error)?;
+        let (packets, received) = mpsc::channel(4096);
+        let (state, connected) = watch::channel(RTCPeerConnectionState::New);
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::new(Handler { packets, state }))
+            .with_udp_addrs(vec![options.bind])
+            .build()
+            .await
+            .map_err(rtc_error)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let mut session = MediaSession {
+            pc,
+            audio: None,
+            video: None,
+            received: Mutex::new(received),
+            connected,
+            audio_seq: std::sync::atomic::AtomicU16::new(rand::random()),
+        };
+        // Sendonly transceivers made before the first offer pair up with the
+        // server's receive slots of the same kind (JSEP's matching rule).
+        if options.audio {
+            session.audio = Some(
+                session
+                    .add_publish(RtpCodecKind::Audio, codec::opus())
+                    .await?,
+            );
+        }
+        if options.video {
+            session.video = Some(
+                session
+                    .add_publish(RtpCodecKind::Video, codec::vp8())
+                    .await?,
+            );
+        }
+        Ok(session)
+    }
+
+    async fn add_publish(
+        &self,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodecParameters,
+    ) -> Result<(Arc<TrackLocalStaticRTP>, u32), ClientError> {
+        let id = format!("local-{kind}");
+        let ssrc = rand::random::<u32>();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "local".to_owned(),
+            id.clone(),
+            id,
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec,
+                ..Default::default()
+            }],
+        )));
+        let local: Arc<dyn TrackLocal> = track.clone();
+        self.pc
+            .add_transceiver_from_track(
+                local,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .map_err(rtc_error)?;
+        Ok((track, ssrc))
+    }
+
+    /// Answers a `media_offer` and sends the answer to the server.
+    pub async fn accept_offer(
+        &self,
+        client: &SignalClient,
+        sdp: String,
+    ) -> Result<(), ClientError> {
+        let offer = RTCSessionDescription::offer(sdp).map_err(rtc_error)?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(rtc_error)?;
+        let answer = self.pc.create_answer(None).await.map_err(rtc_error)?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(rtc_error)?;
+        let sdp = self
+            .pc
+            .local_description()
+            .await
+            .ok_or_else(|| ClientError::Media("no local description".into()))?
+            .sdp;
+        client.request(Request::MediaAnswer { sdp }).await?;
+        Ok(())
+    }
+
+    /// Waits until DTLS is up and media can flow.
+    pub async fn connected(&self, within: Duration) -> Result<(), ClientError> {
+        let mut state = self.connected.clone();
+        let wait = state.wait_for(|s| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed
+            )
+        });
+        match tokio::time::timeout(within, wait).await {
+            Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected => Ok(()),
+            Ok(_) => Err(ClientError::Media("peer connection failed".into())),
+            Err(_) => Err(ClientError::Media(format!(
+                "peer connection not connected within {within:?}"
+            ))),
+        }
+    }
+
+    /// Sends one audio packet (an Opus frame, or any payload for tests) with
+    /// `timestamp` in 48 kHz units and an RFC 6464 `level` (0 loudest .. 127 silent).
+    pub async fn send_audio(
+        &self,
+        payload: &[u8],
+        timestamp: u32,
+        level: u8,
+    ) -> Result<(), ClientError> {
+        let (track, ssrc) = self
+            .audio
+            .as_ref()
+            .ok_or_else(|| ClientError::Media("this session publishes no audio".into()))?;
+        let seq = self
+            .audio_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: codec::OPUS_PT,
+                ssrc: *ssrc,
+                sequence_number: seq,
+                timestamp,
+                marker: false,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::copy_from_slice(payload),
+        };
+        let level = AudioLevelExtension {
+            level: level.min(127),
+            voice: level < 127,
+        };
+        track
+            .write_rtp_with_extensions(
+                packet,
+                &[rtc::rtp::extension::HeaderExtension::AudioLevel(level)],
+            )
+            .await
+            .map_err(rtc_error)
+    }
+
+    /// Sends one video RTP packet as given (payload type and sequence are set here).
+    pub async fn send_video(&self, mut packet: rtc::rtp::Packet) -> Result<(), ClientError> {
+        let (track, ssrc) = self
+            .video
+            .as_ref()
+            .ok_or_else(|| ClientError::Media("this session publishes no video".into()))?;
+        packet.header.payload_type = codec::VP8_PT;
+        packet.header.ssrc = *ssrc;
+        track.write_rtp(packet).await.map_err(rtc_error)
+    }
+
+    /// The next packet from another member, or `None` after `within`.
+    pub async fn next_packet(&self, within: Duration) -> Option<Received> {
+        let mut rx = self.received.lock().await;
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+
+    /// Packets received so far, without waiting, by sender and kind.
+    pub async fn drain(&self) -> HashMap<(UserId, MediaKind), Vec<Received>> {
+        let mut rx = self.received.lock().await;
+        let mut out: HashMap<(UserId, MediaKind), Vec<Received>> = HashMap::new();
+        while let Ok(r) = rx.try_recv() {
+            out.entry((r.user.clone(), r.kind)).or_default().push(r);
+        }
+        out
+    }
+
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+fn rtc_error(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Media(e.to_string())
+}

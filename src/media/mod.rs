@@ -1,0 +1,216 @@
+//! The WebRTC media plane: a selective forwarding unit (SFU) on webrtc-rs's
+//! sans-I/O core (`rtc`).
+//!
+//! - [`udp`]: the shared UDP ports and the task reading each one, which routes
+//!   datagrams to rooms by ICE ufrag, then by source address.
+//! - [`room`]: one task per room that owns every peer connection of the room
+//!   and forwards RTP between them; no locks on the packet path.
+//! - [`peer`]: one member's peer connection and its negotiation.
+//! - [`codec`]: what both ends negotiate (shared with the Rust client).
+//! - `rewrite`, `level`: sequence rewriting and speaking detection.
+//!
+//! The room task (signaling) and the media task of a room are separate:
+//! the media path never waits on a script or on signaling. The room task
+//! tells the media task who may publish what (a snapshot after each change);
+//! the media task tells the room task about speaking levels and lost members.
+
+pub mod codec;
+mod level;
+mod peer;
+mod rewrite;
+pub(crate) mod room;
+mod udp;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::task::TaskTracker;
+
+use crate::config::MediaConfig;
+use crate::status::{Failure, Status};
+use crate::telemetry::ReasonLabel;
+
+pub use room::{Gate, RoomMedia};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("webrtc: {0}")]
+    Rtc(#[from] rtc::shared::error::Error),
+    #[error("negotiation: {0}")]
+    Negotiation(String),
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+impl From<MediaError> for Failure {
+    fn from(e: MediaError) -> Failure {
+        match e {
+            MediaError::Negotiation(why) => Failure::new(Status::BadRequest, why),
+            other => Failure::new(Status::Internal, other.to_string()),
+        }
+    }
+}
+
+/// Counters of the media plane, registered with the server's metrics.
+#[derive(Default)]
+pub struct MediaMetrics {
+    pub peers: Gauge,
+    pub received_packets: Counter,
+    pub forwarded_packets: Counter,
+    pub dropped_packets: Family<ReasonLabel, Counter>,
+    pub keyframe_requests: Counter,
+}
+
+impl MediaMetrics {
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register("media_peers", "Peer connections open", self.peers.clone());
+        registry.register(
+            "media_received_packets",
+            "RTP packets received from publishers",
+            self.received_packets.clone(),
+        );
+        registry.register(
+            "media_forwarded_packets",
+            "RTP packets forwarded to subscribers",
+            self.forwarded_packets.clone(),
+        );
+        registry.register(
+            "media_dropped_packets",
+            "Datagrams and packets dropped, by reason",
+            self.dropped_packets.clone(),
+        );
+        registry.register(
+            "media_keyframe_requests",
+            "Keyframe requests (PLI) sent to publishers",
+            self.keyframe_requests.clone(),
+        );
+    }
+
+    pub(crate) fn dropped(&self, reason: &'static str) {
+        self.dropped_packets
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// The media plane of one server: its UDP ports and settings. Cheap to clone.
+#[derive(Clone)]
+pub struct Media {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub config: MediaConfig,
+    pub ports: Vec<udp::Port>,
+    /// Addresses put into candidates.
+    pub advertise: Vec<IpAddr>,
+    pub metrics: Arc<MediaMetrics>,
+    next_port: AtomicUsize,
+    next_peer: AtomicU64,
+    pub tracker: TaskTracker,
+}
+
+impl Media {
+    /// Binds the configured UDP port(s) and starts reading them.
+    pub async fn bind(
+        config: MediaConfig,
+        metrics: Arc<MediaMetrics>,
+    ) -> Result<Media, MediaError> {
+        let tracker = TaskTracker::new();
+        let mut ports = Vec::new();
+        for port in config.udp_port.ports() {
+            let addr = SocketAddr::new(config.bind_ip, port);
+            let bound = udp::Port::bind(addr, metrics.clone(), &tracker)
+                .await
+                .map_err(|source| MediaError::Bind { addr, source })?;
+            ports.push(bound);
+        }
+        let advertise = advertised_ips(&config);
+        tracing::info!(
+            ports = ?ports.iter().map(|p| p.local).collect::<Vec<_>>(),
+            advertise = ?advertise,
+            "media plane listening"
+        );
+        Ok(Media {
+            shared: Arc::new(Shared {
+                config,
+                ports,
+                advertise,
+                metrics,
+                next_port: AtomicUsize::new(0),
+                next_peer: AtomicU64::new(1),
+                tracker,
+            }),
+        })
+    }
+
+    /// The bound UDP addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.ports.iter().map(|p| p.local).collect()
+    }
+
+    pub fn config(&self) -> &MediaConfig {
+        &self.shared.config
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Shared {
+    /// Spreads peers across the ports round-robin.
+    pub(crate) fn pick_port(&self) -> usize {
+        self.next_port.fetch_add(1, Ordering::Relaxed) % self.ports.len()
+    }
+
+    pub(crate) fn next_peer_key(&self) -> u64 {
+        self.next_peer.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The IPs clients are told to send to: the configured public IP; else the
+/// bind address; else (bound to every interface) the interface that routes
+/// outward, plus loopback for clients on this machine.
+fn advertised_ips(config: &MediaConfig) -> Vec<IpAddr> {
+    if let Some(ip) = config.public_ip {
+        return vec![ip];
+    }
+    if !config.bind_ip.is_unspecified() {
+        return vec![config.bind_ip];
+    }
+    let mut ips = Vec::new();
+    if let Some(ip) = outward_ip() {
+        ips.push(ip);
+    }
+    ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    ips
+}
+
+/// The local address the kernel would use to reach the outside. `connect` on
+/// a UDP socket only picks a route; nothing is sent.
+fn outward_ip() -> Option<IpAddr> {
+    let socket = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    // TEST-NET-1 (RFC 5737): routable in form, never a real peer.
+    socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
+/// A random string from the ICE character set (RFC 8445 ice-char).
+pub(crate) fn ice_token(len: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
+        .collect()
+}

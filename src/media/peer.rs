@@ -1,0 +1,317 @@
+//! One member's peer connection, as the SFU sees it: the webrtc-rs
+//! sans-I/O `RTCPeerConnection`, the slots where the member publishes, the
+//! tracks it receives from others and where negotiation stands.
+//!
+//! The server is always the offerer: it knows when tracks come and go, and a
+//! client that only ever answers can never collide with it (no glare).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId,
+    RTCRtpTransceiverInit,
+};
+
+use super::rewrite::SeqRewriter;
+use super::udp::PeerKey;
+use super::{MediaError, codec};
+use crate::ids::{ConnId, UserId};
+use crate::room::Sink;
+use crate::signal::protocol::{MediaKind, Mode, PublishSlot, TrackInfo};
+
+/// The member's own media arriving at the server.
+pub(crate) struct Incoming {
+    pub kind: MediaKind,
+    pub receiver: RTCRtpReceiverId,
+    pub ssrc: u32,
+    /// The negotiated id of the RFC 6464 audio-level extension, if any.
+    pub audio_level: Option<u8>,
+}
+
+/// Another member's track sent to this peer.
+pub(crate) struct Outgoing {
+    pub sender: RTCRtpSenderId,
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub seq: SeqRewriter,
+    /// Set once a packet went out, to count time to first media.
+    pub sent_any: bool,
+}
+
+pub(crate) struct Peer {
+    pub key: PeerKey,
+    pub user: UserId,
+    pub conn: ConnId,
+    pub mode: Mode,
+    pub sink: Sink,
+    /// Index of the UDP port this peer uses.
+    pub port: usize,
+    pub local: SocketAddr,
+    pub ufrag: String,
+    pub pc: RTCPeerConnection,
+    /// Receivers by the track id webrtc-rs reports packets under.
+    pub incoming: HashMap<String, Incoming>,
+    /// Transceivers where this member may publish (server receives).
+    pub publish: Vec<(RTCRtpTransceiverId, MediaKind)>,
+    pub outgoing: HashMap<(UserId, MediaKind), Outgoing>,
+    /// Outgoing track id to the source it carries, for RTCP from the client.
+    pub out_tracks: HashMap<String, (UserId, MediaKind)>,
+    pub awaiting_answer: bool,
+    /// Tracks changed while an offer was out: offer again after the answer.
+    pub renegotiate: bool,
+    pub last_heard: Instant,
+    pub failed: bool,
+}
+
+/// What a new peer connection needs from the media plane.
+pub(crate) struct PeerSetup {
+    pub key: PeerKey,
+    pub user: UserId,
+    pub conn: ConnId,
+    pub mode: Mode,
+    pub sink: Sink,
+    pub port: usize,
+    pub local: SocketAddr,
+    pub advertise: Vec<IpAddr>,
+    pub ufrag: String,
+    pub pwd: String,
+}
+
+impl Peer {
+    pub(crate) fn new(setup: PeerSetup, now: Instant) -> Result<Peer, MediaError> {
+        let (media, registry) = codec::engine()?;
+        // ICE lite: the server has one known address per port and never
+        // needs to probe; clients run the checks and the server answers.
+        let settings = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(setup.ufrag.clone(), setup.pwd)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(now)?;
+        for ip in &setup.advertise {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: ip.to_string(),
+                    port: setup.local.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()?;
+            pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+        }
+        Ok(Peer {
+            key: setup.key,
+            user: setup.user,
+            conn: setup.conn,
+            mode: setup.mode,
+            sink: setup.sink,
+            port: setup.port,
+            local: setup.local,
+            ufrag: setup.ufrag,
+            pc,
+            incoming: HashMap::new(),
+            publish: Vec::new(),
+            outgoing: HashMap::new(),
+            out_tracks: HashMap::new(),
+            awaiting_answer: false,
+            renegotiate: false,
+            last_heard: now,
+            failed: false,
+        })
+    }
+
+    /// Adds receive slots for the member's own audio (and video in video
+    /// mode), once; called when the member may publish.
+    pub(crate) fn ensure_publish_slots(&mut self) -> Result<(), MediaError> {
+        if !self.publish.is_empty() {
+            return Ok(());
+        }
+        let mut kinds = vec![MediaKind::Audio];
+        if self.mode == Mode::Video {
+            kinds.push(MediaKind::Video);
+        }
+        for kind in kinds {
+            let id = self.pc.add_transceiver_from_kind(
+                codec_kind(kind),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )?;
+            self.publish.push((id, kind));
+        }
+        Ok(())
+    }
+
+    /// Starts sending `source`'s `kind` track to this peer (negotiated in the
+    /// next offer).
+    pub(crate) fn add_outgoing(
+        &mut self,
+        source: &UserId,
+        kind: MediaKind,
+    ) -> Result<(), MediaError> {
+        let ssrc = rand::random::<u32>();
+        let codec = match kind {
+            MediaKind::Audio => codec::opus(),
+            MediaKind::Video => codec::vp8(),
+        };
+        let track_id = format!("{}-{}", source.as_str(), kind.as_str());
+        let track = MediaStreamTrack::new(
+            source.as_str().to_owned(),
+            track_id.clone(),
+            track_id.clone(),
+            codec_kind(kind),
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let transceiver = self.pc.add_transceiver_from_track(
+            track,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![],
+                send_encodings: vec![],
+            }),
+        )?;
+        let sender = self
+            .pc
+            .rtp_transceiver(transceiver)
+            .and_then(|t| t.sender())
+            .ok_or(MediaError::Internal(
+                "a sendonly transceiver without a sender",
+            ))?;
+        self.outgoing.insert(
+            (source.clone(), kind),
+            Outgoing {
+                sender,
+                ssrc,
+                payload_type: codec.payload_type,
+                seq: SeqRewriter::default(),
+                sent_any: false,
+            },
+        );
+        self.out_tracks.insert(track_id, (source.clone(), kind));
+        Ok(())
+    }
+
+    pub(crate) fn remove_outgoing(
+        &mut self,
+        source: &UserId,
+        kind: MediaKind,
+    ) -> Result<(), MediaError> {
+        if let Some(out) = self.outgoing.remove(&(source.clone(), kind)) {
+            self.out_tracks
+                .retain(|_, v| !(v.0 == *source && v.1 == kind));
+            self.pc.remove_track(out.sender)?;
+        }
+        Ok(())
+    }
+
+    /// Creates and applies an offer for the current transceivers.
+    pub(crate) fn offer(&mut self, now: Instant, may_publish: bool) -> Result<Offer, MediaError> {
+        let offer = self.pc.create_offer(None)?;
+        self.pc.set_local_description(now, offer)?;
+        let sdp = self
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or(MediaError::Internal(
+                "no local description after setting it",
+            ))?;
+        let mut publish = Vec::new();
+        if may_publish {
+            for (id, kind) in self.publish.clone() {
+                if let Some(mid) = self.mid(id) {
+                    publish.push(PublishSlot { mid, kind });
+                }
+            }
+        }
+        let mut tracks = Vec::new();
+        for ((user, kind), out) in &self.outgoing {
+            let id = RTCRtpTransceiverId::from(out.sender);
+            if let Some(mid) = self.pc.rtp_transceiver(id).and_then(|t| t.mid().clone()) {
+                tracks.push(TrackInfo {
+                    mid,
+                    user: user.clone(),
+                    kind: *kind,
+                });
+            }
+        }
+        tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
+        self.awaiting_answer = true;
+        self.renegotiate = false;
+        Ok(Offer {
+            sdp,
+            publish,
+            tracks,
+        })
+    }
+
+    pub(crate) fn answer(&mut self, now: Instant, sdp: String) -> Result<(), MediaError> {
+        if !self.awaiting_answer {
+            return Err(MediaError::Negotiation(
+                "no offer is waiting for an answer".into(),
+            ));
+        }
+        tracing::trace!(user = %self.user, %sdp, "answer");
+        let answer = RTCSessionDescription::answer(sdp)
+            .map_err(|e| MediaError::Negotiation(format!("not an answer: {e}")))?;
+        self.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| MediaError::Negotiation(e.to_string()))?;
+        self.awaiting_answer = false;
+        Ok(())
+    }
+
+    fn mid(&mut self, id: RTCRtpTransceiverId) -> Option<String> {
+        self.pc.rtp_transceiver(id).and_then(|t| t.mid().clone())
+    }
+
+    /// Which of this member's publish slots a receiver belongs to.
+    pub(crate) fn publish_kind(&self, receiver: RTCRtpReceiverId) -> Option<MediaKind> {
+        let id = RTCRtpTransceiverId::from(receiver);
+        self.publish
+            .iter()
+            .find(|(slot, _)| *slot == id)
+            .map(|(_, kind)| *kind)
+    }
+}
+
+/// An offer ready to send, with what the client needs to map its m-lines.
+pub(crate) struct Offer {
+    pub sdp: String,
+    pub publish: Vec<PublishSlot>,
+    pub tracks: Vec<TrackInfo>,
+}
+
+fn codec_kind(kind: MediaKind) -> RtpCodecKind {
+    match kind {
+        MediaKind::Audio => RtpCodecKind::Audio,
+        MediaKind::Video => RtpCodecKind::Video,
+    }
+}

@@ -1,0 +1,746 @@
+//! One room's media: the task that owns every peer connection of the room
+//! and forwards RTP between them.
+//!
+//! Everything about a room's packets happens on this one task: decrypting,
+//! gating by role and mute, rewriting, encrypting and sending. A packet is
+//! never queued between members, and nothing here waits on the room's
+//! signaling task or its scripts: the room task sends a snapshot of who may
+//! publish what ([`Gate`]) after every change, and this task applies it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::AUDIO_LEVEL_URI;
+use super::level::LevelMeter;
+use super::peer::{Peer, PeerSetup};
+use super::udp::{Inbound, PeerKey, Route, RouteCmd};
+use super::{MediaError, Shared, ice_token};
+use crate::ids::{ConnId, UserId};
+use crate::room::actor::Command;
+use crate::room::{Outbound, Sink};
+use crate::signal::protocol::{MediaKind, Mode, ServerMessage, VolumeLevel};
+use crate::status::{Failure, Status};
+
+/// How often peer timers (DTLS retransmits, RTCP reports, NACKs) and the
+/// media timeout are looked at.
+const TICK: Duration = Duration::from_millis(20);
+/// Datagrams handled per wake before timers get a turn.
+const BATCH: usize = 64;
+/// Datagrams queued for a room before the port's reader drops more.
+const INBOUND_QUEUE: usize = 4096;
+
+/// Who may publish what, per member, as the room's state machine decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub user: UserId,
+    /// The connection the membership is on now; `None` in the reconnect window.
+    pub conn: Option<ConnId>,
+    pub mode: Mode,
+    pub interactor: bool,
+    /// Forward this member's audio: an interactor, not muted.
+    pub audio: bool,
+    /// Forward this member's video: an interactor in video mode, not muted.
+    pub video: bool,
+}
+
+pub(crate) enum MediaCommand {
+    Start {
+        conn: ConnId,
+        user: UserId,
+        mode: Mode,
+        sink: Sink,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
+    Answer {
+        conn: ConnId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
+    Candidate {
+        conn: ConnId,
+        candidate: RTCIceCandidateInit,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
+    Gates(Vec<Gate>),
+}
+
+/// The room task's end of its media task. Dropping it ends the media task
+/// and closes every peer connection of the room.
+pub struct RoomMedia {
+    tx: mpsc::UnboundedSender<MediaCommand>,
+}
+
+impl RoomMedia {
+    pub(crate) fn spawn(media: &super::Media, room: mpsc::WeakSender<Command>) -> RoomMedia {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let shared = media.shared().clone();
+        let task = MediaTask {
+            shared: shared.clone(),
+            room,
+            inbound_tx,
+            peers: HashMap::new(),
+            by_conn: HashMap::new(),
+            gates: HashMap::new(),
+            meters: HashMap::new(),
+            last_keyframe: HashMap::new(),
+            next_volume: Instant::now(),
+        };
+        shared.tracker.spawn(tracing::Instrument::in_current_span(
+            task.run(rx, inbound_rx),
+        ));
+        RoomMedia { tx }
+    }
+
+    pub(crate) fn send(&self, cmd: MediaCommand) {
+        // The task only ends when this handle is dropped.
+        let _ = self.tx.send(cmd);
+    }
+}
+
+struct MediaTask {
+    shared: Arc<Shared>,
+    room: mpsc::WeakSender<Command>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    peers: HashMap<PeerKey, Peer>,
+    by_conn: HashMap<ConnId, PeerKey>,
+    gates: HashMap<UserId, Gate>,
+    meters: HashMap<UserId, LevelMeter>,
+    /// Last keyframe request per publisher, for throttling.
+    last_keyframe: HashMap<UserId, Instant>,
+    next_volume: Instant,
+}
+
+/// A packet to forward: who sent it and what.
+struct Forward {
+    from: UserId,
+    kind: MediaKind,
+    packet: rtc::rtp::Packet,
+}
+
+impl MediaTask {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<MediaCommand>,
+        mut inbound: mpsc::Receiver<Inbound>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                Some(first) = inbound.recv() => {
+                    self.datagram(first);
+                    for _ in 1..BATCH {
+                        match inbound.try_recv() {
+                            Ok(next) => self.datagram(next),
+                            Err(_) => break,
+                        }
+                    }
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.close_peer(key);
+        }
+    }
+
+    fn command(&mut self, cmd: MediaCommand) {
+        match cmd {
+            MediaCommand::Start {
+                conn,
+                user,
+                mode,
+                sink,
+                reply,
+            } => {
+                let _ = reply.send(self.start(conn, user, mode, sink));
+            }
+            MediaCommand::Answer { conn, sdp, reply } => {
+                let _ = reply.send(self.answer(conn, sdp));
+            }
+            MediaCommand::Candidate {
+                conn,
+                candidate,
+                reply,
+            } => {
+                let result = match self.peer_on(conn) {
+                    Ok(peer) => peer
+                        .pc
+                        .add_remote_candidate(candidate)
+                        .map_err(|e| Failure::new(Status::BadRequest, format!("candidate: {e}"))),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            MediaCommand::Gates(gates) => self.set_gates(gates),
+        }
+    }
+
+    fn peer_on(&mut self, conn: ConnId) -> Result<&mut Peer, Failure> {
+        self.by_conn
+            .get(&conn)
+            .and_then(|key| self.peers.get_mut(key))
+            .ok_or_else(|| Failure::new(Status::BadRequest, "send media_start first"))
+    }
+
+    fn start(&mut self, conn: ConnId, user: UserId, mode: Mode, sink: Sink) -> Result<(), Failure> {
+        // A restart (page reload, reconnect) replaces the member's old peer.
+        let old: Vec<PeerKey> = self
+            .peers
+            .values()
+            .filter(|p| p.user == user)
+            .map(|p| p.key)
+            .collect();
+        for key in old {
+            self.close_peer(key);
+        }
+        let shared = self.shared.clone();
+        let port = shared.pick_port();
+        let key = shared.next_peer_key();
+        let ufrag = ice_token(16);
+        let setup = PeerSetup {
+            key,
+            user: user.clone(),
+            conn,
+            mode,
+            sink,
+            port,
+            local: shared.ports[port].local,
+            advertise: shared.advertise.clone(),
+            ufrag: ufrag.clone(),
+            pwd: ice_token(32),
+        };
+        let peer = Peer::new(setup, Instant::now()).map_err(Failure::from)?;
+        let _ = shared.ports[port].routes.send(RouteCmd::Add {
+            ufrag,
+            route: Route {
+                peer: key,
+                to: self.inbound_tx.clone(),
+            },
+        });
+        shared.metrics.peers.inc();
+        self.peers.insert(key, peer);
+        self.by_conn.insert(conn, key);
+        tracing::debug!(%user, ?mode, "media started");
+        // Everyone's track set changed: the newcomer gets the others' tracks,
+        // the others get the newcomer's.
+        self.sync_tracks();
+        Ok(())
+    }
+
+    fn answer(&mut self, conn: ConnId, sdp: String) -> Result<(), Failure> {
+        let key = *self
+            .by_conn
+            .get(&conn)
+            .ok_or_else(|| Failure::new(Status::BadRequest, "send media_start first"))?;
+        let now = Instant::now();
+        {
+            let peer = self.peers.get_mut(&key).expect("indexed by conn");
+            peer.answer(now, sdp).map_err(Failure::from)?;
+        }
+        self.flush(key);
+        // New subscriptions start on a keyframe.
+        let sources: Vec<UserId> = self.peers[&key]
+            .outgoing
+            .keys()
+            .filter(|(_, kind)| *kind == MediaKind::Video)
+            .map(|(user, _)| user.clone())
+            .collect();
+        for source in sources {
+            self.request_keyframe(&source, now);
+        }
+        if self.peers[&key].renegotiate {
+            self.offer(key);
+        }
+        Ok(())
+    }
+
+    /// Applies the room's latest view of who may publish what.
+    fn set_gates(&mut self, gates: Vec<Gate>) {
+        let gates: HashMap<UserId, Gate> = gates.into_iter().map(|g| (g.user.clone(), g)).collect();
+        // Peers whose membership ended, or moved to another connection
+        // without starting media there, are closed.
+        let stale: Vec<PeerKey> = self
+            .peers
+            .values()
+            .filter(|p| gates.get(&p.user).and_then(|g| g.conn) != Some(p.conn))
+            .map(|p| p.key)
+            .collect();
+        for key in stale {
+            self.close_peer(key);
+        }
+        let now = Instant::now();
+        let mut keyframes = Vec::new();
+        for (user, gate) in &gates {
+            let before = self.gates.get(user);
+            let was_audio = before.is_some_and(|g| g.audio);
+            let was_video = before.is_some_and(|g| g.video);
+            if was_audio && !gate.audio {
+                self.pause_forwarding(user, MediaKind::Audio);
+            }
+            if was_video && !gate.video {
+                self.pause_forwarding(user, MediaKind::Video);
+            }
+            if !was_video && gate.video {
+                keyframes.push(user.clone());
+            }
+        }
+        self.meters
+            .retain(|user, _| gates.get(user).is_some_and(|g| g.audio));
+        self.gates = gates;
+        for user in keyframes {
+            self.request_keyframe(&user, now);
+        }
+        self.sync_tracks();
+    }
+
+    /// Marks every subscriber's copy of `user`'s `kind` as paused, so it
+    /// resumes without a sequence gap.
+    fn pause_forwarding(&mut self, user: &UserId, kind: MediaKind) {
+        for peer in self.peers.values_mut() {
+            if let Some(out) = peer.outgoing.get_mut(&(user.clone(), kind)) {
+                out.seq.pause();
+            }
+        }
+    }
+
+    /// Brings each peer's tracks in line with the room: every other
+    /// interactor's audio, and video when both sides are in video mode.
+    /// Renegotiates the peers whose set changed.
+    fn sync_tracks(&mut self) {
+        let publishers: Vec<(UserId, Mode)> = self
+            .peers
+            .values()
+            .filter(|p| self.gates.get(&p.user).is_some_and(|g| g.interactor))
+            .map(|p| (p.user.clone(), p.mode))
+            .collect();
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            let changed = {
+                let peer = self.peers.get_mut(&key).expect("listed above");
+                let mut want: HashSet<(UserId, MediaKind)> = HashSet::new();
+                for (user, mode) in &publishers {
+                    if *user == peer.user {
+                        continue;
+                    }
+                    want.insert((user.clone(), MediaKind::Audio));
+                    if *mode == Mode::Video && peer.mode == Mode::Video {
+                        want.insert((user.clone(), MediaKind::Video));
+                    }
+                }
+                let may_publish = self.gates.get(&peer.user).is_some_and(|g| g.interactor);
+                match reconcile(peer, &want, may_publish) {
+                    Ok(changed) => changed,
+                    Err(e) => {
+                        tracing::warn!(user = %peer.user, error = %e, "cannot update tracks");
+                        false
+                    }
+                }
+            };
+            if changed {
+                self.offer(key);
+            }
+        }
+    }
+
+    /// Sends a new offer to `key`, or defers it until the outstanding one is answered.
+    fn offer(&mut self, key: PeerKey) {
+        let ice_servers = self.shared.config.ice_servers.clone();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.awaiting_answer {
+            peer.renegotiate = true;
+            return;
+        }
+        let may_publish = self.gates.get(&peer.user).is_some_and(|g| g.interactor);
+        match peer.offer(Instant::now(), may_publish) {
+            Ok(offer) => {
+                let msg = ServerMessage::MediaOffer {
+                    sdp: offer.sdp,
+                    publish: offer.publish,
+                    tracks: offer.tracks,
+                    ice_servers,
+                };
+                peer.sink.push(Outbound::Text(msg.to_json().into()));
+            }
+            Err(e) => tracing::warn!(user = %peer.user, error = %e, "cannot create an offer"),
+        }
+        self.flush(key);
+    }
+
+    fn close_peer(&mut self, key: PeerKey) {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return;
+        };
+        self.by_conn.remove(&peer.conn);
+        let _ = peer.pc.close();
+        flush_peer(&self.shared, &mut peer);
+        let _ = self.shared.ports[peer.port].routes.send(RouteCmd::Remove {
+            ufrag: peer.ufrag.clone(),
+        });
+        self.shared.metrics.peers.dec();
+        tracing::debug!(user = %peer.user, "media closed");
+        self.sync_tracks();
+    }
+
+    fn datagram(&mut self, inbound: Inbound) {
+        let Some(peer) = self.peers.get_mut(&inbound.peer) else {
+            return;
+        };
+        peer.last_heard = inbound.at;
+        let read = peer.pc.handle_read(TaggedBytesMut {
+            now: inbound.at,
+            transport: TransportContext {
+                local_addr: peer.local,
+                peer_addr: inbound.from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: inbound.data,
+        });
+        if let Err(e) = read {
+            tracing::trace!(user = %peer.user, error = %e, "datagram rejected");
+            self.shared.metrics.dropped("malformed");
+        }
+        let key = peer.key;
+        self.events(key);
+        let (forwards, keyframes) = self.reads(key);
+        self.flush(key);
+        for forward in forwards {
+            self.forward(key, forward, inbound.at);
+        }
+        for source in keyframes {
+            self.request_keyframe(&source, inbound.at);
+        }
+    }
+
+    fn events(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        while let Some(event) = peer.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    let Some(kind) = peer.publish_kind(init.receiver_id) else {
+                        continue;
+                    };
+                    let audio_level = peer.pc.rtp_receiver(init.receiver_id).and_then(|mut r| {
+                        r.get_parameters()
+                            .rtp_parameters
+                            .header_extensions
+                            .iter()
+                            .find(|h| h.uri == AUDIO_LEVEL_URI)
+                            .map(|h| h.id as u8)
+                    });
+                    tracing::debug!(user = %peer.user, ?kind, ssrc = init.ssrc, "publishing");
+                    peer.incoming.insert(
+                        init.track_id,
+                        super::peer::Incoming {
+                            kind,
+                            receiver: init.receiver_id,
+                            ssrc: init.ssrc,
+                            audio_level,
+                        },
+                    );
+                }
+                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
+                    tracing::debug!(user = %peer.user, %state, "ice");
+                    if state == RTCIceConnectionState::Failed {
+                        peer.failed = true;
+                    }
+                }
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    tracing::debug!(user = %peer.user, %state, "peer connection");
+                    if state == RTCPeerConnectionState::Failed {
+                        peer.failed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Drains what the peer decoded: media to forward (if its gate is open)
+    /// and keyframe requests from it as a subscriber.
+    fn reads(&mut self, key: PeerKey) -> (Vec<Forward>, Vec<UserId>) {
+        let mut forwards = Vec::new();
+        let mut keyframes = Vec::new();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return (forwards, keyframes);
+        };
+        let gate = self.gates.get(&peer.user);
+        while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+            match message {
+                RTCMessage::RtpPacket(track, mut packet) => {
+                    let Some(incoming) = peer.incoming.get(&track) else {
+                        self.shared.metrics.dropped("unknown_track");
+                        continue;
+                    };
+                    self.shared.metrics.received_packets.inc();
+                    let open = match incoming.kind {
+                        MediaKind::Audio => gate.is_some_and(|g| g.audio),
+                        MediaKind::Video => gate.is_some_and(|g| g.video),
+                    };
+                    if !open {
+                        self.shared.metrics.dropped("not_publishing");
+                        continue;
+                    }
+                    if let Some(id) = incoming.audio_level
+                        && let Some(ext) = packet.header.get_extension(id)
+                        && let Some(byte) = ext.first()
+                    {
+                        self.meters
+                            .entry(peer.user.clone())
+                            .or_default()
+                            .packet(*byte);
+                    }
+                    // Extensions are per transport (transport-wide sequence
+                    // numbers, mid): each subscriber's sender writes its own.
+                    packet.header.extension = false;
+                    packet.header.extensions.clear();
+                    packet.header.extension_profile = 0;
+                    forwards.push(Forward {
+                        from: peer.user.clone(),
+                        kind: incoming.kind,
+                        packet,
+                    });
+                }
+                RTCMessage::RtcpPacket(track, packets) => {
+                    let Some((source, kind)) = peer.out_tracks.get(&track) else {
+                        continue;
+                    };
+                    if *kind != MediaKind::Video {
+                        continue;
+                    }
+                    let wants_keyframe = packets.iter().any(|p| {
+                        p.as_any().is::<PictureLossIndication>()
+                            || p.as_any().is::<FullIntraRequest>()
+                    });
+                    if wants_keyframe {
+                        keyframes.push(source.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        (forwards, keyframes)
+    }
+
+    /// Sends one publisher packet to every subscriber of it.
+    fn forward(&mut self, from_key: PeerKey, forward: Forward, now: Instant) {
+        let track = (forward.from, forward.kind);
+        let keys: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(k, p)| **k != from_key && p.outgoing.contains_key(&track))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let peer = self.peers.get_mut(&key).expect("listed above");
+            let out = peer.outgoing.get_mut(&track).expect("filtered above");
+            let mut packet = forward.packet.clone();
+            packet.header.ssrc = out.ssrc;
+            packet.header.payload_type = out.payload_type;
+            packet.header.sequence_number = out.seq.rewrite(packet.header.sequence_number);
+            let sender = out.sender;
+            if !out.sent_any {
+                out.sent_any = true;
+                tracing::debug!(to = %peer.user, from = %track.0, kind = ?track.1, "first packet forwarded");
+            }
+            match peer.pc.rtp_sender(sender) {
+                Some(mut s) => match s.write_rtp(now, packet) {
+                    Ok(()) => {
+                        self.shared.metrics.forwarded_packets.inc();
+                    }
+                    // Not negotiated yet (an offer is out): nothing to send on.
+                    Err(_) => self.shared.metrics.dropped("not_negotiated"),
+                },
+                None => self.shared.metrics.dropped("not_negotiated"),
+            }
+            self.flush(key);
+        }
+    }
+
+    /// Asks `source` for a keyframe on its video, at most once per interval.
+    fn request_keyframe(&mut self, source: &UserId, now: Instant) {
+        let interval = self.shared.config.keyframe_interval;
+        if self
+            .last_keyframe
+            .get(source)
+            .is_some_and(|t| now.duration_since(*t) < interval)
+        {
+            return;
+        }
+        let Some(key) = self
+            .peers
+            .values()
+            .find(|p| p.user == *source)
+            .map(|p| p.key)
+        else {
+            return;
+        };
+        let peer = self.peers.get_mut(&key).expect("found above");
+        let video: Vec<(rtc::rtp_transceiver::RTCRtpReceiverId, u32)> = peer
+            .incoming
+            .values()
+            .filter(|i| i.kind == MediaKind::Video)
+            .map(|i| (i.receiver, i.ssrc))
+            .collect();
+        if video.is_empty() {
+            return;
+        }
+        for (receiver, ssrc) in video {
+            if let Some(mut r) = peer.pc.rtp_receiver(receiver) {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: ssrc,
+                };
+                if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                    self.shared.metrics.keyframe_requests.inc();
+                }
+            }
+        }
+        self.last_keyframe.insert(source.clone(), now);
+        self.flush(key);
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let timeout = self.shared.config.timeout;
+        let mut lost = Vec::new();
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            let peer = self.peers.get_mut(&key).expect("listed above");
+            if peer.pc.poll_timeout().is_some_and(|t| t <= now)
+                && let Err(e) = peer.pc.handle_timeout(now)
+            {
+                tracing::debug!(user = %peer.user, error = %e, "peer timer");
+            }
+            self.events(key);
+            let (forwards, keyframes) = self.reads(key);
+            self.flush(key);
+            for forward in forwards {
+                self.forward(key, forward, now);
+            }
+            for source in keyframes {
+                self.request_keyframe(&source, now);
+            }
+            let peer = &self.peers[&key];
+            if peer.failed || now.duration_since(peer.last_heard) > timeout {
+                lost.push((key, peer.conn));
+            }
+        }
+        for (key, conn) in lost {
+            if let Some(peer) = self.peers.get(&key) {
+                tracing::info!(user = %peer.user, failed = peer.failed, "media lost; ending the membership");
+            }
+            self.close_peer(key);
+            if let Some(room) = self.room.upgrade() {
+                let _ = room.try_send(Command::MediaLost { conn });
+            }
+        }
+        if now >= self.next_volume {
+            self.next_volume = now + self.shared.config.volume_interval;
+            self.volume();
+        }
+    }
+
+    /// Reports who speaks: to the room (event and `on_speaking` hook) when
+    /// anyone speaks or just stopped.
+    fn volume(&mut self) {
+        let threshold = self.shared.config.speaking_threshold;
+        let mut levels = Vec::new();
+        for (user, meter) in &mut self.meters {
+            let reading = meter.close(threshold);
+            if reading.speaking || reading.changed {
+                levels.push(VolumeLevel {
+                    user: user.clone(),
+                    level: reading.level,
+                    speaking: reading.speaking,
+                });
+            }
+        }
+        self.meters.retain(|_, m| m.is_speaking());
+        if levels.is_empty() {
+            return;
+        }
+        levels.sort_by(|a, b| a.user.cmp(&b.user));
+        if let Some(room) = self.room.upgrade() {
+            let _ = room.try_send(Command::Volume { levels });
+        }
+    }
+
+    fn flush(&mut self, key: PeerKey) {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            flush_peer(&self.shared, peer);
+        }
+    }
+}
+
+/// Sends whatever the peer connection has queued.
+fn flush_peer(shared: &Shared, peer: &mut Peer) {
+    let socket = &shared.ports[peer.port].socket;
+    while let Some(out) = peer.pc.poll_write() {
+        if let Err(e) = socket.try_send_to(&out.message, out.transport.peer_addr) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                shared.metrics.dropped("send_buffer_full");
+            } else {
+                tracing::trace!(error = %e, "udp send");
+            }
+        }
+    }
+}
+
+/// Adds and removes `peer`'s outgoing tracks to match `want`, and its
+/// publish slots when it may publish. Returns whether anything changed.
+fn reconcile(
+    peer: &mut Peer,
+    want: &HashSet<(UserId, MediaKind)>,
+    may_publish: bool,
+) -> Result<bool, MediaError> {
+    let mut changed = false;
+    if may_publish && peer.publish.is_empty() {
+        peer.ensure_publish_slots()?;
+        changed = true;
+    }
+    let have: Vec<(UserId, MediaKind)> = peer.outgoing.keys().cloned().collect();
+    for track in have {
+        if !want.contains(&track) {
+            peer.remove_outgoing(&track.0, track.1)?;
+            changed = true;
+        }
+    }
+    let mut missing: Vec<&(UserId, MediaKind)> = want
+        .iter()
+        .filter(|t| !peer.outgoing.contains_key(*t))
+        .collect();
+    missing.sort_by_key(|(user, kind)| (user.as_str().to_owned(), kind.as_str()));
+    for (user, kind) in missing {
+        peer.add_outgoing(user, *kind)?;
+        changed = true;
+    }
+    // The first offer goes out even with nothing to send or receive yet.
+    if peer.pc.local_description().is_none() {
+        changed = true;
+    }
+    Ok(changed)
+}
