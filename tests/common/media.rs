@@ -116,6 +116,19 @@ impl Participant {
         }
     }
 
+    /// An already-arrived event `pick` accepts (handling what is queued, and
+    /// waiting up to `within`), or `None`; other events stay stashed.
+    pub async fn try_event_where<T>(
+        &mut self,
+        within: Duration,
+        mut pick: impl FnMut(&ServerMessage) -> Option<T>,
+    ) -> Option<T> {
+        self.pump(within).await;
+        let found = self.stash.iter().position(|e| pick(e).is_some())?;
+        let event = self.stash.remove(found)?;
+        pick(&event)
+    }
+
     /// The next media packet accepted by `pick`, answering offers meanwhile.
     pub async fn packet_where(&mut self, mut pick: impl FnMut(&Received) -> bool) -> Received {
         let deadline = Instant::now() + PATIENCE;
