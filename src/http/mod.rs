@@ -1,7 +1,8 @@
 //! HTTP: the WebSocket upgrade at `/ws`, the admin REST API under `/api`,
-//! `/healthz` and Prometheus `/metrics`.
+//! `/healthz`, Prometheus `/metrics`, and the browser client at `/`.
 
 pub mod admin;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api", admin::routes())
+        .merge(web::routes())
         .with_state(state)
 }
 
