@@ -412,7 +412,7 @@ async fn a_reload_resumes_the_membership_unseen() {
     watcher.join("r", Mode::Audio, None).await.unwrap();
 
     let bob = page(&srv).await;
-    bob.join("r", &srv.user_token("bob"), "audience", "video")
+    bob.join("r", &srv.user_token("bob"), "interactor", "video")
         .await;
     bob.wait_joined("r", 2).await;
     event_where(&mut watcher, |e| match e {
@@ -424,8 +424,19 @@ async fn a_reload_resumes_the_membership_unseen() {
     bob.reload().await;
     let state = bob.wait_joined("r", 2).await;
     assert_eq!(state["resumed"], true);
-    assert_eq!(state["role"], "audience");
+    assert_eq!(state["role"], "interactor");
     assert_eq!(state["mode"], "video");
+    // The new connection negotiates media afresh and publishes again.
+    let state = bob
+        .wait_for("media connected after the reload", |s| {
+            s["media"]["connection"] == "connected"
+        })
+        .await;
+    assert_eq!(
+        state["media"]["publishing"],
+        serde_json::json!(["audio", "video"])
+    );
+    assert_eq!(state["errors"], Value::Array(vec![]), "{state:#}");
 
     // Whatever the reload caused in the room was queued before the answer to
     // this ping: the watcher saw no member leave or join.
@@ -559,11 +570,19 @@ async fn muting_stops_the_other_sides_inbound_packets_within_a_second() {
     .await;
     let muted_at = tokio::time::Instant::now();
 
-    // Within a second of the mute, nothing more arrives from alice.
+    // Within a second of the mute, nothing more arrives from alice, though
+    // her browser keeps sending (a disabled track still sends silence and
+    // black frames): the server stops forwarding.
     tokio::time::sleep_until(muted_at + Duration::from_secs(1)).await;
     let before = bob.stats().await;
+    let sent_before = alice.outbound().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = bob.stats().await;
+    let sent_after = alice.outbound().await;
+    assert!(
+        stat_sent(&sent_after, "audio") > stat_sent(&sent_before, "audio"),
+        "alice's browser still sends audio: {sent_before} then {sent_after}"
+    );
     for kind in ["audio", "video"] {
         assert_eq!(
             stat(&after, "alice", kind, "packetsReceived"),
