@@ -1,0 +1,378 @@
+//! SFU forwarding cost, join-to-first-packet time and memory per member.
+//!
+//! Runs the release `conclave` binary as its own process (so its CPU time is
+//! its own), then connects Rust WebRTC clients over loopback: `publishers`
+//! interactors each sending a 160-byte audio packet `pps` times a second,
+//! and `subscribers` audience members receiving everything. Reports:
+//!
+//! - forwarded packets per second and per server CPU-second (= per core),
+//!   from the server's `/metrics` and `/proc/<pid>/stat`;
+//! - join to first media packet: from sending `join` to the first forwarded
+//!   packet arriving, per subscriber (p50, p95);
+//! - the server's resident memory per connected member.
+//!
+//! ```text
+//! cargo bench --bench media_forward                                   # 1 publisher -> 50 subscribers
+//! cargo bench --bench media_forward -- --publishers 10 --subscribers 0 # a 10-publisher room
+//! cargo bench --bench media_forward -- --subscribers 100 --pps 100 --secs 20
+//! ```
+
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use conclave::auth::{Auth, Grants, claims_for};
+use conclave::client::SignalClient;
+use conclave::client::media::{MediaOptions, MediaSession};
+use conclave::signal::protocol::{Mode, Request, Role, ServerMessage};
+
+const USAGE: &str = "usage: media_forward [--publishers N] [--subscribers N] [--pps N] [--secs S]";
+
+struct Options {
+    publishers: usize,
+    subscribers: usize,
+    pps: u64,
+    secs: u64,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        publishers: 1,
+        subscribers: 50,
+        pps: 50,
+        secs: 10,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || -> u64 {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{USAGE}"))
+        };
+        match arg.as_str() {
+            "--publishers" => o.publishers = value() as usize,
+            "--subscribers" => o.subscribers = value() as usize,
+            "--pps" => o.pps = value(),
+            "--secs" => o.secs = value(),
+            // cargo bench passes --bench to every harness=false target.
+            "--bench" => {}
+            other => panic!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    o
+}
+
+/// The server process, killed on drop.
+struct ServerProcess {
+    child: Child,
+    http: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_server() -> ServerProcess {
+    let data = tempfile::tempdir().expect("temp dir");
+    let http_port = free_tcp_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_conclave"))
+        .args(["serve", "--dev"])
+        .env("CONCLAVE_SERVER__BIND", format!("127.0.0.1:{http_port}"))
+        .env("CONCLAVE_SERVER__DATA_DIR", data.path())
+        .env("CONCLAVE_MEDIA__BIND_IP", "127.0.0.1")
+        .env("CONCLAVE_MEDIA__UDP_PORT", free_udp_port().to_string())
+        .env("CONCLAVE_LOG__LEVEL", "warn")
+        // Policies are measured elsewhere (benches/policy.rs).
+        .env("CONCLAVE_POLICY__SCRIPTS_DIR", data.path().join("none"))
+        .env("CONCLAVE_POLICY__PLUGINS_DIR", data.path().join("none"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the conclave binary");
+    ServerProcess {
+        child,
+        http: format!("127.0.0.1:{http_port}"),
+        _data: data,
+    }
+}
+
+/// utime + stime of a process, in seconds (Linux clock ticks are 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+async fn forwarded(http: &str) -> f64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("conclave_media_forwarded_packets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn token(user: &str) -> String {
+    let grants = Grants {
+        create: true,
+        rooms: vec!["*".into()],
+        ..Grants::default()
+    };
+    Auth::dev()
+        .mint(&claims_for(user, "", grants, Duration::from_secs(3600)))
+        .expect("mint")
+}
+
+/// One member: joins, starts media, answers every offer, counts packets.
+/// Returns once media is connected, with the time from `join` to the first
+/// packet reported through `first` when it arrives.
+async fn member(
+    ws: String,
+    user: String,
+    role: Role,
+    received: Arc<AtomicU64>,
+    first: tokio::sync::mpsc::UnboundedSender<Duration>,
+    pps: u64,
+) -> Arc<MediaSession> {
+    let mut client = SignalClient::connect(&ws).await.expect("connect");
+    client.hello(&token(&user)).await.expect("hello");
+    let _ = client.create("bench", "").await;
+    let options = MediaOptions {
+        audio: role == Role::Interactor,
+        video: false,
+        bind: "127.0.0.1:0".parse().unwrap(),
+    };
+    let media = Arc::new(MediaSession::new(options).await.expect("session"));
+    let started = Instant::now();
+    client
+        .join("bench", Mode::Audio, Some(role))
+        .await
+        .expect("join");
+    client
+        .request(Request::MediaStart {})
+        .await
+        .expect("media_start");
+    let session = media.clone();
+    tokio::spawn(async move {
+        while let Some(event) = client.next_event().await {
+            if let ServerMessage::MediaOffer { sdp, .. } = event
+                && let Err(e) = session.accept_offer(&client, sdp).await
+            {
+                eprintln!("offer: {e}");
+            }
+        }
+    });
+    let session = media.clone();
+    tokio::spawn(async move {
+        let mut reported = false;
+        loop {
+            match session.next_packet(Duration::from_secs(30)).await {
+                Some(_) => {
+                    if !reported {
+                        reported = true;
+                        let _ = first.send(started.elapsed());
+                    }
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                None => return,
+            }
+        }
+    });
+    media
+        .connected(Duration::from_secs(20))
+        .await
+        .expect("connected");
+    if role == Role::Interactor {
+        let session = media.clone();
+        tokio::spawn(async move {
+            let payload = [0x5au8; 160];
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / pps));
+            let mut n: u32 = 0;
+            loop {
+                tick.tick().await;
+                if session
+                    .send_audio(&payload, n.wrapping_mul(960), 40)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                n = n.wrapping_add(1);
+            }
+        });
+    }
+    media
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let o = options();
+    let server = start_server();
+    let pid = server.child.id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let ws = format!("ws://{}/ws", server.http);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::get(format!("http://{}/healthz", server.http))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rss_empty = rss_bytes(pid);
+        let received = Arc::new(AtomicU64::new(0));
+        let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut sessions = Vec::new();
+        eprintln!(
+            "media_forward: {} publisher(s) at {} pps, {} subscriber(s); joining...",
+            o.publishers, o.pps, o.subscribers
+        );
+        for p in 0..o.publishers {
+            sessions.push(
+                member(
+                    ws.clone(),
+                    format!("pub{p}"),
+                    Role::Interactor,
+                    received.clone(),
+                    first_tx.clone(),
+                    o.pps,
+                )
+                .await,
+            );
+        }
+        for s in 0..o.subscribers {
+            sessions.push(
+                member(
+                    ws.clone(),
+                    format!("sub{s}"),
+                    Role::Audience,
+                    received.clone(),
+                    first_tx.clone(),
+                    o.pps,
+                )
+                .await,
+            );
+        }
+        let members = o.publishers + o.subscribers;
+        // Everyone with someone to hear hears a first packet.
+        let expecting = if o.publishers > 1 {
+            members
+        } else {
+            o.subscribers
+        };
+        let mut firsts = Vec::new();
+        while firsts.len() < expecting {
+            match tokio::time::timeout(Duration::from_secs(20), first_rx.recv()).await {
+                Ok(Some(d)) => firsts.push(d),
+                _ => break,
+            }
+        }
+        firsts.sort();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_full = rss_bytes(pid);
+
+        let cpu0 = cpu_seconds(pid);
+        let fwd0 = forwarded(&server.http).await;
+        let rx0 = received.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        eprintln!("media_forward: measuring for {} s", o.secs);
+        tokio::time::sleep(Duration::from_secs(o.secs)).await;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid) - cpu0;
+        let fwd = forwarded(&server.http).await - fwd0;
+        let rx = received.load(Ordering::Relaxed) - rx0;
+
+        let sent_expected = o.publishers as f64 * o.pps as f64 * elapsed;
+        let fanout = if o.publishers > 1 {
+            members - 1
+        } else {
+            o.subscribers
+        };
+        let expected = sent_expected * fanout as f64;
+        println!(
+            "members                      {members} ({} publishing at {} pps)",
+            o.publishers, o.pps
+        );
+        println!("forwarded packets/s          {:.0}", fwd / elapsed);
+        println!(
+            "received by clients/s        {:.0} ({:.2}% of expected)",
+            rx as f64 / elapsed,
+            100.0 * rx as f64 / expected.max(1.0)
+        );
+        println!(
+            "server CPU                   {:.1}% of one core",
+            100.0 * cpu / elapsed
+        );
+        if cpu > 0.0 {
+            println!("forwarded per CPU-second     {:.0}", fwd / cpu);
+            println!(
+                "server CPU per packet        {:.2} us",
+                1e6 * cpu / fwd.max(1.0)
+            );
+        }
+        println!(
+            "join -> first packet         p50 {:.0} ms, p95 {:.0} ms ({} of {expecting} members)",
+            percentile(&firsts, 0.5).as_secs_f64() * 1e3,
+            percentile(&firsts, 0.95).as_secs_f64() * 1e3,
+            firsts.len()
+        );
+        println!(
+            "server memory per member     {:.0} KiB (RSS {} -> {} MiB)",
+            (rss_full.saturating_sub(rss_empty)) as f64 / members as f64 / 1024.0,
+            rss_empty / (1 << 20),
+            rss_full / (1 << 20)
+        );
+        for s in &sessions {
+            s.close().await;
+        }
+    });
+}
