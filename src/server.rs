@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthError};
+use crate::community::hub::{CommunityHub, HubError};
 use crate::config::Config;
 use crate::policy::catalog::Catalog;
 use crate::room::Rooms;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub config: Config,
     pub dev: bool,
     pub rooms: Rooms,
+    /// Community servers, roles and channels, loaded from the store at start.
+    pub community: Arc<CommunityHub>,
     pub auth: Auth,
     pub store: StoreHandle,
     pub metrics: Arc<Metrics>,
@@ -52,6 +55,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("policy runtime: {0}")]
     Policy(String),
+    #[error("community data: {0}")]
+    Community(#[from] HubError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -90,7 +95,10 @@ impl Server {
         if dangling > 0 {
             tracing::warn!(dangling, "ended call records left open by an earlier crash");
         }
+        let communities = store.community_servers()?;
         let (store, store_worker) = StoreHandle::spawn(store);
+        let community = CommunityHub::load(&communities, Some(store.clone()))?;
+        tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
 
         let kv = SqliteKv::open(&config.server.data_dir.join(crate::store::sqlite::DB_FILE))?;
@@ -129,6 +137,7 @@ impl Server {
             config,
             dev,
             rooms,
+            community,
             auth,
             store,
             metrics,
