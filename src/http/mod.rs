@@ -1,7 +1,9 @@
 //! HTTP: the WebSocket upgrade at `/ws`, the admin REST API under `/api`,
-//! `/healthz` and Prometheus `/metrics`.
+//! the community API under `/api/community`, `/healthz` and Prometheus
+//! `/metrics`.
 
 pub mod admin;
+pub mod community;
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .nest("/api/community", community::routes())
         .nest("/api", admin::routes())
         .with_state(state)
 }
