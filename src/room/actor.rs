@@ -518,10 +518,9 @@ impl RoomDriver {
         self.ctx.binding.as_ref().map(|b| b.member(user))
     }
 
-    /// Tells a connection its time in the media channel is over (before the
-    /// message that removes it, so it arrives first).
-    fn channel_ended(&self, conn: ConnId, reason: ChannelEndReason) {
-        let (Some(binding), Some(sink)) = (&self.ctx.binding, self.sinks.get(&conn)) else {
+    /// Tells a connection its time in the media channel is over.
+    fn channel_ended(&self, sink: Option<&Sink>, reason: ChannelEndReason) {
+        let (Some(binding), Some(sink)) = (&self.ctx.binding, sink) else {
             return;
         };
         let msg = ServerMessage::ChannelEnded {
@@ -585,8 +584,8 @@ impl RoomDriver {
             Command::Leave { conn, reply } => {
                 let result = self.room.leave(now(), conn);
                 if result.is_ok() {
-                    self.channel_ended(conn, ChannelEndReason::LeftBySelf);
-                    self.sinks.remove(&conn);
+                    let sink = self.sinks.remove(&conn);
+                    self.channel_ended(sink.as_ref(), ChannelEndReason::LeftBySelf);
                 }
                 self.finish(Vec::new(), reply, result.map_err(Failure::from));
             }
@@ -1066,14 +1065,20 @@ impl RoomDriver {
                 }
                 Output::Remove { conn, msg } => {
                     self.view = None;
-                    if let ServerMessage::Disconnected { reason, .. } = &msg {
-                        self.channel_ended(conn, (*reason).into());
-                    }
+                    let reason = match &msg {
+                        ServerMessage::Disconnected { reason, .. } => Some(*reason),
+                        _ => None,
+                    };
                     if let Some(sink) = self.sinks.remove(&conn) {
                         sink.push(Outbound::Removed {
                             channel_id: self.room.channel_id(),
                             text: msg.to_json().into(),
                         });
+                        // After `disconnected`, which ends the membership:
+                        // the connection is told where it was, and why.
+                        if let Some(reason) = reason {
+                            self.channel_ended(Some(&sink), reason.into());
+                        }
                     }
                 }
                 Output::Record(op) => self.ctx.store.apply(op),
