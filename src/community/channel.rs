@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use super::hub::{CommunityHub, MemberContext};
 use super::{ChannelKind, CommunityChannelId, MediaSettings, PermissionKey, ServerId};
-use crate::ids::{RoomName, UserId};
+use crate::auth::Identity;
+use crate::ids::{ConnId, RoomName, UserId};
 use crate::policy::Action;
-use crate::room::{RoomHandle, Rooms};
-use crate::signal::protocol::MediaKind;
+use crate::room::{RoomHandle, Rooms, Sink};
+use crate::signal::protocol::{ConnectOk, MediaKind, Mode};
 use crate::status::{Failure, Status};
 
 /// Room names starting with this are reserved for media channels: nobody
@@ -213,6 +214,42 @@ pub fn open_room(
     }
 }
 
+/// Connects `identity` to a media channel: opens its room if needed and
+/// joins it. A room that closes between the lookup and the join (its last
+/// member just left) is opened again, once.
+pub async fn connect(
+    rooms: &Rooms,
+    hub: &Arc<CommunityHub>,
+    (server, channel): (ServerId, CommunityChannelId),
+    conn: ConnId,
+    identity: Arc<Identity>,
+    mode: Mode,
+    sink: Sink,
+) -> Result<(RoomHandle, ConnectOk), Failure> {
+    let admin = identity.grants.admin;
+    let mut attempts = 2;
+    loop {
+        attempts -= 1;
+        let (handle, settings) = open_room(rooms, hub, server, channel, &identity.user, admin)?;
+        match handle
+            .join(conn, identity.clone(), mode, None, sink.clone())
+            .await
+        {
+            Ok(join) => {
+                let ok = ConnectOk {
+                    server,
+                    channel,
+                    settings,
+                    join,
+                };
+                return Ok((handle, ok));
+            }
+            Err(f) if f.status == Status::NotFound && attempts > 0 => continue,
+            Err(f) => return Err(f),
+        }
+    }
+}
+
 /// Who is connected to a channel the requester can see.
 pub async fn online_members(
     rooms: &Rooms,
@@ -242,5 +279,118 @@ pub async fn online_members(
             Err(f) => Err(f),
         },
         None => Ok(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::community::{PermissionChanges, PermissionValue, Visibility};
+
+    fn bound() -> ChannelBinding {
+        let hub = CommunityHub::load(&[], None).expect("an empty community loads");
+        let server = hub
+            .create_server("olivia".into(), "guild".into(), "test")
+            .id;
+        let channel = CommunityChannelId(hub.allocate_id());
+        hub.edit(server, "test", |s| {
+            s.add_member("bob".into());
+            s.add_member("admin".into());
+            Ok(s.add_channel(channel, ChannelKind::Media, Visibility::Public)?)
+        })
+        .unwrap();
+        ChannelBinding {
+            hub,
+            server,
+            channel,
+        }
+    }
+
+    fn connected(user: &str, admin: bool) -> Connected {
+        Connected {
+            user: user.into(),
+            admin,
+            audio_on: true,
+            video_on: true,
+            sharing: true,
+        }
+    }
+
+    fn member_override(b: &ChannelBinding, user: &str, key: PermissionKey, value: PermissionValue) {
+        let changes = PermissionChanges::new().with(key, value);
+        b.hub
+            .edit(b.server, "test", |s| {
+                Ok(s.update_member_override(b.channel, &user.into(), &changes)?)
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn every_rtc_key_has_its_action() {
+        let mut keys: Vec<PermissionKey> = [
+            (Action::Join, None),
+            (Action::PublishAudio, None),
+            (Action::PublishVideo, None),
+            (Action::ShareScreen, None),
+            (Action::MuteOther, Some(MediaKind::Audio)),
+            (Action::MuteOther, Some(MediaKind::Video)),
+            (Action::MuteEveryone, Some(MediaKind::Audio)),
+            (Action::MuteEveryone, Some(MediaKind::Video)),
+            (Action::Kick, None),
+            (Action::StopScreenShare, None),
+        ]
+        .into_iter()
+        .filter_map(|(action, kind)| key_for(action, kind))
+        .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys, PermissionKey::ALL[..10]);
+        assert_eq!(key_for(Action::SetRole, None), None);
+        assert_eq!(key_for(Action::SendData, None), None);
+    }
+
+    #[test]
+    fn revocations_follow_the_current_permissions() {
+        let b = bound();
+        let members = [connected("bob", false), connected("admin", true)];
+        assert!(b.revocations(&members).is_empty());
+
+        member_override(
+            &b,
+            "bob",
+            PermissionKey::RtcChannelOpenMicrophone,
+            PermissionValue::Deny,
+        );
+        member_override(
+            &b,
+            "admin",
+            PermissionKey::RtcChannelConnect,
+            PermissionValue::Deny,
+        );
+        assert_eq!(
+            b.revocations(&members),
+            [Revocation::Mute("bob".into(), MediaKind::Audio)]
+        );
+
+        member_override(
+            &b,
+            "bob",
+            PermissionKey::RtcChannelConnect,
+            PermissionValue::Deny,
+        );
+        assert_eq!(b.revocations(&members), [Revocation::Remove("bob".into())]);
+    }
+
+    #[test]
+    fn admission_checks_sight_connect_and_the_limit() {
+        let b = bound();
+        let bob = b.member(&"bob".into());
+        assert!(b.admit(&bob, false, 0).is_ok());
+        let full = b.admit(&bob, false, 99).unwrap_err();
+        assert_eq!(full.status, Status::ChannelFull);
+        let stranger = b.member(&"eve".into());
+        let err = b.admit(&stranger, false, 0).unwrap_err();
+        assert_eq!(err.status, Status::Forbidden);
+        assert!(b.admit(&stranger, true, 0).is_ok());
     }
 }

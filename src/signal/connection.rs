@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::protocol::{
-    ChannelMembersOk, ConnectOk, CreateOk, HelloOk, Mode, PROTOCOL_VERSION, Request, ServerMessage,
+    ChannelMembersOk, CreateOk, HelloOk, Mode, PROTOCOL_VERSION, Request, ServerMessage,
     parse_request,
 };
 use super::ratelimit::TokenBucket;
@@ -372,30 +372,22 @@ impl Connection {
                     ));
                 }
                 // The community decides who connects, not the token's rooms.
-                let admin = identity.grants.admin;
-                let (handle, settings) = crate::community::channel::open_room(
+                let (handle, ok) = crate::community::channel::connect(
                     &self.state.rooms,
                     &self.state.community,
-                    server,
-                    channel,
-                    &identity.user,
-                    admin,
-                )?;
-                let mode = mode.unwrap_or(Mode::Video);
-                let join = handle
-                    .join(self.conn, identity, mode, None, self.sink.clone())
-                    .await?;
+                    (server, channel),
+                    self.conn,
+                    identity,
+                    mode.unwrap_or(Mode::Video),
+                    self.sink.clone(),
+                )
+                .await?;
                 self.room = Some(Joined {
-                    channel_id: join.channel_id,
+                    channel_id: ok.join.channel_id,
                     handle,
                 });
                 tracing::info!(%server, %channel, "connected to media channel");
-                to_value(ConnectOk {
-                    server,
-                    channel,
-                    settings,
-                    join,
-                })
+                to_value(ok)
             }
             Request::ChannelMembers { server, channel } => {
                 let members = crate::community::channel::online_members(
