@@ -15,12 +15,14 @@
 //!   one task per room forwarding RTP between its members' peer connections.
 //! - [`signal`]: the WebSocket protocol, its messages and the per-connection task.
 //! - [`http`]: the router: `/ws`, the admin REST API, `/healthz`, `/metrics`.
-//! - [`store`]: durable call records behind the `Store` trait; SQLite by default.
+//! - [`store`]: durable call records and community servers behind the `Store`
+//!   trait; SQLite by default.
 //! - [`config`]: the TOML configuration with environment overrides.
 //! - [`telemetry`]: Prometheus metrics and log set-up.
 //! - [`server`]: assembles the above into a running server and shuts it down in order.
 //! - [`client`]: a Rust client for the protocol.
-//! - [`community`]: community servers, roles, channels and members' permissions (sans-I/O).
+//! - [`community`]: community servers, roles, channels and members' permissions;
+//!   the live model rooms of media channels ask before each member action.
 //!
 //! The flow: a connection task parses a request, checks the token's grants and
 //! sends a command to the room's task; the room applies it to its state

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthError};
+use crate::community::hub::{CommunityHub, HubError};
 use crate::config::Config;
 use crate::media::Media;
 use crate::policy::catalog::Catalog;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub config: Config,
     pub dev: bool,
     pub rooms: Rooms,
+    /// Community servers, roles and channels, loaded from the store at start.
+    pub community: Arc<CommunityHub>,
     pub auth: Auth,
     pub store: StoreHandle,
     pub metrics: Arc<Metrics>,
@@ -57,6 +60,8 @@ pub enum ServerError {
     Policy(String),
     #[error("media plane: {0}")]
     Media(#[from] crate::media::MediaError),
+    #[error("community data: {0}")]
+    Community(#[from] HubError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -95,7 +100,10 @@ impl Server {
         if dangling > 0 {
             tracing::warn!(dangling, "ended call records left open by an earlier crash");
         }
+        let communities = store.community_servers()?;
         let (store, store_worker) = StoreHandle::spawn(store);
+        let community = CommunityHub::load(&communities, Some(store.clone()))?;
+        tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
 
         let kv = SqliteKv::open(&config.server.data_dir.join(crate::store::sqlite::DB_FILE))?;
@@ -143,6 +151,7 @@ impl Server {
             config,
             dev,
             rooms,
+            community,
             auth,
             store,
             metrics,

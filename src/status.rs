@@ -36,6 +36,8 @@ pub enum Status {
     Disconnected,
     /// 11002: the client's protocol version is not supported.
     VersionUnsupported,
+    /// 11003: the community media channel holds its member limit.
+    ChannelFull,
 }
 
 impl Status {
@@ -53,6 +55,7 @@ impl Status {
             Status::Unavailable => 503,
             Status::Disconnected => 11001,
             Status::VersionUnsupported => 11002,
+            Status::ChannelFull => 11003,
         }
     }
 
@@ -60,7 +63,7 @@ impl Status {
         Self::ALL.iter().copied().find(|s| s.code() == code)
     }
 
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 13] = [
         Status::Ok,
         Status::Timeout,
         Status::BadRequest,
@@ -73,6 +76,7 @@ impl Status {
         Status::Unavailable,
         Status::Disconnected,
         Status::VersionUnsupported,
+        Status::ChannelFull,
     ];
 
     /// The HTTP status the admin API answers with for this protocol status.
@@ -85,7 +89,7 @@ impl Status {
             Status::Unauthorized => H::UNAUTHORIZED,
             Status::Forbidden => H::FORBIDDEN,
             Status::NotFound => H::NOT_FOUND,
-            Status::Conflict => H::CONFLICT,
+            Status::Conflict | Status::ChannelFull => H::CONFLICT,
             Status::RateLimited => H::TOO_MANY_REQUESTS,
             Status::Internal | Status::Disconnected => H::INTERNAL_SERVER_ERROR,
             Status::Unavailable => H::SERVICE_UNAVAILABLE,

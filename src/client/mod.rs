@@ -32,10 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use crate::community::{CommunityChannelId, ServerId};
 use crate::ids::{RoomName, UserId};
 use crate::signal::protocol::{
-    CreateOk, Envelope, HelloOk, JoinOk, MediaKind, Mode, PROTOCOL_VERSION, Request, Role,
-    ServerMessage,
+    ChannelMembersOk, ConnectOk, CreateOk, Envelope, HelloOk, JoinOk, MediaKind, Mode,
+    PROTOCOL_VERSION, Request, Role, ServerMessage,
 };
 use crate::status::{Failure, Status};
 
@@ -272,6 +273,34 @@ impl SignalClient {
             room: room_name(room)?,
             mode,
             role,
+        })
+        .await
+    }
+
+    /// Connects to a community media channel (joins its room).
+    pub async fn connect_channel(
+        &self,
+        server: u64,
+        channel: u64,
+        mode: Option<Mode>,
+    ) -> Result<ConnectOk, ClientError> {
+        self.request_as(Request::Connect {
+            server: ServerId(server),
+            channel: CommunityChannelId(channel),
+            mode,
+        })
+        .await
+    }
+
+    /// Who is connected to a community media channel.
+    pub async fn channel_members(
+        &self,
+        server: u64,
+        channel: u64,
+    ) -> Result<ChannelMembersOk, ClientError> {
+        self.request_as(Request::ChannelMembers {
+            server: ServerId(server),
+            channel: CommunityChannelId(channel),
         })
         .await
     }

@@ -13,6 +13,12 @@
 //!   (channel, member). Mutation is only possible through [`Community::edit`],
 //!   which bumps the server's generation and drops its cache first, so a cached
 //!   answer never outlives the state it was computed from.
+//! - [`hub`] is the live model the server runs: [`Community`] behind a lock,
+//!   written through to the store, telling rooms about every change.
+//! - [`channel`] binds a media channel to its room and answers the room's
+//!   permission questions.
+//! - [`settings`] and [`snapshot`]: media channel settings, and a server as
+//!   plain data (what is stored and shown).
 //! - [`permissions`] holds the permission keys, allow/deny/inherit sets and the
 //!   resolution order (see its module docs, and docs/community.md).
 //!
@@ -27,7 +33,11 @@
 //! - every member override and member list entry names a current member
 //!   (removing a member removes them).
 
+pub mod channel;
+pub mod hub;
 pub mod permissions;
+pub mod settings;
+pub mod snapshot;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -40,6 +50,8 @@ pub use permissions::{
     Action, Effective, KeySet, PermissionChanges, PermissionKey, PermissionValue, Permissions,
     Refusal,
 };
+pub use settings::{AudioProfile, AudioScenario, MediaSettings, MediaSettingsUpdate};
+pub use snapshot::ServerSnapshot;
 
 /// One community server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -137,6 +149,10 @@ pub enum CommunityError {
     NotAMember(UserId),
     #[error("the owner cannot leave the server; transfer ownership first")]
     OwnerCannotLeave,
+    #[error("channel {0} is a text channel; only media channels have media settings")]
+    NotMedia(CommunityChannelId),
+    #[error("invalid media settings: {0}")]
+    InvalidSettings(String),
 }
 
 /// A server role: a name, a rank and the permissions it carries.
@@ -209,6 +225,7 @@ impl ChannelList {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Channel {
     id: CommunityChannelId,
+    name: String,
     kind: ChannelKind,
     visibility: Visibility,
     /// Sorted by role id; never holds an all-inherit entry.
@@ -217,11 +234,22 @@ pub struct Channel {
     member_overrides: HashMap<UserId, Permissions>,
     black: ChannelList,
     white: ChannelList,
+    /// Kept for text channels too (at the defaults), so the type has no
+    /// kind-dependent holes; only media channels let it change.
+    settings: MediaSettings,
 }
 
 impl Channel {
     pub fn id(&self) -> CommunityChannelId {
         self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn settings(&self) -> &MediaSettings {
+        &self.settings
     }
 
     pub fn kind(&self) -> ChannelKind {
@@ -286,6 +314,7 @@ impl Channel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     id: ServerId,
+    name: String,
     owner: UserId,
     everyone: Role,
     /// Custom roles, sorted by id.
@@ -302,6 +331,7 @@ impl Server {
         members.insert(owner.clone(), Member::default());
         Server {
             id,
+            name: String::new(),
             owner,
             everyone: Role {
                 id: RoleId::EVERYONE,
@@ -321,6 +351,14 @@ impl Server {
 
     pub fn owner(&self) -> &UserId {
         &self.owner
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        self.name = name.into();
     }
 
     pub fn is_member(&self, user: &UserId) -> bool {
@@ -568,14 +606,42 @@ impl Server {
             id,
             Channel {
                 id,
+                name: String::new(),
                 kind,
                 visibility,
                 role_overrides: Vec::new(),
                 member_overrides: HashMap::new(),
                 black: ChannelList::default(),
                 white: ChannelList::default(),
+                settings: MediaSettings::default(),
             },
         );
+        Ok(())
+    }
+
+    pub fn rename_channel(
+        &mut self,
+        channel: CommunityChannelId,
+        name: impl Into<String>,
+    ) -> Result<(), CommunityError> {
+        self.channel_mut(channel)?.name = name.into();
+        Ok(())
+    }
+
+    /// Replaces a media channel's settings after checking them.
+    pub fn set_media_settings(
+        &mut self,
+        channel: CommunityChannelId,
+        settings: MediaSettings,
+    ) -> Result<(), CommunityError> {
+        settings
+            .validate()
+            .map_err(CommunityError::InvalidSettings)?;
+        let channel = self.channel_mut(channel)?;
+        if channel.kind != ChannelKind::Media {
+            return Err(CommunityError::NotMedia(channel.id));
+        }
+        channel.settings = settings;
         Ok(())
     }
 

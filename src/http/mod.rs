@@ -1,7 +1,9 @@
 //! HTTP: the WebSocket upgrade at `/ws`, the admin REST API under `/api`,
-//! `/healthz`, Prometheus `/metrics`, and the browser client at `/`.
+//! the community API under `/api/community`, `/healthz`, Prometheus
+//! `/metrics`, and the browser client at `/`.
 
 pub mod admin;
+pub mod community;
 pub mod web;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .nest("/api/community", community::routes())
         .nest("/api", admin::routes())
         .merge(web::routes())
         .with_state(state)

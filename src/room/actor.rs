@@ -31,6 +31,8 @@ use super::registry::RoomsInner;
 use super::state::{Actor, CloseReason, JoinOptions, Output, Recipients, Room};
 use super::{Outbound, Sink, now};
 use crate::auth::Identity;
+use crate::community::channel::{self as media_channel, ChannelBinding, Connected, Revocation};
+use crate::community::hub::{Change, MemberContext};
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
 use crate::media::room::MediaCommand;
 use crate::media::{Gate, Media, RoomMedia};
@@ -38,7 +40,8 @@ use crate::policy::lua::{Decision, Effect, RoomView};
 use crate::policy::room::{PolicyStatus, RoomPolicy};
 use crate::policy::{Action, Check};
 use crate::signal::protocol::{
-    JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage, VolumeLevel,
+    ChannelEndReason, JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage,
+    VolumeLevel,
 };
 use crate::status::{Failure, Status};
 use crate::store::StoreHandle;
@@ -382,6 +385,9 @@ pub(crate) struct RoomContext {
     pub registry: Arc<RoomsInner>,
     pub versions: watch::Receiver<u64>,
     pub media: Option<Media>,
+    /// Set for the room of a community media channel: the built-in check
+    /// step then asks the community (see `community::channel`).
+    pub binding: Option<ChannelBinding>,
 }
 
 /// Starts the task for `room` and returns its handle.
@@ -459,6 +465,9 @@ struct HookRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a Value>,
     admin: bool,
+    /// In a media channel's room: the member's permissions and roles there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    community: Option<&'a MemberContext>,
 }
 
 impl RoomDriver {
@@ -467,6 +476,7 @@ impl RoomDriver {
         self.ctx.metrics.rooms.inc();
         let shutdown = self.ctx.shutdown.clone();
         let mut versions = self.ctx.versions.clone();
+        let mut changes = self.ctx.binding.as_ref().map(|b| b.hub.subscribe());
         while !self.room.is_closed() {
             let deadline = [self.room.poll_timeout(), self.policy.next_timer()]
                 .into_iter()
@@ -481,6 +491,7 @@ impl RoomDriver {
                 },
                 _ = sleep_until(deadline) => self.on_deadline(),
                 Ok(()) = versions.changed() => self.on_new_versions(),
+                Some(change) = community_change(&mut changes) => self.on_community_change(change),
                 _ = shutdown.cancelled() => self.room.close(now(), CloseReason::Shutdown),
             }
             let effects = self.drain();
@@ -515,6 +526,70 @@ impl RoomDriver {
                 .react("on_reload", &view, &[&previous], &mut effects);
             self.apply(effects);
         }
+    }
+
+    /// Applies at once what a change to the community takes from connected
+    /// members, as done by whoever made the change. A channel that is gone
+    /// closes its room.
+    fn on_community_change(&mut self, change: Change) {
+        let Some(binding) = &self.ctx.binding else {
+            return;
+        };
+        if change.server != Some(binding.server) {
+            return;
+        }
+        let now = now();
+        if binding.settings().is_none() {
+            tracing::info!("community media channel removed; closing its room");
+            self.room.close(now, CloseReason::ClosedByAdmin);
+            return;
+        }
+        let connected: Vec<Connected> = self
+            .room
+            .members_with_grants()
+            .into_iter()
+            .map(|(info, admin)| Connected {
+                user: info.user,
+                admin,
+                audio_on: !info.audio_muted,
+                video_on: !info.video_muted,
+                sharing: info.screen_sharing,
+            })
+            .collect();
+        let actor = Actor::Admin(UserId(change.by));
+        for revocation in binding.revocations(&connected) {
+            tracing::info!(?revocation, by = ?actor, "community permission revoked");
+            let result = match &revocation {
+                Revocation::Remove(user) => {
+                    self.room.remove(now, user, LeaveReason::PermissionRevoked)
+                }
+                Revocation::Mute(user, kind) => self.room.set_mute(&actor, Some(user), *kind, true),
+                Revocation::StopShare(user) => self.room.share_screen(&actor, Some(user), false),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "revocation not applied");
+            }
+        }
+    }
+
+    /// The acting member's permissions and roles, in a media channel's room.
+    fn community_of(&self, user: &UserId) -> Option<MemberContext> {
+        self.ctx.binding.as_ref().map(|b| b.member(user))
+    }
+
+    /// Tells a connection its time in the media channel is over.
+    fn channel_ended(&self, sink: Option<&Sink>, reason: ChannelEndReason) {
+        let (Some(binding), Some(sink)) = (&self.ctx.binding, sink) else {
+            return;
+        };
+        let msg = ServerMessage::ChannelEnded {
+            server: binding.server,
+            channel: binding.channel,
+            room: self.room.name().clone(),
+            channel_id: self.room.channel_id(),
+            reason,
+        };
+        sink.push(Outbound::Text(msg.to_json().into()));
     }
 
     fn view(&mut self) -> Arc<RoomView> {
@@ -568,7 +643,8 @@ impl RoomDriver {
             Command::Leave { conn, reply } => {
                 let result = self.room.leave(now(), conn);
                 if result.is_ok() {
-                    self.sinks.remove(&conn);
+                    let sink = self.sinks.remove(&conn);
+                    self.channel_ended(sink.as_ref(), ChannelEndReason::LeftBySelf);
                 }
                 self.finish(Vec::new(), reply, result.map_err(Failure::from));
             }
@@ -894,6 +970,21 @@ impl RoomDriver {
         if self.room.is_member(&identity.user) {
             return Ok((role, JoinOptions::default()));
         }
+        let community = self.community_of(&identity.user);
+        // A media channel admits by community permission, not by the token's
+        // room roles: members connect as interactors with microphone and
+        // camera off, and open them with the keys they hold.
+        let (role, defaults) = match (&self.ctx.binding, &community) {
+            (Some(binding), Some(ctx)) => {
+                binding.admit(ctx, identity.grants.admin, self.room.member_count())?;
+                let options = JoinOptions {
+                    role_decided: true,
+                    muted: true,
+                };
+                (Some(role.unwrap_or(Role::Interactor)), options)
+            }
+            _ => (role, JoinOptions::default()),
+        };
         let asked = role.or_else(|| identity.default_role());
         let mut check = Check::new(
             Action::Join,
@@ -902,9 +993,10 @@ impl RoomDriver {
         );
         check.role = asked;
         check.admin = identity.grants.admin;
+        check.permissions = community.as_ref().map_or(0, MemberContext::bits);
         self.policy.check_plugins(&check)?;
         if !self.policy.has_script() {
-            return Ok((role, JoinOptions::default()));
+            return Ok((role, defaults));
         }
         #[derive(Serialize)]
         struct JoinRequest<'a> {
@@ -914,6 +1006,8 @@ impl RoomDriver {
             mode: Mode,
             attrs: &'a Value,
             admin: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            community: Option<&'a MemberContext>,
         }
         let request = JoinRequest {
             user: identity.user.as_str(),
@@ -922,6 +1016,7 @@ impl RoomDriver {
             mode,
             attrs: &identity.attrs,
             admin: identity.grants.admin,
+            community: community.as_ref(),
         };
         let view = self.view();
         match self.policy.decide("can_join", &view, &request, effects)? {
@@ -932,12 +1027,12 @@ impl RoomDriver {
             } => Ok((
                 decided.or(role),
                 JoinOptions {
-                    role_decided: decided.is_some(),
-                    muted,
+                    role_decided: decided.is_some() || defaults.role_decided,
+                    muted: muted || defaults.muted,
                 },
             )),
             Decision::Pass | Decision::Allow | Decision::Payload(_) | Decision::Handled => {
-                Ok((role, JoinOptions::default()))
+                Ok((role, defaults))
             }
         }
     }
@@ -985,6 +1080,22 @@ impl RoomDriver {
                 _ => None,
             }
         };
+        // Built-in step for a media channel: the community key the action
+        // needs. Holding a key for acting on others is what the admin grant
+        // is elsewhere, so the member acts as a moderator for this action.
+        let community = self.community_of(&me);
+        let mut actor = actor;
+        if let (Some(ctx), Some(action)) = (&community, action)
+            && let Some(key) = media_channel::key_for(action, fields.kind)
+            && !admin
+        {
+            if !ctx.permissions.contains(key) {
+                return Err(media_channel::missing(key, ctx.channel));
+            }
+            if on_other {
+                actor = Actor::Moderator(conn);
+            }
+        }
         if let Some(action) = action {
             let mut check = Check::new(action, self.room.name().as_str(), me.as_str());
             check.target = target.map_or("", |t| t.as_str());
@@ -992,6 +1103,7 @@ impl RoomDriver {
             check.kind = fields.kind;
             check.muted = fields.muted.unwrap_or(false);
             check.admin = admin;
+            check.permissions = community.as_ref().map_or(0, MemberContext::bits);
             self.policy.check_plugins(&check)?;
         }
         if !self.policy.has_script() {
@@ -1006,6 +1118,7 @@ impl RoomDriver {
             on: fields.on,
             payload: None,
             admin,
+            community: community.as_ref(),
         };
         let view = self.view();
         match self.policy.decide(hook, &view, &request, effects)? {
@@ -1030,9 +1143,11 @@ impl RoomDriver {
                     format!("this connection is not in room `{}`", self.room.name()),
                 ));
             };
+            let community = self.community_of(&me);
             let mut check = Check::new(Action::SendData, self.room.name().as_str(), me.as_str());
             check.target = to.map_or("", |t| t.as_str());
             check.admin = self.room.is_admin(*conn);
+            check.permissions = community.as_ref().map_or(0, MemberContext::bits);
             self.policy.check_plugins(&check)?;
             if self.policy.has_script() {
                 let request = HookRequest {
@@ -1044,6 +1159,7 @@ impl RoomDriver {
                     on: None,
                     payload: Some(&payload),
                     admin: check.admin,
+                    community: community.as_ref(),
                 };
                 let view = self.view();
                 match self.policy.decide("can_send", &view, &request, effects)? {
@@ -1144,11 +1260,20 @@ impl RoomDriver {
                 }
                 Output::Remove { conn, msg } => {
                     self.view = None;
+                    let reason = match &msg {
+                        ServerMessage::Disconnected { reason, .. } => Some(*reason),
+                        _ => None,
+                    };
                     if let Some(sink) = self.sinks.remove(&conn) {
                         sink.push(Outbound::Removed {
                             channel_id: self.room.channel_id(),
                             text: msg.to_json().into(),
                         });
+                        // After `disconnected`, which ends the membership:
+                        // the connection is told where it was, and why.
+                        if let Some(reason) = reason {
+                            self.channel_ended(Some(&sink), reason.into());
+                        }
                     }
                 }
                 Output::Record(op) => self.ctx.store.apply(op),
@@ -1302,6 +1427,17 @@ fn reaction_of(msg: &ServerMessage) -> Option<Reaction> {
         }))),
         _ => None,
     }
+}
+
+/// The next change to the community, for a room bound to a channel; never
+/// for other rooms (nor once the community is gone).
+async fn community_change(changes: &mut Option<watch::Receiver<Change>>) -> Option<Change> {
+    if let Some(rx) = changes
+        && rx.changed().await.is_ok()
+    {
+        return Some(rx.borrow_and_update().clone());
+    }
+    std::future::pending().await
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {

@@ -15,6 +15,7 @@ use super::actor::{self, RoomContext, RoomHandle, RoomSummary};
 use super::now;
 use super::state::{Room, RoomSettings};
 use crate::auth::Identity;
+use crate::community::channel::ChannelBinding;
 use crate::ids::{ChannelId, RoomName};
 use crate::media::Media;
 use crate::policy::catalog::Catalog;
@@ -129,6 +130,39 @@ impl Rooms {
         policy: Option<&str>,
         creator: Option<&Identity>,
     ) -> Result<RoomHandle, Failure> {
+        if name
+            .as_str()
+            .starts_with(crate::community::channel::ROOM_PREFIX)
+        {
+            return Err(Failure::new(
+                Status::Forbidden,
+                format!(
+                    "room names starting with `{}` belong to community media channels; connect to the channel instead",
+                    crate::community::channel::ROOM_PREFIX
+                ),
+            ));
+        }
+        self.open(name, custom_info, policy, creator, None)
+    }
+
+    /// Opens the room of a community media channel. Its policy comes from
+    /// the catalog's rules, like any room's; nobody is asked `can_create`.
+    pub fn create_for_channel(
+        &self,
+        name: RoomName,
+        binding: ChannelBinding,
+    ) -> Result<RoomHandle, Failure> {
+        self.open(name, String::new(), None, None, Some(binding))
+    }
+
+    fn open(
+        &self,
+        name: RoomName,
+        custom_info: String,
+        policy: Option<&str>,
+        creator: Option<&Identity>,
+        binding: Option<ChannelBinding>,
+    ) -> Result<RoomHandle, Failure> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Failure::new(
                 Status::Unavailable,
@@ -232,6 +266,7 @@ impl Rooms {
                 registry: self.inner.clone(),
                 versions: self.inner.catalog.subscribe(),
                 media: self.inner.media.clone(),
+                binding,
             },
         );
         map.insert(name, handle.clone());

@@ -626,6 +626,34 @@ impl Room {
         Ok(())
     }
 
+    /// Takes a member out for a reason of the server's (a revoked
+    /// permission, say); others see `member_left` with it, the member's
+    /// connection `disconnected`. The room closes if that was the last member.
+    pub fn remove(
+        &mut self,
+        now: Now,
+        user: &UserId,
+        reason: LeaveReason,
+    ) -> Result<(), RoomError> {
+        if !self.members.contains_key(user) {
+            return Err(RoomError::NoSuchMember(user.clone()));
+        }
+        self.remove_member(now, user, reason);
+        self.close_if_empty(now);
+        Ok(())
+    }
+
+    /// Members in join order, each with whether its token holds the admin
+    /// grant.
+    pub fn members_with_grants(&self) -> Vec<(MemberInfo, bool)> {
+        let mut members: Vec<&Member> = self.members.values().collect();
+        members.sort_by_key(|m| m.seq);
+        members
+            .into_iter()
+            .map(|m| (m.info.clone(), m.admin))
+            .collect()
+    }
+
     /// Closes the room with everyone still in it.
     pub fn close(&mut self, now: Now, reason: CloseReason) {
         if self.closed {

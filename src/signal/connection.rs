@@ -21,7 +21,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::protocol::{CreateOk, HelloOk, PROTOCOL_VERSION, Request, ServerMessage, parse_request};
+use super::protocol::{
+    ChannelMembersOk, CreateOk, HelloOk, Mode, PROTOCOL_VERSION, Request, ServerMessage,
+    parse_request,
+};
 use super::ratelimit::TokenBucket;
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId};
@@ -383,6 +386,54 @@ impl Connection {
                     .ice_candidate(conn, candidate)
                     .await?;
                 Ok(serde_json::Value::Null)
+            }
+            Request::Connect {
+                server,
+                channel,
+                mode,
+            } => {
+                if let Some(joined) = &self.room {
+                    return Err(Failure::new(
+                        Status::Conflict,
+                        format!(
+                            "already in room `{}`; leave it before connecting to a channel",
+                            joined.handle.name()
+                        ),
+                    ));
+                }
+                // The community decides who connects, not the token's rooms.
+                let (handle, ok) = crate::community::channel::connect(
+                    &self.state.rooms,
+                    &self.state.community,
+                    (server, channel),
+                    self.conn,
+                    identity,
+                    mode.unwrap_or(Mode::Video),
+                    self.sink.clone(),
+                )
+                .await?;
+                self.room = Some(Joined {
+                    channel_id: ok.join.channel_id,
+                    handle,
+                });
+                tracing::info!(%server, %channel, "connected to media channel");
+                to_value(ok)
+            }
+            Request::ChannelMembers { server, channel } => {
+                let members = crate::community::channel::online_members(
+                    &self.state.rooms,
+                    &self.state.community,
+                    server,
+                    channel,
+                    &identity.user,
+                    identity.grants.admin,
+                )
+                .await?;
+                to_value(ChannelMembersOk {
+                    server,
+                    channel,
+                    members,
+                })
             }
             Request::Data { payload, to } => {
                 self.current_room()?

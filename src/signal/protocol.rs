@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::community::{CommunityChannelId, MediaSettings, ServerId};
 use crate::ids::{ChannelId, RoomName, UserId};
 use crate::status::{Failure, Status};
 
@@ -75,6 +76,9 @@ pub enum LeaveReason {
     /// The same user joined again from another connection; only ever sent to
     /// the connection that lost the membership, never as `member_left`.
     Replaced,
+    /// The member lost the right to connect to (or to see) the community
+    /// media channel the room belongs to.
+    PermissionRevoked,
 }
 
 impl LeaveReason {
@@ -86,6 +90,43 @@ impl LeaveReason {
             LeaveReason::RoomClosed => "room_closed",
             LeaveReason::Shutdown => "shutdown",
             LeaveReason::Replaced => "replaced",
+            LeaveReason::PermissionRevoked => "permission_revoked",
+        }
+    }
+}
+
+/// Why a connection's time in a community media channel ended (QChat's
+/// channel-ended reasons), as `channel_ended` tells that connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelEndReason {
+    /// The member disconnected (`leave`).
+    LeftBySelf,
+    /// Another member or an operator disconnected them.
+    Kicked,
+    /// The server ended the channel's room: closed by an operator or the
+    /// room's policy, or the channel or its community server was deleted.
+    ClosedByServer,
+    /// Their permission to connect, or the channel's visibility to them, was
+    /// taken away.
+    PermissionRevoked,
+    /// The same user connected again elsewhere.
+    Replaced,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl From<LeaveReason> for ChannelEndReason {
+    fn from(reason: LeaveReason) -> Self {
+        match reason {
+            LeaveReason::Normal => ChannelEndReason::LeftBySelf,
+            LeaveReason::Kicked => ChannelEndReason::Kicked,
+            // A timeout is only ever seen by others: the member's connection
+            // is already gone.
+            LeaveReason::RoomClosed | LeaveReason::Timeout => ChannelEndReason::ClosedByServer,
+            LeaveReason::Shutdown => ChannelEndReason::Shutdown,
+            LeaveReason::Replaced => ChannelEndReason::Replaced,
+            LeaveReason::PermissionRevoked => ChannelEndReason::PermissionRevoked,
         }
     }
 }
@@ -199,6 +240,20 @@ pub enum Request {
     },
     /// Heartbeat; any message counts, this one does nothing else.
     Ping {},
+    /// Connect to a community media channel: join the room bound to it,
+    /// opening that room on the first connect. Leave with `leave`.
+    Connect {
+        server: ServerId,
+        channel: CommunityChannelId,
+        /// Default: video.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<Mode>,
+    },
+    /// Who is connected to a media channel the requester can see.
+    ChannelMembers {
+        server: ServerId,
+        channel: CommunityChannelId,
+    },
 }
 
 impl Request {
@@ -219,6 +274,8 @@ impl Request {
             Request::MediaAnswer { .. } => "media_answer",
             Request::IceCandidate { .. } => "ice_candidate",
             Request::Ping {} => "ping",
+            Request::Connect { .. } => "connect",
+            Request::ChannelMembers { .. } => "channel_members",
         }
     }
 }
@@ -361,6 +418,14 @@ pub enum ServerMessage {
         code: Status,
         reason: LeaveReason,
     },
+    /// This connection is no longer connected to a community media channel.
+    ChannelEnded {
+        server: ServerId,
+        channel: CommunityChannelId,
+        room: RoomName,
+        channel_id: ChannelId,
+        reason: ChannelEndReason,
+    },
 }
 
 impl ServerMessage {
@@ -426,6 +491,26 @@ pub struct JoinOk {
     /// True when this join took over an existing membership of the same user
     /// (a reconnect inside the grace window): others saw nothing.
     pub resumed: bool,
+}
+
+/// `data` of the `connect` response: the join, plus where and with which
+/// media settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectOk {
+    pub server: ServerId,
+    pub channel: CommunityChannelId,
+    pub settings: MediaSettings,
+    #[serde(flatten)]
+    pub join: JoinOk,
+}
+
+/// `data` of the `channel_members` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelMembersOk {
+    pub server: ServerId,
+    pub channel: CommunityChannelId,
+    /// In join order; empty when nobody is connected.
+    pub members: Vec<MemberInfo>,
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Durable storage: call records today, more tables as conclave grows.
+//! Durable storage: call records and community servers.
 //!
 //! [`Store`] is the contract; [`sqlite::SqliteStore`] is the embedded default
 //! and a shared database can implement the same trait later. A store is driven
@@ -109,6 +109,16 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// One change to the stored community servers. A server is stored whole, as
+/// the JSON of its [`crate::community::ServerSnapshot`]: changes are rare
+/// (people editing roles and channels) and the model is read from memory,
+/// never from here, so one row per server keeps writes atomic and simple.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommunityOp {
+    Save { server: u64, snapshot: String },
+    Delete { server: u64 },
+}
+
 /// The durable store's contract. Methods take `&mut self`: a store is owned by
 /// one worker thread and never shared.
 pub trait Store: Send + 'static {
@@ -116,6 +126,9 @@ pub trait Store: Send + 'static {
     fn records(&mut self, query: &RecordQuery) -> Result<Vec<CallRecord>, StoreError>;
     /// Marks records left open by a crash as ended; called once at start.
     fn close_dangling(&mut self, now_ms: i64) -> Result<usize, StoreError>;
+    fn community(&mut self, op: &CommunityOp) -> Result<(), StoreError>;
+    /// Every stored community server's snapshot JSON; called once at start.
+    fn community_servers(&mut self) -> Result<Vec<String>, StoreError>;
 }
 
 enum Job {
@@ -124,6 +137,7 @@ enum Job {
         RecordQuery,
         oneshot::Sender<Result<Vec<CallRecord>, StoreError>>,
     ),
+    Community(CommunityOp),
     Flush(oneshot::Sender<()>),
     Stop,
 }
@@ -169,6 +183,11 @@ impl StoreHandle {
                         Job::Records(query, reply) => {
                             let _ = reply.send(store.records(&query));
                         }
+                        Job::Community(op) => {
+                            if let Err(e) = store.community(&op) {
+                                tracing::error!(error = %e, ?op, "community write failed");
+                            }
+                        }
                         Job::Flush(reply) => {
                             let _ = reply.send(());
                         }
@@ -184,6 +203,14 @@ impl StoreHandle {
     pub fn apply(&self, op: RecordOp) {
         if self.tx.send(Job::Apply(op)).is_err() {
             tracing::error!("call record dropped: the store has stopped");
+        }
+    }
+
+    /// Queues a community write; never blocks. Writes apply in the order
+    /// they were queued.
+    pub fn community(&self, op: CommunityOp) {
+        if self.tx.send(Job::Community(op)).is_err() {
+            tracing::error!("community write dropped: the store has stopped");
         }
     }
 

@@ -5,11 +5,12 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{CallRecord, MemberRecord, RecordOp, RecordQuery, Store, StoreError};
+use super::{CallRecord, CommunityOp, MemberRecord, RecordOp, RecordQuery, Store, StoreError};
 use crate::ids::ChannelId;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE call_records (
     channel_id  INTEGER PRIMARY KEY,
     room        TEXT    NOT NULL,
@@ -31,7 +32,14 @@ CREATE TABLE call_members (
     leave_reason TEXT
 );
 CREATE INDEX call_members_channel ON call_members (channel_id, user);
-"#];
+"#,
+    r#"
+CREATE TABLE community_servers (
+    id       INTEGER PRIMARY KEY,
+    snapshot TEXT    NOT NULL
+);
+"#,
+];
 
 /// Default file name inside the data directory.
 pub const DB_FILE: &str = "conclave.db";
@@ -229,6 +237,35 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(n)
     }
+
+    fn community(&mut self, op: &CommunityOp) -> Result<(), StoreError> {
+        // Ids are u64 in the model; SQLite integers are i64. The bits are
+        // kept as they are and read back the same way.
+        match op {
+            CommunityOp::Save { server, snapshot } => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO community_servers (id, snapshot) VALUES (?1, ?2)
+                         ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot",
+                    )?
+                    .execute(params![*server as i64, snapshot])?;
+            }
+            CommunityOp::Delete { server } => {
+                self.conn
+                    .prepare_cached("DELETE FROM community_servers WHERE id = ?1")?
+                    .execute([*server as i64])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn community_servers(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT snapshot FROM community_servers ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +321,23 @@ mod tests {
         assert_eq!(rec.members.len(), 1);
         assert_eq!(rec.members[0].role, "audience");
         assert_eq!(rec.members[0].leave_reason.as_deref(), Some("timeout"));
+    }
+
+    #[test]
+    fn community_servers_are_saved_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SqliteStore::open_in(dir.path()).unwrap();
+            for (server, snapshot) in [(1, "a"), (2, "b"), (1, "c")] {
+                let snapshot = snapshot.to_owned();
+                store
+                    .community(&CommunityOp::Save { server, snapshot })
+                    .unwrap();
+            }
+            store.community(&CommunityOp::Delete { server: 2 }).unwrap();
+        }
+        let mut store = SqliteStore::open_in(dir.path()).unwrap();
+        assert_eq!(store.community_servers().unwrap(), vec!["c".to_owned()]);
     }
 
     #[test]

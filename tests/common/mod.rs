@@ -169,6 +169,22 @@ impl TestServer {
         Self::send(req).await
     }
 
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.patch(self.url(path)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        Self::send(req).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.put(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        Self::send(req).await
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut req = self.http.delete(self.url(path));
         if let Some(token) = token {
@@ -278,3 +294,5 @@ pub fn save(path: &std::path::Path, text: &str) {
     std::fs::write(&tmp, text).expect("write temp file");
     std::fs::rename(&tmp, path).expect("rename into place");
 }
+
+pub mod community;
