@@ -31,6 +31,10 @@ use crate::ids::{ConnId, UserId};
 use crate::room::Sink;
 use crate::signal::protocol::{MediaKind, Mode, PublishSlot, TrackInfo};
 
+/// How long after a video subscription starts its source is asked for
+/// keyframes (at the throttled rate).
+const KEYFRAME_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The member's own media arriving at the server.
 pub(crate) struct Incoming {
     pub kind: MediaKind,
@@ -48,6 +52,13 @@ pub(crate) struct Outgoing {
     pub seq: SeqRewriter,
     /// Set once a packet went out, to count time to first media.
     pub sent_any: bool,
+    /// The client has answered an offer that carries this track. Packets
+    /// before that would reach a browser that does not know the SSRC yet,
+    /// which it may then bind to the wrong receiver.
+    pub negotiated: bool,
+    /// Keep asking the source for keyframes until then: the first ones may
+    /// go out before this subscriber's DTLS is up and be lost.
+    pub keyframes_until: Option<Instant>,
 }
 
 pub(crate) struct Peer {
@@ -73,6 +84,8 @@ pub(crate) struct Peer {
     pub renegotiate: bool,
     pub last_heard: Instant,
     pub failed: bool,
+    /// The last offer listed publish slots (the member may publish).
+    pub publish_offered: bool,
 }
 
 /// What a new peer connection needs from the media plane.
@@ -136,11 +149,13 @@ impl Peer {
             renegotiate: false,
             last_heard: now,
             failed: false,
+            publish_offered: false,
         })
     }
 
     /// Adds receive slots for the member's own audio (and video in video
-    /// mode), once; called when the member may publish.
+    /// mode), once. Offered to the client as places to publish only while
+    /// the member may.
     pub(crate) fn ensure_publish_slots(&mut self) -> Result<(), MediaError> {
         if !self.publish.is_empty() {
             return Ok(());
@@ -213,6 +228,8 @@ impl Peer {
                 payload_type: codec.payload_type,
                 seq: SeqRewriter::default(),
                 sent_any: false,
+                negotiated: false,
+                keyframes_until: None,
             },
         );
         self.out_tracks.insert(track_id, (source.clone(), kind));
@@ -265,6 +282,7 @@ impl Peer {
         tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
         self.awaiting_answer = true;
         self.renegotiate = false;
+        self.publish_offered = may_publish;
         Ok(Offer {
             sdp,
             publish,
@@ -285,6 +303,12 @@ impl Peer {
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::Negotiation(e.to_string()))?;
         self.awaiting_answer = false;
+        for ((_, kind), out) in self.outgoing.iter_mut() {
+            if !out.negotiated && *kind == MediaKind::Video {
+                out.keyframes_until = Some(now + KEYFRAME_WINDOW);
+            }
+            out.negotiated = true;
+        }
         Ok(())
     }
 

@@ -267,7 +267,13 @@ impl MediaTask {
         for source in sources {
             self.request_keyframe(&source, now);
         }
-        if self.peers[&key].renegotiate {
+        // The first answer lets the other members' tracks in.
+        self.sync_tracks();
+        if self
+            .peers
+            .get(&key)
+            .is_some_and(|p| p.renegotiate && !p.awaiting_answer)
+        {
             self.offer(key);
         }
         Ok(())
@@ -524,19 +530,25 @@ impl MediaTask {
                         packet,
                     });
                 }
-                RTCMessage::RtcpPacket(track, packets) => {
-                    let Some((source, kind)) = peer.out_tracks.get(&track) else {
-                        continue;
-                    };
-                    if *kind != MediaKind::Video {
-                        continue;
-                    }
-                    let wants_keyframe = packets.iter().any(|p| {
-                        p.as_any().is::<PictureLossIndication>()
-                            || p.as_any().is::<FullIntraRequest>()
-                    });
-                    if wants_keyframe {
-                        keyframes.push(source.clone());
+                RTCMessage::RtcpPacket(_, packets) => {
+                    // A browser sends compound RTCP (receiver reports, then a
+                    // PLI); the whole compound is filed under the first
+                    // packet's SSRC, so each keyframe request is matched by
+                    // its own media SSRC instead.
+                    for p in &packets {
+                        let any = p.as_any();
+                        if !(any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()) {
+                            continue;
+                        }
+                        for ssrc in p.destination_ssrc() {
+                            if let Some(((source, _), _)) =
+                                peer.outgoing.iter().find(|((_, kind), out)| {
+                                    *kind == MediaKind::Video && out.ssrc == ssrc
+                                })
+                            {
+                                keyframes.push(source.clone());
+                            }
+                        }
                     }
                 }
                 _ => {}
@@ -551,7 +563,9 @@ impl MediaTask {
         let keys: Vec<PeerKey> = self
             .peers
             .iter()
-            .filter(|(k, p)| **k != from_key && p.outgoing.contains_key(&track))
+            .filter(|(k, p)| {
+                **k != from_key && p.outgoing.get(&track).is_some_and(|o| o.negotiated)
+            })
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
@@ -644,6 +658,18 @@ impl MediaTask {
             for source in keyframes {
                 self.request_keyframe(&source, now);
             }
+            let peer = self.peers.get_mut(&key).expect("listed above");
+            let mut wanted = Vec::new();
+            for ((source, _), out) in peer.outgoing.iter_mut() {
+                match out.keyframes_until {
+                    Some(until) if until > now => wanted.push(source.clone()),
+                    Some(_) => out.keyframes_until = None,
+                    None => {}
+                }
+            }
+            for source in wanted {
+                self.request_keyframe(&source, now);
+            }
             let peer = &self.peers[&key];
             if peer.failed || now.duration_since(peer.last_heard) > timeout {
                 lost.push((key, peer.conn));
@@ -710,18 +736,29 @@ fn flush_peer(shared: &Shared, peer: &mut Peer) {
     }
 }
 
-/// Adds and removes `peer`'s outgoing tracks to match `want`, and its
-/// publish slots when it may publish. Returns whether anything changed.
+/// Adds and removes `peer`'s outgoing tracks to match `want`, and says
+/// whether an offer is due (tracks changed, or the member's right to
+/// publish did).
+///
+/// Every peer has its receive slots from the first offer, so even an
+/// audience member alone in a room gets an offer with an m-line (an offer
+/// without one gives the browser nothing to put its ICE credentials in).
+/// Other members' tracks join only once that first offer is answered:
+/// Chrome counted but never decoded packets of tracks that arrived in the
+/// first offer of a connection, while tracks added by renegotiation play.
 fn reconcile(
     peer: &mut Peer,
     want: &HashSet<(UserId, MediaKind)>,
     may_publish: bool,
 ) -> Result<bool, MediaError> {
-    let mut changed = false;
-    if may_publish && peer.publish.is_empty() {
-        peer.ensure_publish_slots()?;
-        changed = true;
+    peer.ensure_publish_slots()?;
+    if peer.pc.remote_description().is_none() {
+        if !want.is_empty() {
+            peer.renegotiate = true;
+        }
+        return Ok(peer.pc.local_description().is_none());
     }
+    let mut changed = may_publish != peer.publish_offered;
     let have: Vec<(UserId, MediaKind)> = peer.outgoing.keys().cloned().collect();
     for track in have {
         if !want.contains(&track) {
@@ -736,10 +773,6 @@ fn reconcile(
     missing.sort_by_key(|(user, kind)| (user.as_str().to_owned(), kind.as_str()));
     for (user, kind) in missing {
         peer.add_outgoing(user, *kind)?;
-        changed = true;
-    }
-    // The first offer goes out even with nothing to send or receive yet.
-    if peer.pc.local_description().is_none() {
         changed = true;
     }
     Ok(changed)
