@@ -596,3 +596,60 @@ async fn muting_stops_the_other_sides_inbound_packets_within_a_second() {
     bob.close().await;
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rust_client_and_a_browser_receive_each_other() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let srv = TestServer::start().await;
+    let alice = page(&srv).await;
+    alice
+        .join("mixed", &srv.user_token("alice"), "interactor", "audio")
+        .await;
+    alice.wait_joined("mixed", 1).await;
+    let mut bob = common::media::Participant::join(
+        &srv,
+        "bob",
+        "mixed",
+        Mode::Audio,
+        conclave::signal::protocol::Role::Interactor,
+    )
+    .await;
+
+    // Bob sends Opus silence frames (a valid packet a browser decodes)
+    // while both sides are watched: the page's inbound stats for bob grow,
+    // and bob receives alice's Opus from the browser.
+    let start = stat(&alice.stats().await, "bob", "audio", "packetsReceived");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut from_alice = 0;
+    let mut n: u32 = 0;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no two-way audio: bob got {from_alice} packets from alice"
+        );
+        bob.media
+            .send_audio(&[0xf8, 0xff, 0xfe], n * 960, 50)
+            .await
+            .expect("send");
+        n += 1;
+        bob.pump(Duration::ZERO).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        from_alice += bob
+            .media
+            .drain()
+            .await
+            .iter()
+            .filter(|((user, _), _)| user.as_str() == "alice")
+            .map(|(_, packets)| packets.len())
+            .sum::<usize>();
+        if n.is_multiple_of(10)
+            && from_alice >= 20
+            && stat(&alice.stats().await, "bob", "audio", "packetsReceived") >= start + 20.0
+        {
+            break;
+        }
+    }
+    bob.media.close().await;
+    alice.close().await;
+    srv.shutdown().await;
+}
