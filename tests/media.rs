@@ -283,3 +283,54 @@ async fn metric(server: &TestServer, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }
+
+#[tokio::test]
+async fn the_room_policy_hears_who_speaks() {
+    let server = TestServer::start().await;
+    server
+        .script(
+            "loudest",
+            r#"
+            local policy = {}
+            function policy.on_speaking(event)
+              room.set_metadata("speaker", event.user)
+            end
+            return policy
+            "#,
+        )
+        .await;
+    let alice = server.client("alice").await;
+    alice
+        .create_with_policy("talk", "", Some("loudest"))
+        .await
+        .expect("create with the policy");
+    drop(alice);
+    let mut alice =
+        Participant::join(&server, "alice", "talk", Mode::Audio, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "talk", Mode::Audio, Role::Interactor).await;
+    flow(&mut alice, &mut bob, "warmup").await;
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let mut n = 0;
+    let speaker = loop {
+        assert!(std::time::Instant::now() < deadline, "the hook never ran");
+        alice
+            .media
+            .send_audio(&marked("loud", n), n * 960, 10)
+            .await
+            .unwrap();
+        n += 1;
+        let found = bob
+            .try_event_where(Duration::from_millis(20), |e| match e {
+                ServerMessage::MetadataChanged { metadata, .. } => metadata
+                    .get("speaker")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+                _ => None,
+            })
+            .await;
+        if let Some(speaker) = found {
+            break speaker;
+        }
+    };
+    assert_eq!(speaker, "alice");
+}
