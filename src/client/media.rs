@@ -136,6 +136,8 @@ impl MediaSession {
                 rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder::new()
                     .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(70))
                     .with_host_acceptance_min_wait(Some(Duration::ZERO))
+                    // Take the DTLS client side, as browsers do.
+                    .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
                     .build(),
             )
             .with_media_engine(media)
