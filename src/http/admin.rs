@@ -68,6 +68,22 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The identity of the request's `Authorization: Bearer <token>`; a missing
+/// or bad token is 401.
+pub(crate) fn bearer_identity(parts: &Parts, state: &AppState) -> Result<Identity, Failure> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
+    let token = match header.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => "",
+    };
+    Ok(state.auth.verify(token)?)
+}
+
 /// A caller holding the admin grant.
 pub struct Admin(pub Identity);
 
@@ -78,17 +94,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        // The scheme is case-insensitive (RFC 9110 section 11.1).
-        let token = match header.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => "",
-        };
-        let identity = state.auth.verify(token).map_err(Failure::from)?;
+        let identity = bearer_identity(parts, state)?;
         if !identity.grants.admin {
             return Err(Failure::new(Status::Forbidden, "this token has no admin grant").into());
         }

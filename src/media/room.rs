@@ -514,10 +514,15 @@ impl MediaTask {
                         && let Some(ext) = packet.header.get_extension(id)
                         && let Some(byte) = ext.first()
                     {
-                        self.meters
-                            .entry(peer.user.clone())
-                            .or_default()
-                            .packet(*byte);
+                        // Per packet: look up before cloning the key.
+                        match self.meters.get_mut(&peer.user) {
+                            Some(meter) => meter.packet(*byte),
+                            None => {
+                                let mut meter = LevelMeter::default();
+                                meter.packet(*byte);
+                                self.meters.insert(peer.user.clone(), meter);
+                            }
+                        }
                     }
                     // Extensions are per transport (transport-wide sequence
                     // numbers, mid): each subscriber's sender writes its own.
@@ -560,17 +565,17 @@ impl MediaTask {
     /// Sends one publisher packet to every subscriber of it.
     fn forward(&mut self, from_key: PeerKey, forward: Forward, now: Instant) {
         let track = (forward.from, forward.kind);
-        let keys: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(k, p)| {
-                **k != from_key && p.outgoing.get(&track).is_some_and(|o| o.negotiated)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            let peer = self.peers.get_mut(&key).expect("listed above");
-            let out = peer.outgoing.get_mut(&track).expect("filtered above");
+        let shared = &self.shared;
+        for (key, peer) in self.peers.iter_mut() {
+            if *key == from_key {
+                continue;
+            }
+            let Some(out) = peer.outgoing.get_mut(&track) else {
+                continue;
+            };
+            if !out.negotiated {
+                continue;
+            }
             let mut packet = forward.packet.clone();
             packet.header.ssrc = out.ssrc;
             packet.header.payload_type = out.payload_type;
@@ -583,14 +588,14 @@ impl MediaTask {
             match peer.pc.rtp_sender(sender) {
                 Some(mut s) => match s.write_rtp(now, packet) {
                     Ok(()) => {
-                        self.shared.metrics.forwarded_packets.inc();
+                        shared.metrics.forwarded_packets.inc();
                     }
                     // Not negotiated yet (an offer is out): nothing to send on.
-                    Err(_) => self.shared.metrics.dropped("not_negotiated"),
+                    Err(_) => shared.metrics.dropped("not_negotiated"),
                 },
-                None => self.shared.metrics.dropped("not_negotiated"),
+                None => shared.metrics.dropped("not_negotiated"),
             }
-            self.flush(key);
+            flush_peer(shared, peer);
         }
     }
 
