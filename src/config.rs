@@ -29,6 +29,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub media: MediaConfig,
     pub log: LogConfig,
+    /// Bots started with the server (`[[bots]]`); see docs/bots.md.
+    pub bots: Vec<crate::bot::BotSpec>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -358,6 +360,20 @@ mod tests {
         assert_eq!(c.media.udp_port.ports().count(), 3);
         let err = Config::from_toml("[media]\nudp_port = \"9-3\"\n").unwrap_err();
         assert!(err.to_string().contains("9-3"), "{err}");
+    }
+
+    #[test]
+    fn bots_are_listed_with_their_options() {
+        let c = Config::from_toml(
+            "[[bots]]\nscript = \"scripts/bots/greeter.lua\"\nroom = \"lobby\"\n\
+             options = { greeting = \"Hi\", limit_ms = 500 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.bots.len(), 1);
+        assert_eq!(c.bots[0].user, "bot");
+        assert_eq!(c.bots[0].options["limit_ms"], 500);
+        let err = Config::from_toml("[[bots]]\nroom = \"lobby\"\n").unwrap_err();
+        assert!(err.to_string().contains("script"), "{err}");
     }
 
     #[test]

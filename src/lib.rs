@@ -20,7 +20,12 @@
 //! - [`config`]: the TOML configuration with environment overrides.
 //! - [`telemetry`]: Prometheus metrics and log set-up.
 //! - [`server`]: assembles the above into a running server and shuts it down in order.
-//! - [`client`]: a Rust client for the protocol.
+//! - [`client`]: a Rust client: signaling, WebRTC media, and [`client::Participant`]
+//!   putting both behind one handle.
+//! - [`audio`]: Opus encoding and decoding, Ogg Opus files, test tones and
+//!   the Goertzel detector that checks them.
+//! - [`bot`]: headless participants run by a sandboxed Lua script.
+//! - [`loadtest`]: simulated participants that load a server and report.
 //! - [`community`]: community servers, roles, channels and members' permissions;
 //!   the live model rooms of media channels ask before each member action.
 //!
@@ -29,12 +34,15 @@
 //! machine, queues events to member connections and record writes to the
 //! store thread, then answers. No room ever waits on a client or on disk.
 
+pub mod audio;
 pub mod auth;
+pub mod bot;
 pub mod client;
 pub mod community;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod loadtest;
 pub mod media;
 pub mod policy;
 pub mod room;

@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, short, env = "CONCLAVE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run a Lua-scripted bot: a participant that joins a room over the
+    /// network like any client and acts by its script.
+    Bot(conclave::bot::BotArgs),
+    /// Load-test a server with simulated participants and report what they saw.
+    Loadtest(conclave::loadtest::LoadtestArgs),
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -90,6 +95,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { dev, config } => serve(dev, config),
+        Command::Bot(args) => runtime()?.block_on(conclave::bot::run_cli(args)),
+        Command::Loadtest(args) => runtime()?.block_on(conclave::loadtest::run_cli(args)),
         Command::Token {
             user,
             name,
@@ -130,6 +137,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
 fn serve(dev: bool, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref())?;
     conclave::telemetry::init_logging(config.log.format, &config.log.level);
@@ -139,8 +150,7 @@ fn serve(dev: bool, config_path: Option<PathBuf>) -> anyhow::Result<()> {
              or run `conclave serve --dev` to try conclave locally"
         );
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let signal = ShutdownSignal::install().context("installing signal handlers")?;
         let server = Server::start(config, dev).await?;
         if dev {

@@ -58,6 +58,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("policy runtime: {0}")]
     Policy(String),
+    #[error("cannot start a configured bot: {0}")]
+    Bot(String),
     #[error("media plane: {0}")]
     Media(#[from] crate::media::MediaError),
     #[error("community data: {0}")]
@@ -78,6 +80,9 @@ pub struct Server {
     store_worker: StoreWorker,
     /// Kept alive to keep watching; `None` when watching is off.
     _watcher: Option<notify::RecommendedWatcher>,
+    /// Bots started from `[[bots]]`, and what stops them.
+    bots: Vec<tokio::task::JoinHandle<()>>,
+    stop_bots: CancellationToken,
 }
 
 impl Server {
@@ -179,6 +184,8 @@ impl Server {
             }
         });
         tracing::info!(%addr, dev, "conclave listening");
+        let stop_bots = CancellationToken::new();
+        let bots = start_bots(&state, addr, &stop_bots)?;
         Ok(Server {
             addr,
             state,
@@ -186,6 +193,8 @@ impl Server {
             http,
             store_worker,
             _watcher: watcher,
+            bots,
+            stop_bots,
         })
     }
 
@@ -207,6 +216,11 @@ impl Server {
     /// Shuts down in the order described at the top of this module.
     pub async fn shutdown(self) {
         let state = self.state;
+        // Bots leave first, like any member asked to, while rooms still run.
+        self.stop_bots.cancel();
+        for bot in self.bots {
+            let _ = tokio::time::timeout(state.config.server.shutdown_grace, bot).await;
+        }
         self.stop_accepting.cancel();
         state.rooms.shutdown().await;
         state.connections_closing.cancel();
@@ -268,4 +282,52 @@ impl ShutdownSignal {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Starts the configured bots. They connect to this server over loopback
+/// with tokens minted from its own key, like any other client.
+fn start_bots(
+    state: &Arc<AppState>,
+    addr: SocketAddr,
+    stop: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
+    let mut host = addr;
+    if host.ip().is_unspecified() {
+        host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("ws://{host}/ws");
+    let mut bots = Vec::new();
+    for spec in &state.config.bots {
+        let grants = crate::auth::Grants {
+            create: true,
+            rooms: vec![spec.room.clone()],
+            admin: spec.admin,
+            ..crate::auth::Grants::default()
+        };
+        // Renewed by restarting the bot; a day is longer than any one run.
+        let claims = crate::auth::claims_for(
+            &spec.user,
+            &spec.name,
+            grants,
+            std::time::Duration::from_secs(24 * 3600),
+        );
+        let token = state
+            .auth
+            .mint(&claims)
+            .map_err(|e| ServerError::Bot(format!("`{}`: {e}", spec.user)))?;
+        let mut config = crate::bot::BotConfig::new(&url, &token, &spec.room, &spec.script);
+        config.role = spec.role;
+        config.options = spec.options.clone();
+        config.bind = SocketAddr::new(host.ip(), 0);
+        if let Some(dir) = &spec.media_dir {
+            config.media_dir = dir.clone();
+        }
+        config.record_dir = spec
+            .record_dir
+            .clone()
+            .unwrap_or_else(|| state.config.server.data_dir.join("recordings"));
+        tracing::info!(user = %spec.user, room = %spec.room, script = %spec.script.display(), "starting bot");
+        bots.push(crate::bot::spawn_supervised(config, stop.clone()));
+    }
+    Ok(bots)
 }

@@ -2,15 +2,20 @@
 //!
 //! Metrics are plain atomics behind `prometheus-client`; rooms and connections
 //! update them directly (no lock on the hot path), `/metrics` encodes them.
+//! The Prometheus standard process metrics (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`) are read from `/proc/self` at encode
+//! time, on Linux only; the load tester reads them to report the server's
+//! CPU and memory.
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -46,7 +51,11 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("conclave");
+        // The standard process metrics carry no prefix; everything of ours
+        // lives under `conclave_`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("conclave");
         let rooms = Gauge::default();
         let members = Gauge::default();
         let connections = Gauge::default();
@@ -99,10 +108,10 @@ impl Metrics {
             rejected_frames.clone(),
         );
         let media = Arc::new(crate::media::MediaMetrics::default());
-        media.register(&mut registry);
+        media.register(registry);
         Arc::new(Metrics {
             media,
-            registry,
+            registry: root,
             rooms,
             members,
             connections,
@@ -131,6 +140,70 @@ impl Metrics {
     }
 }
 
+/// CPU time (user + system) this process has used, in seconds; `None`
+/// where `/proc/self/stat` cannot be read (anywhere but Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_cpu_seconds(&stat)
+}
+
+/// The process's resident set size in bytes; `None` off Linux.
+pub fn process_resident_bytes() -> Option<u64> {
+    // `/proc/self/status` gives kB; `statm` would need the page size, which
+    // takes `sysconf` (unsafe FFI) to learn.
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_resident_bytes(&status)
+}
+
+/// utime + stime from a `/proc/<pid>/stat` line. The fields after the
+/// command name (which may hold spaces and parentheses, hence the last `)`)
+/// start with the state; utime and stime are the 12th and 13th of them, in
+/// USER_HZ ticks, which Linux fixes at 100 for everything in `/proc`.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+fn parse_resident_bytes(status: &str) -> Option<u64> {
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Encodes the process metrics on each scrape; encodes nothing where they
+/// cannot be read.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(cpu) = process_cpu_seconds() {
+            let counter = ConstCounter::new(cpu);
+            let metric = encoder.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent in seconds",
+                Some(&Unit::Seconds),
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        if let Some(rss) = process_resident_bytes() {
+            let gauge = ConstGauge::new(rss as i64);
+            let metric = encoder.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size in bytes",
+                Some(&Unit::Bytes),
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 /// How logs are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,4 +226,33 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
     // Already installed (a test harness, say): keep the first.
     let _ = result;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_ticks_after_a_command_name_with_spaces() {
+        // Two spaces and a `)` in the name; utime 250, stime 50 ticks.
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+        assert_eq!(parse_cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn reads_resident_memory_in_bytes() {
+        let status = "Name:\tconclave\nVmRSS:\t   2048 kB\nThreads:\t4\n";
+        assert_eq!(parse_resident_bytes(status), Some(2 * 1024 * 1024));
+    }
+
+    #[test]
+    fn exposes_the_standard_process_metrics_without_our_prefix() {
+        let text = Metrics::new().encode();
+        assert!(text.contains("conclave_rooms "), "{text}");
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+            assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        }
+    }
 }

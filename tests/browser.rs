@@ -653,3 +653,75 @@ async fn a_rust_client_and_a_browser_receive_each_other() {
     alice.close().await;
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_browser_hears_a_bot_and_a_bot_records_the_browser() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bots");
+    let bot = |user: &str, script: &str| {
+        let mut config = conclave::bot::BotConfig::new(
+            &srv.ws_url(),
+            &srv.user_token(user),
+            "concert",
+            bots.join(script),
+        );
+        config.record_dir = dir.path().to_path_buf();
+        config.bind = "127.0.0.1:0".parse().expect("literal address");
+        config
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut recorder = bot("tape", "recorder.lua");
+    recorder.role = Some(conclave::signal::protocol::Role::Audience);
+    let recorder = tokio::spawn(conclave::bot::run(recorder, async {
+        let _ = stopped.await;
+    }));
+    let mut player = bot("dj", "player.lua");
+    player.options.insert("tone".into(), serde_json::json!(440));
+    player
+        .options
+        .insert("yield".into(), serde_json::json!(false));
+    let player = tokio::spawn(conclave::bot::run(player, std::future::pending()));
+
+    // The page decodes the bot's Opus (encoded in Rust) and hears it.
+    let alice = page(&srv).await;
+    alice
+        .join("concert", &srv.user_token("alice"), "interactor", "audio")
+        .await;
+    alice.wait_joined("concert", 3).await;
+    packets_grow(&alice, "dj", "audio", 50.0).await;
+    alice
+        .wait_for_stats("the player's tone heard", |s| {
+            stat(s, "dj", "audio", "totalAudioEnergy") > 0.0
+        })
+        .await;
+
+    // The recorder decodes the page's Opus (Chromium's libopus encoder):
+    // the fake microphone's beeps are in the file.
+    let tape = dir.path().join("alice.ogg");
+    common::eventually("three seconds of alice recorded", || async {
+        conclave::audio::read_ogg_opus(&tape).is_ok_and(|o| o.packets.len() >= 150)
+    })
+    .await;
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(common::PATIENCE, recorder)
+        .await
+        .expect("the recorder ends")
+        .expect("no panic")
+        .expect("the recorder ran");
+    assert_eq!(ended, conclave::bot::Ended::Left);
+    let pcm = conclave::audio::decode_ogg_opus(&tape).expect("the recording decodes");
+    let loudest = pcm
+        .chunks(960)
+        .map(conclave::audio::rms)
+        .fold(0.0f32, f32::max);
+    assert!(
+        loudest > 0.01,
+        "the recording is silent (loudest frame rms {loudest})"
+    );
+
+    player.abort();
+    alice.close().await;
+    srv.shutdown().await;
+}

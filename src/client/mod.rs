@@ -1,7 +1,8 @@
 //! A Rust client for the signaling protocol.
 //!
 //! The same types the server uses, over a real WebSocket: integration tests,
-//! benchmarks and (later) bots and the load tester all speak through it.
+//! benchmarks, bots and the load tester all speak through it.
+//! [`Participant`] puts signaling and WebRTC media behind one handle.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), conclave::client::ClientError> {
@@ -19,6 +20,9 @@
 //! ```
 
 pub mod media;
+mod participant;
+
+pub use participant::{Participant, ParticipantOptions};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -353,6 +357,14 @@ impl SignalClient {
     /// connection has closed.
     pub async fn next_event(&mut self) -> Option<ServerMessage> {
         self.events.recv().await
+    }
+
+    /// Takes the stream of events for another task to read;
+    /// [`SignalClient::next_event`] returns `None` afterwards. Requests keep
+    /// working: their responses never pass through this stream.
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<ServerMessage> {
+        let (_, closed) = mpsc::unbounded_channel();
+        std::mem::replace(&mut self.events, closed)
     }
 
     /// The close code and reason the server sent, once it has closed.

@@ -1,0 +1,335 @@
+//! One bot's life: join, turn room events into script hooks, carry out what
+//! the script queued, fire its timers, leave.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::media::{self, BotMedia, MediaEvent, Outgoing};
+use super::script::{self, Action, BotScript, ScriptError, Source, Speaking, View};
+use super::{BotConfig, BotError, Ended};
+use crate::audio::Tone;
+use crate::client::{ClientError, Participant, ParticipantOptions};
+use crate::signal::protocol::{LeaveReason, ServerMessage};
+
+/// Runs a bot until it leaves, is removed, loses its connection, or
+/// `shutdown` completes (then it leaves politely).
+pub async fn run(config: BotConfig, shutdown: impl Future<Output = ()>) -> Result<Ended, BotError> {
+    let view = Arc::new(Mutex::new(View::default()));
+    let script = BotScript::load(
+        &config.script,
+        &config.limits,
+        &config.options,
+        view.clone(),
+    )
+    .map_err(BotError::Script)?;
+    let mut options = ParticipantOptions::new(&config.url, &config.token, &config.room);
+    options.role = config.role;
+    options.mode = config.mode;
+    options.create = config.create;
+    options.bind = config.bind;
+    let participant = Participant::join(options).await.map_err(BotError::Join)?;
+    let me = participant.hello().user.as_str().to_owned();
+    let span = tracing::info_span!("bot", room = %config.room, user = %me);
+    async move {
+        tracing::info!(script = %config.script.display(), "bot joined");
+        let (media_tx, media_rx) = mpsc::channel(64);
+        let session = participant.media_handle().expect("bots always start media");
+        let media = BotMedia::new(session, &me, &config.record_dir, media_tx);
+        {
+            let joined = participant.joined();
+            let mut v = view.lock().expect("bot view");
+            v.user = me.clone();
+            v.name = participant.hello().name.clone();
+            v.room = joined.room.as_str().to_owned();
+            v.role = Some(joined.role);
+            v.members = joined.members.clone();
+        }
+        let mut bot = Runner {
+            config,
+            participant,
+            script,
+            media,
+            media_rx,
+            timers: BTreeMap::new(),
+            speaking: Speaking::default(),
+            ended: None,
+        };
+        bot.run(shutdown).await
+    }
+    .instrument(span)
+    .await
+}
+
+struct Runner {
+    config: BotConfig,
+    participant: Participant,
+    script: BotScript,
+    media: BotMedia,
+    media_rx: mpsc::Receiver<MediaEvent>,
+    /// Due time and id; the interval of repeating timers is looked up on firing.
+    timers: BTreeMap<(Instant, u64), Option<Duration>>,
+    speaking: Speaking,
+    ended: Option<Ended>,
+}
+
+impl Runner {
+    async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<Ended, BotError> {
+        let room = self.participant.joined().room.as_str().to_owned();
+        self.hook("on_joined", &[&room]).await;
+        tokio::pin!(shutdown);
+        while self.ended.is_none() {
+            let next_timer = self.timers.keys().next().map(|(due, _)| *due);
+            tokio::select! {
+                event = self.participant.next_event() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => {
+                        self.hook("on_left", &[&"connection_lost"]).await;
+                        self.ended = Some(Ended::ConnectionLost);
+                    }
+                },
+                Some(event) = self.media_rx.recv() => match event {
+                    MediaEvent::PlayEnded => self.hook("on_play_ended", &[]).await,
+                    MediaEvent::Failed { action, message } => self.failed(action, message).await,
+                },
+                () = sleep_until(next_timer) => self.fire_due().await,
+                () = &mut shutdown => {
+                    self.hook("on_left", &[&"shutdown"]).await;
+                    self.ended = Some(Ended::Left);
+                },
+            }
+        }
+        self.media.close();
+        let ended = self.ended.take().unwrap_or(Ended::Left);
+        if ended == Ended::Left {
+            let _ = self.participant.signal().leave().await;
+        }
+        if let Some(session) = self.participant.media() {
+            session.close().await;
+        }
+        tracing::info!(?ended, "bot ended");
+        Ok(ended)
+    }
+
+    async fn on_event(&mut self, event: ServerMessage) {
+        match event {
+            ServerMessage::MemberJoined { member, .. } => {
+                {
+                    let mut v = self.view();
+                    v.members.retain(|m| m.user != member.user);
+                    v.members.push(member.clone());
+                }
+                self.hook("on_member_joined", &[&member]).await;
+            }
+            ServerMessage::MemberLeft { user, reason, .. } => {
+                self.view().members.retain(|m| m.user != user);
+                self.speaking.forget(user.as_str());
+                self.hook("on_member_left", &[&user, &reason]).await;
+            }
+            ServerMessage::RoleChanged {
+                user,
+                role,
+                operate_by,
+                ..
+            } => {
+                {
+                    let mut v = self.view();
+                    if let Some(m) = v.members.iter_mut().find(|m| m.user == user) {
+                        m.role = role;
+                    }
+                    if user.as_str() == v.user {
+                        v.role = Some(role);
+                    }
+                }
+                self.hook("on_role_changed", &[&user, &role, &operate_by])
+                    .await;
+            }
+            ServerMessage::MuteChanged {
+                user,
+                kind,
+                muted,
+                operate_by,
+                ..
+            } => {
+                if let Some(m) = self.view().members.iter_mut().find(|m| m.user == user) {
+                    match kind {
+                        crate::signal::protocol::MediaKind::Audio => m.audio_muted = muted,
+                        crate::signal::protocol::MediaKind::Video => m.video_muted = muted,
+                    }
+                }
+                self.hook("on_mute_changed", &[&user, &kind, &muted, &operate_by])
+                    .await;
+            }
+            ServerMessage::Data { from, payload, .. } => {
+                self.hook("on_data", &[&from, &payload]).await;
+            }
+            ServerMessage::Volume { levels } => {
+                for level in levels {
+                    if let Some(speaking) =
+                        self.speaking.update(level.user.as_str(), level.speaking)
+                    {
+                        self.hook("on_speaking", &[&level.user, &speaking, &level.level])
+                            .await;
+                    }
+                }
+            }
+            ServerMessage::Disconnected { reason, .. } => {
+                self.hook("on_left", &[&reason]).await;
+                self.ended = Some(match reason {
+                    LeaveReason::Kicked => Ended::Kicked,
+                    _ => Ended::Removed(reason),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.script.view().lock().expect("bot view")
+    }
+
+    /// Calls a hook, then carries out what it queued.
+    async fn hook(&mut self, name: &str, args: &[&dyn script::ErasedArg]) {
+        self.refresh_view();
+        let result = self.script.call(name, args);
+        self.after_call(result).await;
+    }
+
+    async fn after_call(&mut self, result: Result<(), ScriptError>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "bot script error");
+        }
+        let (actions, timers, cancelled) = self.script.take();
+        for id in cancelled {
+            self.timers.retain(|(_, t), _| *t != id);
+        }
+        for t in timers {
+            self.timers.insert((t.due, t.id), t.every);
+        }
+        for action in actions {
+            if self.ended.is_some() {
+                break;
+            }
+            let name = action.name();
+            if let Err(message) = self.perform(action).await {
+                // Errors raised while handling an error are only logged, so a
+                // script cannot loop on its own failures.
+                tracing::warn!(action = name, %message, "bot action failed");
+                self.refresh_view();
+                let result = self.script.call("on_error", &[&name, &message]);
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "bot script error");
+                }
+                let (more, timers, cancelled) = self.script.take();
+                for id in cancelled {
+                    self.timers.retain(|(_, t), _| *t != id);
+                }
+                for t in timers {
+                    self.timers.insert((t.due, t.id), t.every);
+                }
+                for action in more {
+                    if let Err(message) = self.perform(action).await {
+                        tracing::warn!(%message, "bot action failed in on_error");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn failed(&mut self, action: &'static str, message: String) {
+        tracing::warn!(action, %message, "bot media failed");
+        self.hook("on_error", &[&action, &message]).await;
+    }
+
+    fn refresh_view(&self) {
+        let mut v = self.view();
+        v.playing = self.media.playing();
+        v.recording = self.media.recording();
+    }
+
+    async fn perform(&mut self, action: Action) -> Result<(), String> {
+        let p = &self.participant;
+        let refused = |e: ClientError| e.to_string();
+        match action {
+            Action::SendData { payload, to } => {
+                p.send_data(payload, to.as_deref()).await.map_err(refused)
+            }
+            Action::Mute { user, kind, muted } => {
+                p.mute(kind, muted, user.as_deref()).await.map_err(refused)
+            }
+            Action::Kick { user } => p.kick(&user).await.map_err(refused),
+            Action::SetRole { role, user } => {
+                p.set_role(role, user.as_deref()).await.map_err(refused)
+            }
+            Action::Play { source, looped } => {
+                let outgoing = match source {
+                    Source::File(name) => {
+                        let path = script::confined(&self.config.media_dir, &name)?;
+                        let frames = media::load_file(&path)?;
+                        Outgoing::File { frames, looped }
+                    }
+                    Source::Tone {
+                        frequency,
+                        amplitude,
+                    } => Outgoing::Tone(Tone::new(frequency, amplitude)),
+                };
+                self.media.send(outgoing);
+                Ok(())
+            }
+            Action::Echo { delay, user } => {
+                self.media.echo(delay, user);
+                Ok(())
+            }
+            Action::Stop => {
+                self.media.stop();
+                Ok(())
+            }
+            Action::Record { target, file } => {
+                let path = self.media.record(&target, &file)?;
+                tracing::info!(%target, path = %path.display(), "recording");
+                Ok(())
+            }
+            Action::StopRecording { target } => {
+                self.media.stop_recording(target.as_deref());
+                Ok(())
+            }
+            Action::Leave => {
+                self.ended = Some(Ended::Left);
+                Ok(())
+            }
+        }
+    }
+
+    async fn fire_due(&mut self) {
+        let now = Instant::now();
+        while let Some((&(due, id), &every)) = self.timers.iter().next() {
+            if due > now || self.ended.is_some() {
+                break;
+            }
+            self.timers.remove(&(due, id));
+            self.refresh_view();
+            let result = self.script.fire_timer(id);
+            let alive = matches!(result, Ok(true));
+            match every {
+                Some(interval) if alive => {
+                    // A late timer is not run twice to catch up.
+                    self.timers
+                        .insert(((due + interval).max(now), id), Some(interval));
+                }
+                _ => self.script.drop_timer(id),
+            }
+            self.after_call(result.map(drop)).await;
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
