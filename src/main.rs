@@ -45,7 +45,7 @@ enum Command {
         #[arg(long = "room", default_value = "*")]
         rooms: Vec<String>,
         /// Role the user may take (interactor, audience); repeatable; default both.
-        #[arg(long = "role", value_parser = parse_role)]
+        #[arg(long = "role")]
         roles: Vec<Role>,
         /// May use the admin API and act on other members.
         #[arg(long)]
@@ -70,16 +70,6 @@ enum Command {
     Bot(conclave::bot::BotArgs),
     /// Load-test a server with simulated participants and report what they saw.
     Loadtest(conclave::loadtest::LoadtestArgs),
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    match s {
-        "interactor" => Ok(Role::Interactor),
-        "audience" => Ok(Role::Audience),
-        other => Err(format!(
-            "unknown role `{other}`: use interactor or audience"
-        )),
-    }
 }
 
 fn parse_attr(s: &str) -> Result<(String, serde_json::Value), String> {

@@ -94,6 +94,17 @@ async fn wait_for_member(srv: &TestServer, room: &str, user: &str) {
     .await;
 }
 
+/// A person who only signals: joins `room` and reads events.
+async fn listener(srv: &TestServer, user: &str, name: &str, room: &str) -> SignalClient {
+    let mut client = SignalClient::connect(&srv.ws_url()).await.expect("connect");
+    client
+        .hello(&token(user, name, false))
+        .await
+        .expect("hello");
+    client.join(room, Mode::Audio, None).await.expect("join");
+    client
+}
+
 /// A person with media: joins `room` as an interactor.
 async fn person(srv: &TestServer, user: &str, name: &str, room: &str) -> Participant {
     let mut options = ParticipantOptions::new(&srv.ws_url(), &token(user, name, false), room);
@@ -169,18 +180,11 @@ async fn the_greeter_welcomes_each_joiner_by_name_and_only_them() {
     )
     .await;
 
-    let mut alice = SignalClient::connect(&srv.ws_url()).await.expect("connect");
-    alice
-        .hello(&token("alice", "Alice", false))
-        .await
-        .expect("hello");
-    alice.join("hall", Mode::Audio, None).await.expect("join");
+    let mut alice = listener(&srv, "alice", "Alice", "hall").await;
     let greeting = common::event_where(&mut alice, |e| data_from(e, "greeter")).await;
     assert_eq!(greeting["text"], "Welcome, Alice!");
 
-    let mut bob = SignalClient::connect(&srv.ws_url()).await.expect("connect");
-    bob.hello(&token("bob", "Bob", false)).await.expect("hello");
-    bob.join("hall", Mode::Audio, None).await.expect("join");
+    let mut bob = listener(&srv, "bob", "Bob", "hall").await;
     let greeting = common::event_where(&mut bob, |e| data_from(e, "greeter")).await;
     assert_eq!(greeting["text"], "Welcome, Bob!");
 
@@ -417,12 +421,7 @@ async fn a_kicked_bot_ends_and_a_broken_hook_does_not_stop_it() {
     )
     .await;
 
-    let mut alice = SignalClient::connect(&srv.ws_url()).await.expect("connect");
-    alice
-        .hello(&token("alice", "Alice", false))
-        .await
-        .expect("hello");
-    alice.join("den", Mode::Audio, None).await.expect("join");
+    let mut alice = listener(&srv, "alice", "Alice", "den").await;
     // on_member_joined ran out of budget; the bot still answers.
     alice
         .send_data(json!({ "ping": 7 }), Some("fragile"))
@@ -481,12 +480,7 @@ async fn a_bot_may_only_do_what_its_token_allows() {
         bot_config(&srv, "keep", &script, dir.path()),
     )
     .await;
-    let mut alice = SignalClient::connect(&srv.ws_url()).await.expect("connect");
-    alice
-        .hello(&token("alice", "Alice", false))
-        .await
-        .expect("hello");
-    alice.join("keep", Mode::Audio, None).await.expect("join");
+    let mut alice = listener(&srv, "alice", "Alice", "keep").await;
     let report = common::event_where(&mut alice, |e| data_from(e, "bossy")).await;
     assert_eq!(report["failed"], "kick");
     assert!(
@@ -517,12 +511,7 @@ async fn bots_in_the_configuration_start_with_the_server() {
     })
     .await;
     wait_for_member(&srv, "lobby", "host").await;
-    let mut alice = SignalClient::connect(&srv.ws_url()).await.expect("connect");
-    alice
-        .hello(&token("alice", "Alice", false))
-        .await
-        .expect("hello");
-    alice.join("lobby", Mode::Audio, None).await.expect("join");
+    let mut alice = listener(&srv, "alice", "Alice", "lobby").await;
     let greeting = common::event_where(&mut alice, |e| data_from(e, "host")).await;
     assert_eq!(greeting["text"], "Hello, Alice!");
 
@@ -555,12 +544,7 @@ async fn the_bot_command_runs_a_script_against_a_server() {
         .expect("conclave bot starts");
     let _child = KillOnDrop(child);
     wait_for_member(&srv, "plaza", "greeter").await;
-    let mut alice = SignalClient::connect(&srv.ws_url()).await.expect("connect");
-    alice
-        .hello(&token("alice", "Alice", false))
-        .await
-        .expect("hello");
-    alice.join("plaza", Mode::Audio, None).await.expect("join");
+    let mut alice = listener(&srv, "alice", "Alice", "plaza").await;
     let greeting = common::event_where(&mut alice, |e| data_from(e, "greeter")).await;
     assert_eq!(greeting["text"], "Hi there, Alice!");
 }

@@ -195,7 +195,7 @@ pub struct BotArgs {
     #[arg(long)]
     pub room: String,
     /// Role to join as: interactor or audience.
-    #[arg(long, value_parser = parse_role)]
+    #[arg(long)]
     pub role: Option<Role>,
     /// An option for the script (`bot.options.KEY`), `key=value`; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -206,16 +206,6 @@ pub struct BotArgs {
     /// Where `bot.record` writes files.
     #[arg(long, default_value = "recordings")]
     pub record_dir: PathBuf,
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    match s {
-        "interactor" => Ok(Role::Interactor),
-        "audience" => Ok(Role::Audience),
-        other => Err(format!(
-            "unknown role `{other}`: use interactor or audience"
-        )),
-    }
 }
 
 /// The binary's edge for `conclave bot`: runs until the bot ends or Ctrl-C.

@@ -203,13 +203,7 @@ impl Runner {
         if let Err(e) = result {
             tracing::warn!(error = %e, "bot script error");
         }
-        let (actions, timers, cancelled) = self.script.take();
-        for id in cancelled {
-            self.timers.retain(|(_, t), _| *t != id);
-        }
-        for t in timers {
-            self.timers.insert((t.due, t.id), t.every);
-        }
+        let actions = self.take_queued();
         for action in actions {
             if self.ended.is_some() {
                 break;
@@ -224,20 +218,25 @@ impl Runner {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "bot script error");
                 }
-                let (more, timers, cancelled) = self.script.take();
-                for id in cancelled {
-                    self.timers.retain(|(_, t), _| *t != id);
-                }
-                for t in timers {
-                    self.timers.insert((t.due, t.id), t.every);
-                }
-                for action in more {
+                for action in self.take_queued() {
                     if let Err(message) = self.perform(action).await {
                         tracing::warn!(%message, "bot action failed in on_error");
                     }
                 }
             }
         }
+    }
+
+    /// Applies the timers the script set or cancelled; returns its actions.
+    fn take_queued(&mut self) -> Vec<Action> {
+        let (actions, timers, cancelled) = self.script.take();
+        for id in cancelled {
+            self.timers.retain(|(_, t), _| *t != id);
+        }
+        for t in timers {
+            self.timers.insert((t.due, t.id), t.every);
+        }
+        actions
     }
 
     async fn failed(&mut self, action: &'static str, message: String) {

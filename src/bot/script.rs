@@ -322,15 +322,7 @@ fn install_api(
     bot.raw_set(
         "set_role",
         lua.create_function(move |_, (role, user): (String, Option<String>)| {
-            let role = match role.as_str() {
-                "interactor" => Role::Interactor,
-                "audience" => Role::Audience,
-                other => {
-                    return Err(mlua::Error::RuntimeError(format!(
-                        "unknown role `{other}`: use \"interactor\" or \"audience\""
-                    )));
-                }
-            };
+            let role: Role = role.parse().map_err(mlua::Error::RuntimeError)?;
             push(Action::SetRole { role, user });
             Ok(())
         })?,
@@ -452,7 +444,7 @@ fn install_api(
             me.raw_set("user", view.user.as_str())?;
             me.raw_set("name", view.name.as_str())?;
             me.raw_set("room", view.room.as_str())?;
-            me.raw_set("role", view.role.map(role_name))?;
+            me.raw_set("role", view.role.map(Role::as_str))?;
             Ok(me)
         })?,
     )?;
@@ -532,13 +524,6 @@ fn media_kind(kind: &str) -> mlua::Result<MediaKind> {
         other => Err(mlua::Error::RuntimeError(format!(
             "unknown media kind `{other}`: use \"audio\" or \"video\""
         ))),
-    }
-}
-
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Interactor => "interactor",
-        Role::Audience => "audience",
     }
 }
 

@@ -34,6 +34,20 @@ impl Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "interactor" => Ok(Role::Interactor),
+            "audience" => Ok(Role::Audience),
+            other => Err(format!(
+                "unknown role `{other}`: use interactor or audience"
+            )),
+        }
+    }
+}
+
 /// The call type chosen at join: audio only, or audio and video.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
