@@ -87,13 +87,15 @@ pub struct Server {
 
 impl Server {
     /// Opens the store, binds the listener and starts serving. In `dev` mode
-    /// the built-in key is used and the address is forced to loopback.
+    /// the built-in key is used and the addresses (signaling and media) are
+    /// forced to loopback.
     pub async fn start(mut config: Config, dev: bool) -> Result<Server, ServerError> {
         let auth = if dev {
             config
                 .server
                 .bind
                 .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            config.media.bind_ip = std::net::Ipv4Addr::LOCALHOST.into();
             Auth::dev()
         } else {
             let secret = config.auth.secret.as_deref().unwrap_or("");

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use common::media::Participant;
+use common::media::{ForgeSsrc, LossyRelay, Participant};
+use conclave::ids::UserId;
 use conclave::signal::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
 
 /// A payload no codec would produce by chance: the sender and a counter.
@@ -333,4 +334,203 @@ async fn the_room_policy_hears_who_speaks() {
         }
     };
     assert_eq!(speaker, "alice");
+}
+
+/// One video RTP packet with a recognisable payload (nothing decodes it).
+fn video(tag: &str, n: u32) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            sequence_number: n as u16,
+            timestamp: n * 3000,
+            marker: true,
+            ..Default::default()
+        },
+        payload: bytes::Bytes::from(marked(tag, n)),
+    }
+}
+
+/// Sends `tag` video from `from` until `to` receives some; returns the next
+/// packet number to send.
+async fn video_flow(from: &mut Participant, to: &mut Participant, tag: &str) -> u32 {
+    let prefix = format!("{tag}:");
+    for n in 0..500u32 {
+        from.media.send_video(video(tag, n)).await.expect("send");
+        from.pump(Duration::ZERO).await;
+        to.pump(Duration::ZERO).await;
+        if let Some(p) = to.media.next_packet(Duration::from_millis(20)).await
+            && p.kind == MediaKind::Video
+            && p.packet.payload.starts_with(prefix.as_bytes())
+        {
+            return n + 1;
+        }
+    }
+    panic!("{} never received {tag} video from {}", to.user, from.user);
+}
+
+const KEYFRAME_METRIC: &str = "conclave_media_keyframe_requests_total";
+
+#[tokio::test]
+async fn a_subscribers_keyframe_request_reaches_the_publisher() {
+    let server = TestServer::start().await;
+    let interval = server.state().config.media.keyframe_interval;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Video, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Video, Role::Interactor).await;
+    // Bob publishes no video, so every keyframe request counted is for alice's.
+    let mut asked = alice.media.keyframe_requests();
+    let mut n = video_flow(&mut alice, &mut bob, "warmup").await;
+    let subscribed = std::time::Instant::now();
+
+    // A new subscriber's publisher is asked for keyframes for 3 s: alice's
+    // client hears those (the server's PLI gets through her chain too).
+    tokio::time::timeout(common::PATIENCE, asked.wait_for(|n| *n > 0))
+        .await
+        .expect("alice heard no keyframe request during bob's warm-up")
+        .unwrap();
+
+    // Then the requests stop: wait until the counter has stood still for
+    // several intervals, after the warm-up window has surely closed.
+    let deadline = subscribed + common::PATIENCE;
+    let mut last = metric(&server, KEYFRAME_METRIC).await;
+    let mut still_since = std::time::Instant::now();
+    while subscribed.elapsed() < Duration::from_secs(3) + interval
+        || still_since.elapsed() < 3 * interval
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm-up never ended"
+        );
+        alice.media.send_video(video("live", n)).await.unwrap();
+        n += 1;
+        bob.pump(Duration::from_millis(20)).await;
+        let now = metric(&server, KEYFRAME_METRIC).await;
+        if now != last {
+            last = now;
+            still_since = std::time::Instant::now();
+        }
+    }
+    let heard = *asked.borrow_and_update();
+
+    // Bob's decoder lost its reference: he asks for a keyframe.
+    bob.media
+        .request_keyframe(&UserId::from("alice"))
+        .await
+        .expect("PLI sent");
+    tokio::time::timeout(common::PATIENCE, asked.wait_for(|n| *n > heard))
+        .await
+        .expect("alice never heard bob's keyframe request")
+        .unwrap();
+    let counted = metric(&server, KEYFRAME_METRIC).await;
+    assert_eq!(counted, last + 1.0, "one request relayed and counted");
+}
+
+#[tokio::test]
+async fn video_a_subscriber_lost_on_the_wire_is_retransmitted_by_the_server() {
+    let server = TestServer::start().await;
+    let port = server
+        .state()
+        .media
+        .as_ref()
+        .expect("media on")
+        .local_addrs()[0];
+    let relay = LossyRelay::start(port, conclave::media::codec::VP8_PT, 5).await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Video, Role::Interactor).await;
+    let mut bob =
+        Participant::join_through(&server, "bob", "r", Mode::Video, Role::Interactor, &relay).await;
+    let first = video_flow(&mut alice, &mut bob, "warmup").await;
+
+    // From now on every fifth video packet to bob is lost once; the ones
+    // after it arrive, so bob's client sees each gap and sends a NACK.
+    relay.arm(true);
+    for n in first..first + 60 {
+        alice.media.send_video(video("v", n)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        bob.pump(Duration::ZERO).await;
+    }
+    let lost = relay.lost();
+    assert!(lost.len() >= 10, "the relay lost too little: {lost:?}");
+
+    // Every lost packet reaches bob after all: the server answered his
+    // NACKs from its send buffer for his leg (alice never saw them).
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let mut received = std::collections::HashSet::new();
+    let mut n = first + 60;
+    while !lost.iter().all(|l| received.contains(l)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lost {lost:?}, got back {:?}",
+            lost.iter()
+                .filter(|l| received.contains(*l))
+                .collect::<Vec<_>>()
+        );
+        // Later packets keep coming, as media does.
+        alice.media.send_video(video("v", n)).await.unwrap();
+        n += 1;
+        bob.pump(Duration::ZERO).await;
+        while let Some(p) = bob.media.next_packet(Duration::from_millis(5)).await {
+            if p.kind == MediaKind::Video {
+                received.insert((p.packet.header.ssrc, p.packet.header.sequence_number));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn rtp_on_an_ssrc_the_publisher_never_negotiated_is_dropped_and_counted() {
+    let server = TestServer::start().await;
+    let mut alice =
+        Participant::join_with(&server, "alice", "r", Mode::Audio, Role::Interactor, |r| {
+            ForgeSsrc::install(b"forged:", 0x0bad_5511, r)
+        })
+        .await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
+    flow(&mut alice, &mut bob, "before").await;
+    let before = metric(
+        &server,
+        "conclave_media_dropped_packets_total{reason=\"unknown_ssrc\"}",
+    )
+    .await;
+    for n in 0..25u32 {
+        alice
+            .media
+            .send_audio(&marked("forged", n), n * 960, 30)
+            .await
+            .unwrap();
+    }
+    common::eventually("the forged packets to be counted", || async {
+        metric(
+            &server,
+            "conclave_media_dropped_packets_total{reason=\"unknown_ssrc\"}",
+        )
+        .await
+            >= before + 25.0
+    })
+    .await;
+    // The peer keeps working, and nothing forged was forwarded.
+    flow(&mut alice, &mut bob, "after").await;
+    let seen = bob.media.drain().await;
+    assert!(
+        !seen
+            .values()
+            .flatten()
+            .any(|p| p.packet.payload.starts_with(b"forged:")),
+        "a packet on an unnegotiated SSRC was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn dev_mode_binds_media_to_loopback() {
+    // The harness runs servers in dev mode; ask for every interface anyway.
+    let server =
+        TestServer::start_with(|c| c.media.bind_ip = std::net::Ipv4Addr::UNSPECIFIED.into()).await;
+    let addrs = server
+        .state()
+        .media
+        .as_ref()
+        .expect("media on")
+        .local_addrs();
+    assert!(
+        addrs.iter().all(|a| a.ip().is_loopback()),
+        "media bound beyond loopback in dev mode: {addrs:?}"
+    );
 }

@@ -17,15 +17,23 @@
 //! // media.send_audio(...) publishes; media.next_packet() receives.
 //! # Ok(()) }
 //! ```
+//!
+//! Keyframe requests travel both ways: [`MediaSession::request_keyframe`]
+//! asks for one on another member's video (the server relays it to the
+//! publisher, throttled), and [`MediaSession::keyframe_requests`] counts the
+//! ones the server relays about this session's own video.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -33,8 +41,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{Mutex, mpsc, watch};
 use webrtc::media_stream::MediaStreamTrack;
-use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler};
 
@@ -82,11 +90,18 @@ pub struct MediaSession {
     received: Mutex<mpsc::Receiver<Received>>,
     connected: watch::Receiver<RTCPeerConnectionState>,
     audio_seq: std::sync::atomic::AtomicU16,
+    remote: RemoteTracks,
+    keyframe_requests: watch::Receiver<u64>,
 }
+
+/// Other members' tracks, for writing feedback about them. A std mutex:
+/// it is held for a map lookup or insert only, never across an await.
+type RemoteTracks = Arc<std::sync::Mutex<HashMap<(UserId, MediaKind), Arc<dyn TrackRemote>>>>;
 
 struct Handler {
     packets: mpsc::Sender<Received>,
     state: watch::Sender<RTCPeerConnectionState>,
+    remote: RemoteTracks,
 }
 
 #[async_trait::async_trait]
@@ -101,6 +116,9 @@ impl PeerConnectionEventHandler for Handler {
             RtpCodecKind::Video => MediaKind::Video,
             _ => MediaKind::Audio,
         };
+        if let Ok(mut remote) = self.remote.lock() {
+            remote.insert((user.clone(), kind), track.clone());
+        }
         let packets = self.packets.clone();
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
@@ -123,9 +141,20 @@ impl PeerConnectionEventHandler for Handler {
 impl MediaSession {
     /// Builds the peer connection; nothing is sent until an offer is accepted.
     pub async fn new(options: MediaOptions) -> Result<MediaSession, ClientError> {
+        MediaSession::with_interceptors(options, |registry| registry).await
+    }
+
+    /// [`MediaSession::new`] with interceptors of the caller's added to the
+    /// RTP/RTCP chain (statistics, or loss and forgery in tests).
+    pub async fn with_interceptors(
+        options: MediaOptions,
+        extend: impl FnOnce(Registry) -> Registry,
+    ) -> Result<MediaSession, ClientError> {
         let (media, registry) = codec::engine().map_err(rtc_error)?;
+        let registry = extend(registry);
         let (packets, received) = mpsc::channel(4096);
         let (state, connected) = watch::channel(RTCPeerConnectionState::New);
+        let remote = RemoteTracks::default();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(
@@ -142,12 +171,17 @@ impl MediaSession {
             )
             .with_media_engine(media)
             .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler { packets, state }))
+            .with_handler(Arc::new(Handler {
+                packets,
+                state,
+                remote: remote.clone(),
+            }))
             .with_udp_addrs(vec![options.bind])
             .build()
             .await
             .map_err(rtc_error)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let (keyframes_tx, keyframe_requests) = watch::channel(0u64);
         let mut session = MediaSession {
             pc,
             audio: None,
@@ -155,6 +189,8 @@ impl MediaSession {
             received: Mutex::new(received),
             connected,
             audio_seq: std::sync::atomic::AtomicU16::new(rand::random()),
+            remote,
+            keyframe_requests,
         };
         // Sendonly transceivers made before the first offer pair up with the
         // server's receive slots of the same kind (JSEP's matching rule).
@@ -171,6 +207,28 @@ impl MediaSession {
                     .add_publish(RtpCodecKind::Video, codec::vp8())
                     .await?,
             );
+        }
+        if let Some((track, _)) = &session.video {
+            // Bound to the peer connection by now (when the transceiver was
+            // added); the loop ends when the peer connection closes.
+            let track = track.clone();
+            tokio::spawn(async move {
+                while let Some(event) = track.poll().await {
+                    let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+                        continue;
+                    };
+                    let asks = packets
+                        .iter()
+                        .filter(|p| {
+                            let any = p.as_any();
+                            any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                        })
+                        .count() as u64;
+                    if asks > 0 {
+                        keyframes_tx.send_modify(|n| *n += asks);
+                    }
+                }
+            });
         }
         Ok(session)
     }
@@ -306,10 +364,46 @@ impl MediaSession {
         track.write_rtp(packet).await.map_err(rtc_error)
     }
 
+    /// Asks for a keyframe (RTCP PLI) on `user`'s video, as a decoder that
+    /// lost its reference would. Errors if no such track has arrived.
+    pub async fn request_keyframe(&self, user: &UserId) -> Result<(), ClientError> {
+        let track = self
+            .remote
+            .lock()
+            .ok()
+            .and_then(|remote| remote.get(&(user.clone(), MediaKind::Video)).cloned())
+            .ok_or_else(|| ClientError::Media(format!("no video track from {user}")))?;
+        let media_ssrc = *track
+            .ssrcs()
+            .await
+            .first()
+            .ok_or_else(|| ClientError::Media(format!("no SSRC yet for {user}'s video")))?;
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        track
+            .write_rtcp(vec![Box::new(pli)])
+            .await
+            .map_err(rtc_error)
+    }
+
+    /// How many keyframe requests (PLI, FIR) the server sent about this
+    /// session's video so far; `changed()` wakes on each.
+    pub fn keyframe_requests(&self) -> watch::Receiver<u64> {
+        self.keyframe_requests.clone()
+    }
+
     /// The next packet from another member, or `None` after `within`.
     pub async fn next_packet(&self, within: Duration) -> Option<Received> {
         let mut rx = self.received.lock().await;
         tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+
+    /// The next packet from another member; `None` only once the session
+    /// has closed.
+    pub async fn recv(&self) -> Option<Received> {
+        self.received.lock().await.recv().await
     }
 
     /// Packets received so far, without waiting, by sender and kind.

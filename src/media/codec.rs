@@ -45,7 +45,9 @@ pub fn vp8() -> RTCRtpCodecParameters {
 
 /// A media engine with Opus, VP8 and the audio-level extension, and the
 /// default interceptors: NACK generation and retransmission, RTCP sender and
-/// receiver reports, transport-wide congestion control feedback.
+/// receiver reports, transport-wide congestion control feedback; plus ours
+/// that hands inbound keyframe requests (PLI, FIR) to the application, which
+/// webrtc-rs's chain would otherwise drop (see `media::interceptor`).
 pub fn engine() -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
     let mut media = MediaEngine::default();
     media.register_codec(opus(), RtpCodecKind::Audio)?;
@@ -57,6 +59,9 @@ pub fn engine() -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
         RtpCodecKind::Audio,
         None,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?.with(
+        super::interceptor::keyframe_requests_slot(),
+        super::interceptor::KeyframeRequests::default(),
+    );
     Ok((media, registry))
 }

@@ -7,6 +7,8 @@
 //!   and forwards RTP between them; no locks on the packet path.
 //! - [`peer`]: one member's peer connection and its negotiation.
 //! - [`codec`]: what both ends negotiate (shared with the Rust client).
+//! - `interceptor`: our links in webrtc-rs's RTP/RTCP chain: keyframe
+//!   requests delivered to the application, unknown SSRCs dropped.
 //! - `rewrite`, `level`: sequence rewriting and speaking detection.
 //!
 //! The room task (signaling) and the media task of a room are separate:
@@ -15,6 +17,7 @@
 //! the media task tells the room task about speaking levels and lost members.
 
 pub mod codec;
+mod interceptor;
 mod level;
 mod peer;
 mod rewrite;

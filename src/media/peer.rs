@@ -24,9 +24,10 @@ use rtc::rtp_transceiver::{
     RTCRtpTransceiverInit,
 };
 
+use super::interceptor::{SsrcGuard, ssrc_guard_slot};
 use super::rewrite::SeqRewriter;
 use super::udp::PeerKey;
-use super::{MediaError, codec};
+use super::{MediaError, MediaMetrics, codec};
 use crate::ids::{ConnId, UserId};
 use crate::room::Sink;
 use crate::signal::protocol::{MediaKind, Mode, PublishSlot, TrackInfo};
@@ -100,11 +101,13 @@ pub(crate) struct PeerSetup {
     pub advertise: Vec<IpAddr>,
     pub ufrag: String,
     pub pwd: String,
+    pub metrics: std::sync::Arc<MediaMetrics>,
 }
 
 impl Peer {
     pub(crate) fn new(setup: PeerSetup, now: Instant) -> Result<Peer, MediaError> {
         let (media, registry) = codec::engine()?;
+        let registry = registry.with(ssrc_guard_slot(), SsrcGuard::new(setup.metrics));
         // ICE lite: the server has one known address per port and never
         // needs to probe; clients run the checks and the server answers.
         let settings = SettingEngineBuilder::new()

@@ -227,6 +227,7 @@ impl MediaTask {
             advertise: shared.advertise.clone(),
             ufrag: ufrag.clone(),
             pwd: ice_token(32),
+            metrics: shared.metrics.clone(),
         };
         let peer = Peer::new(setup, Instant::now()).map_err(Failure::from)?;
         let _ = shared.ports[port].routes.send(RouteCmd::Add {
@@ -536,10 +537,10 @@ impl MediaTask {
                     });
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
-                    // A browser sends compound RTCP (receiver reports, then a
-                    // PLI); the whole compound is filed under the first
-                    // packet's SSRC, so each keyframe request is matched by
-                    // its own media SSRC instead.
+                    // Only keyframe requests get this far (our
+                    // `KeyframeRequests` interceptor lets nothing else out of
+                    // the chain); each is matched by its own media SSRC, since
+                    // rtc files the compound under the first one only.
                     for p in &packets {
                         let any = p.as_any();
                         if !(any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()) {

@@ -1,8 +1,17 @@
 //! A member with WebRTC media, for tests: a signaling client and a media
 //! session, with the server's offers answered whenever the test waits.
+//! Also ways to make the wire misbehave: a relay that loses packets on
+//! their way to a client, and an interceptor that forges a client's SSRC.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
 
 use conclave::client::SignalClient;
 use conclave::client::media::{MediaOptions, MediaSession, Received};
@@ -18,6 +27,9 @@ pub struct Participant {
     stash: VecDeque<ServerMessage>,
     /// `media_offer` events seen, for tests about negotiation.
     pub offers: Vec<ServerMessage>,
+    /// Media goes through a relay: the server's candidate port in each
+    /// offer is replaced by the relay's (from, to).
+    via: Option<(u16, u16)>,
 }
 
 impl Participant {
@@ -29,6 +41,43 @@ impl Participant {
         mode: Mode,
         role: Role,
     ) -> Participant {
+        Participant::join_inner(server, user, room, mode, role, |r| r, None).await
+    }
+
+    /// [`Participant::join`] with the media path through `relay`.
+    pub async fn join_through(
+        server: &TestServer,
+        user: &str,
+        room: &str,
+        mode: Mode,
+        role: Role,
+        relay: &LossyRelay,
+    ) -> Participant {
+        let via = (relay.server.port(), relay.local.port());
+        Participant::join_inner(server, user, room, mode, role, |r| r, Some(via)).await
+    }
+
+    /// [`Participant::join`] with interceptors added to the client's chain.
+    pub async fn join_with(
+        server: &TestServer,
+        user: &str,
+        room: &str,
+        mode: Mode,
+        role: Role,
+        extend: impl FnOnce(Registry) -> Registry,
+    ) -> Participant {
+        Participant::join_inner(server, user, room, mode, role, extend, None).await
+    }
+
+    async fn join_inner(
+        server: &TestServer,
+        user: &str,
+        room: &str,
+        mode: Mode,
+        role: Role,
+        extend: impl FnOnce(Registry) -> Registry,
+        via: Option<(u16, u16)>,
+    ) -> Participant {
         let client = server.client(user).await;
         if let Err(e) = client.create(room, "").await {
             assert_eq!(e.status().map(|s| s.code()), Some(417), "create: {e}");
@@ -39,13 +88,16 @@ impl Participant {
             video: mode == Mode::Video,
             bind: "127.0.0.1:0".parse().expect("literal address"),
         };
-        let media = MediaSession::new(options).await.expect("media session");
+        let media = MediaSession::with_interceptors(options, extend)
+            .await
+            .expect("media session");
         let mut p = Participant {
             user: user.to_owned(),
             client,
             media,
             stash: VecDeque::new(),
             offers: Vec::new(),
+            via,
         };
         p.client
             .request(Request::MediaStart {})
@@ -72,8 +124,14 @@ impl Participant {
             Err(_) => return false,
         };
         if let ServerMessage::MediaOffer { sdp, .. } = &event {
+            let sdp = match self.via {
+                Some((from, to)) => {
+                    sdp.replace(&format!(" {from} typ host"), &format!(" {to} typ host"))
+                }
+                None => sdp.clone(),
+            };
             self.media
-                .accept_offer(&self.client, sdp.clone())
+                .accept_offer(&self.client, sdp)
                 .await
                 .expect("offer answered");
             self.offers.push(event);
@@ -145,5 +203,150 @@ impl Participant {
                 return p;
             }
         }
+    }
+}
+
+/// Closest to the wire of anything in a client's chain: on receive, before
+/// the NACK generator looks for gaps; on send, after everything else.
+const WIRE: usize = 100;
+
+/// Rewrites, on send, the SSRC of every RTP packet whose payload starts with
+/// `prefix` to `ssrc`: media on a stream the client never negotiated. (The
+/// client's own sender refuses an undeclared SSRC, so it is forged past it.)
+pub struct ForgeSsrc {
+    prefix: &'static [u8],
+    ssrc: u32,
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+impl ForgeSsrc {
+    pub fn install(prefix: &'static [u8], ssrc: u32, registry: Registry) -> Registry {
+        registry.with(
+            Slot::from(WIRE),
+            ForgeSsrc {
+                prefix,
+                ssrc,
+                read_queue: VecDeque::new(),
+                write_queue: VecDeque::new(),
+            },
+        )
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for ForgeSsrc {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
+        if let Packet::Rtp(rtp) = &mut msg.message.packet
+            && rtp.payload.starts_with(self.prefix)
+        {
+            rtp.header.ssrc = self.ssrc;
+        }
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write_queue.pop_front()
+    }
+}
+
+impl Interceptor for ForgeSsrc {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// A UDP relay between one client and the server's media port that loses,
+/// while armed, the first copy of every video RTP packet whose sequence
+/// number is a multiple of `every`: loss on the wire, before SRTP, as a
+/// real path loses packets. (Lost after decryption, a retransmission would
+/// be rejected by the client's SRTP replay check as a duplicate.) RTP
+/// headers are readable under SRTP, so it picks by payload type and
+/// sequence number; everything else passes both ways.
+pub struct LossyRelay {
+    pub local: SocketAddr,
+    server: SocketAddr,
+    armed: Arc<AtomicBool>,
+    /// (SSRC, sequence number) of each packet lost, in order.
+    lost: Arc<Mutex<Vec<(u32, u16)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyRelay {
+    pub async fn start(server: SocketAddr, payload_type: u8, every: u16) -> LossyRelay {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("relay socket");
+        let local = socket.local_addr().expect("relay address");
+        let armed = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(Mutex::new(Vec::new()));
+        let (armed_in, lost_in) = (armed.clone(), lost.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut client: Option<SocketAddr> = None;
+            let mut seen = HashSet::new();
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let data = &buf[..n];
+                if from != server {
+                    client = Some(from);
+                    let _ = socket.send_to(data, server).await;
+                    continue;
+                }
+                let Some(to) = client else { continue };
+                // RFC 7983: RTP and RTCP start with 128..=191; RTCP's types
+                // (200..) never equal a dynamic payload type with the marker.
+                if n >= 12
+                    && (128..=191).contains(&data[0])
+                    && data[1] & 0x7f == payload_type
+                    && armed_in.load(Ordering::SeqCst)
+                {
+                    let seq = u16::from_be_bytes([data[2], data[3]]);
+                    let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+                    if seq.is_multiple_of(every) && seen.insert((ssrc, seq)) {
+                        lost_in.lock().expect("not poisoned").push((ssrc, seq));
+                        continue;
+                    }
+                }
+                let _ = socket.send_to(data, to).await;
+            }
+        });
+        LossyRelay {
+            local,
+            server,
+            armed,
+            lost,
+            task,
+        }
+    }
+
+    /// Starts (or stops) losing packets.
+    pub fn arm(&self, on: bool) {
+        self.armed.store(on, Ordering::SeqCst);
+    }
+
+    pub fn lost(&self) -> Vec<(u32, u16)> {
+        self.lost.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
