@@ -41,7 +41,7 @@ function moderator.on_speaking(user, speaking)
     warn = bot.after(limit - warn, function()
       bot.send_data({
         kind = "warning",
-        text = "You will be muted in " .. (warn // 1000) .. " s unless you pause.",
+        text = "You will be muted in " .. math.ceil(warn / 1000) .. " s unless you pause.",
       }, user)
     end),
     mute = bot.after(limit, function()

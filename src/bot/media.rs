@@ -351,8 +351,8 @@ async fn receive(
     events: mpsc::Sender<MediaEvent>,
 ) {
     loop {
-        let Some(received) = session.next_packet(Duration::from_secs(3600)).await else {
-            continue;
+        let Some(received) = session.recv().await else {
+            return;
         };
         if received.kind != MediaKind::Audio || received.user.as_str() == me {
             continue;
