@@ -156,7 +156,8 @@ async fn join(spec: &Spec, shared: &Shared) -> Result<(Participant, Duration), S
 
 /// Per publisher: where its audio and video streams are.
 struct Sender {
-    frames: u64,
+    audio_frames: u64,
+    video_frames: u64,
     audio_ts: u32,
     video_seq: u16,
     video_ts: u32,
@@ -181,12 +182,12 @@ async fn run(
     let mut video_tick = interval(source::VIDEO_INTERVAL);
     let mut housekeeping = interval(HOUSEKEEPING);
     let mut sender = Sender {
-        frames: 0,
+        audio_frames: 0,
+        video_frames: 0,
         audio_ts: rand::random(),
         video_seq: rand::random(),
         video_ts: rand::random(),
     };
-    let mut audio_frames = 0u64;
     let (mut started, mut sending, mut stopping) = (false, false, false);
     // Armed at the stop signal.
     let drain_deadline = tokio::time::sleep(Duration::from_secs(86_400));
@@ -211,8 +212,8 @@ async fn run(
             }
             _ = &mut drain_deadline, if stopping => break,
             _ = audio_tick.tick(), if sending => {
-                let (payload, level) = shared.audio.frame(audio_frames);
-                audio_frames += 1;
+                let (payload, level) = shared.audio.frame(sender.audio_frames);
+                sender.audio_frames += 1;
                 let sent = participant.send_audio(payload, sender.audio_ts, *level).await;
                 sender.audio_ts = sender.audio_ts.wrapping_add(source::AUDIO_TICKS);
                 counted(sent, MediaKind::Audio, outcome, shared);
@@ -260,8 +261,8 @@ async fn send_frame(
     outcome: &mut Outcome,
     shared: &Shared,
 ) {
-    let payloads = shared.frames.frame(sender.frames);
-    sender.frames += 1;
+    let payloads = shared.frames.frame(sender.video_frames);
+    sender.video_frames += 1;
     let Some(media) = participant.media() else {
         return;
     };

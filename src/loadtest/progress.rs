@@ -48,7 +48,7 @@ pub(crate) struct Watched {
     pub rss_peak: Option<u64>,
 }
 
-/// Reports progress every second until `stop`.
+/// Reports progress every second, and once more at `stop`.
 pub(crate) async fn watch(
     shared: Arc<Shared>,
     scraper: Scraper,
@@ -61,6 +61,8 @@ pub(crate) async fn watch(
     let mut watched = Watched::default();
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: the first view comes a second in.
+    tick.tick().await;
     let live = &shared.live;
     let mut last = (
         Instant::now(),
@@ -70,10 +72,11 @@ pub(crate) async fn watch(
         None::<f64>,
     );
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return watched,
-            _ = tick.tick() => {}
-        }
+        // One last view at the end, so even a short run shows one.
+        let last_view = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
         let server = scraper.scrape().await.ok();
         let now = Instant::now();
         let (sent, received) = (Live::get(&live.sent), Live::get(&live.received));
@@ -99,6 +102,9 @@ pub(crate) async fn watch(
             server_rss_bytes: rss,
             own_cpu_percent: percent(own_cpu, last_own),
         });
+        if last_view {
+            return watched;
+        }
         last = (now, sent, received, own_cpu, server_cpu);
     }
 }

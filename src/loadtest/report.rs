@@ -69,6 +69,10 @@ pub struct MediaReport {
     pub packets_lost: u64,
     /// `packets_lost` of `packets_received + packets_lost`.
     pub loss_percent: f64,
+    /// What never arrived, of `packets_expected`: sequence gaps plus
+    /// packets lost before a track's first arrival or after its last
+    /// (dropped by the server before forwarding, or at the very start or end).
+    pub undelivered_percent: f64,
     /// RFC 3550 interarrival jitter: each track's estimate averaged over
     /// its packets, then the mean over tracks.
     pub jitter_mean_ms: f64,
@@ -252,7 +256,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "\n{:<6} {:>17} {:>11} {:>12} {:>12} {:>9} {:>7} {:>17}",
+            "\n{:<6} {:>17} {:>11} {:>12} {:>12} {:>9} {:>7} {:>12} {:>17}",
             "media",
             "tracks recv/exp",
             "sent",
@@ -260,6 +264,7 @@ impl Report {
             "received",
             "lost",
             "loss",
+            "undelivered",
             "jitter mean/max"
         );
         let rows = std::iter::once(("audio", &self.audio))
@@ -267,7 +272,7 @@ impl Report {
         for (name, m) in rows {
             let _ = writeln!(
                 out,
-                "{:<6} {:>17} {:>11} {:>12} {:>12} {:>9} {:>6.2}% {:>17}",
+                "{:<6} {:>17} {:>11} {:>12} {:>12} {:>9} {:>6.2}% {:>11.2}% {:>17}",
                 name,
                 format!("{}/{}", m.tracks_received, m.tracks_expected),
                 m.packets_sent,
@@ -275,6 +280,7 @@ impl Report {
                 m.packets_received,
                 m.packets_lost,
                 m.loss_percent,
+                m.undelivered_percent,
                 format!("{:.1} / {:.1} ms", m.jitter_mean_ms, m.jitter_max_ms)
             );
         }
@@ -297,7 +303,7 @@ impl Report {
         }
         if let Some(n) = v.forwarded_packets {
             let _ = write!(out, "  forwarded {n} packets");
-            if let Some(per) = v.forwarded_per_cpu_second {
+            if let Some(per) = v.forwarded_per_cpu_second.filter(|p| *p > 0.0) {
                 let _ = write!(out, ", {per:.0} per CPU-second ({:.1} µs each)", 1e6 / per);
             }
             out.push('\n');
@@ -378,6 +384,10 @@ fn media(outcomes: &[Outcome], kind: MediaKind) -> MediaReport {
     let seen = m.packets_received + m.packets_lost;
     if seen > 0 {
         m.loss_percent = 100.0 * m.packets_lost as f64 / seen as f64;
+    }
+    if m.packets_expected > 0 {
+        let missing = m.packets_expected.saturating_sub(m.packets_received);
+        m.undelivered_percent = 100.0 * missing as f64 / m.packets_expected as f64;
     }
     if m.tracks_received > 0 {
         m.jitter_mean_ms = jitter_sum / m.tracks_received as f64;
@@ -460,6 +470,8 @@ mod tests {
         assert_eq!((a.packets_sent, a.packets_expected), (100, 200));
         assert_eq!((a.packets_received, a.packets_lost), (99, 1));
         assert!((a.loss_percent - 1.0).abs() < 1e-9);
+        // r0-s1 heard nothing: 101 of the 200 expected never arrived.
+        assert!((a.undelivered_percent - 50.5).abs() < 1e-9);
         assert_eq!(report.errors.len(), 1);
         assert_eq!(
             report.errors[0].to_string(),
