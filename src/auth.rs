@@ -127,6 +127,36 @@ impl Identity {
     }
 }
 
+/// A token's `attrs` as permission plugins receive them: one `key=value`
+/// line per top-level attribute. Strings go as they are, numbers and booleans
+/// as their JSON text, arrays and objects as compact JSON; `null` and keys a
+/// line cannot hold (empty, or with `=` or a line break) are left out, and a
+/// line break inside a value becomes a space.
+pub fn attr_lines(attrs: &serde_json::Value) -> String {
+    let Some(attrs) = attrs.as_object() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (key, value) in attrs {
+        if key.is_empty() || key.contains(['=', '\n', '\r']) {
+            continue;
+        }
+        let text = match value {
+            serde_json::Value::Null => continue,
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push_str(key);
+        out.push('=');
+        out.extend(
+            text.chars()
+                .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+        );
+        out.push('\n');
+    }
+    out
+}
+
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -265,6 +295,19 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attrs_become_one_line_each() {
+        let attrs = serde_json::json!({
+            "teacher": true, "grade": 7, "nick": "Al\nBert", "tags": ["a", "b"],
+            "gone": null, "a=b": 1,
+        });
+        assert_eq!(
+            attr_lines(&attrs),
+            "grade=7\nnick=Al Bert\ntags=[\"a\",\"b\"]\nteacher=true\n"
+        );
+        assert_eq!(attr_lines(&serde_json::json!(null)), "");
+    }
 
     #[test]
     fn globs() {

@@ -4,7 +4,10 @@
 //! Environment variables name a key by section and field joined with a double
 //! underscore: `CONCLAVE_SERVER__BIND=0.0.0.0:7880`,
 //! `CONCLAVE_AUTH__SECRET=...`. Unknown keys are refused, with the key named,
-//! so a typo never silently falls back to a default.
+//! so a typo never silently falls back to a default. A `CONCLAVE_*` variable
+//! without the double underscore is not a configuration key (the command line
+//! reads some, like `CONCLAVE_CONFIG`); the binary warns about ones it does
+//! not know either.
 //! examples/conclave.toml lists every key with its default.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -272,6 +275,8 @@ impl<'de> Deserialize<'de> for PortRange {
 pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter: `info`, `conclave=debug`, ...; `RUST_LOG` wins.
+    /// The default keeps the WebRTC stack's chatter (ICE and DTLS state
+    /// changes per peer) to warnings.
     pub level: String,
 }
 
@@ -279,7 +284,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Human,
-            level: "info".into(),
+            level: crate::telemetry::DEFAULT_LOG_FILTER.into(),
         }
     }
 }
@@ -302,7 +307,14 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("CONCLAVE_").split("__"));
+        // Only `CONCLAVE_<SECTION>__<KEY>` names a key; other `CONCLAVE_*`
+        // variables belong to the command line (`CONCLAVE_CONFIG`,
+        // `CONCLAVE_BOT_TOKEN`) and are none of the configuration's business.
+        figment = figment.merge(
+            Env::prefixed("CONCLAVE_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         figment.extract().map_err(|e| {
             let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             ConfigError(messages.join("; "))

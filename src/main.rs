@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::config::Config;
@@ -131,9 +131,37 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
+/// `CONCLAVE_*` variables that are neither configuration keys
+/// (`CONCLAVE_<SECTION>__<KEY>`) nor read by any command's options: most
+/// likely a configuration key with a single underscore.
+fn stray_env_vars() -> Vec<String> {
+    let mut known: Vec<String> = Vec::new();
+    let cli = Cli::command();
+    let mut commands = vec![&cli];
+    while let Some(command) = commands.pop() {
+        commands.extend(command.get_subcommands());
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                known.push(env.to_string_lossy().into_owned());
+            }
+        }
+    }
+    std::env::vars_os()
+        .filter_map(|(key, _)| key.into_string().ok())
+        .filter(|key| key.starts_with("CONCLAVE_") && !key.contains("__"))
+        .filter(|key| !known.contains(key))
+        .collect()
+}
+
 fn serve(dev: bool, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref())?;
     conclave::telemetry::init_logging(config.log.format, &config.log.level);
+    for key in stray_env_vars() {
+        tracing::warn!(
+            "ignoring {key}: configuration keys are CONCLAVE_<SECTION>__<KEY>, \
+             with two underscores (CONCLAVE_SERVER__BIND)"
+        );
+    }
     if !dev && config.auth.secret.is_none() {
         bail!(
             "no auth secret configured: set [auth] secret (32+ bytes) or CONCLAVE_AUTH__SECRET, \

@@ -114,8 +114,9 @@ impl Server {
         let stop_accepting = CancellationToken::new();
 
         let kv = SqliteKv::open(&config.server.data_dir.join(crate::store::sqlite::DB_FILE))?;
-        let catalog =
-            Catalog::open(config.policy.clone()).map_err(|e| ServerError::Policy(e.to_string()))?;
+        let metrics = Metrics::new();
+        let catalog = Catalog::open_with(config.policy.clone(), metrics.catalog.clone())
+            .map_err(|e| ServerError::Policy(e.to_string()))?;
         let watcher = if config.policy.watch {
             let watcher = crate::policy::reload::watch(catalog.clone(), stop_accepting.clone())
                 .map_err(|e| ServerError::Policy(format!("cannot watch for changes: {e}")))?;
@@ -123,7 +124,6 @@ impl Server {
         } else {
             None
         };
-        let metrics = Metrics::new();
         let rooms = Rooms::with_policies(
             config.rooms.settings(),
             config.rooms.max_rooms,

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub request_seconds: Family<RequestLabel, Histogram>,
     pub rejected_frames: Family<ReasonLabel, Counter>,
     pub media: Arc<crate::media::MediaMetrics>,
+    pub catalog: Arc<crate::policy::catalog::CatalogMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,8 +110,15 @@ impl Metrics {
         );
         let media = Arc::new(crate::media::MediaMetrics::default());
         media.register(registry);
+        let catalog = Arc::new(crate::policy::catalog::CatalogMetrics::default());
+        registry.register(
+            "policy_loads",
+            "Reads of script and plugin files, by kind and outcome: loaded, failed, unchanged, deleted",
+            catalog.loads.clone(),
+        );
         Arc::new(Metrics {
             media,
+            catalog,
             registry: root,
             rooms,
             members,
@@ -213,12 +221,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// What is logged unless told otherwise: conclave's own lines from `info`,
+/// everyone else's (the WebRTC stack logs every ICE and DTLS state change of
+/// every peer at `info`) from `warn`.
+pub const DEFAULT_LOG_FILTER: &str = "warn,conclave=info";
+
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.try_init(),

@@ -549,6 +549,55 @@ async fn the_bot_command_runs_a_script_against_a_server() {
     assert_eq!(greeting["text"], "Hi there, Alice!");
 }
 
+#[tokio::test]
+async fn the_bot_command_says_what_the_bot_does() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("chatty.lua");
+    std::fs::write(
+        &script,
+        "local b = {}\n\
+         function b.on_joined(room) bot.log('hello from', room) end\n\
+         function b.on_member_joind(m) end\n\
+         return b\n",
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
+        .args([
+            "bot", "--dev", "--user", "chatty", "--room", "hall", "--url",
+        ])
+        .arg(srv.ws_url())
+        .arg(&script)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("conclave bot starts");
+    let mut child = KillOnDrop(child);
+    // Joined means signaling and media: the line comes once both are up.
+    common::eventually("the bot to say it joined", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("bot joined room"))
+    })
+    .await;
+    let (status, body) = srv
+        .delete("/api/rooms/hall/members/chatty", Some(&srv.admin_token()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let exit = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.success(), "{exit:?}:\n{log}");
+    for line in [
+        "bot joined room `hall` as `chatty`",
+        "hello from hall",
+        "`on_member_joind` is not a hook and is never called; did you mean `on_member_joined`?",
+        "bot was kicked from the room",
+    ] {
+        assert!(log.contains(line), "`{line}` missing from:\n{log}");
+    }
+}
+
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {

@@ -56,6 +56,21 @@ fn unknown_config_keys_are_named() {
 }
 
 #[test]
+fn environment_variables_that_are_no_config_keys_do_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real config key with a typo is still refused, and named.
+    let out = conclave()
+        .args(["serve", "--dev"])
+        .env("CONCLAVE_SERVER__DATA_DIR", dir.path())
+        .env("CONCLAVE_ROOMS__EMPTY_TIMOUT", "5s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("empty_timout"), "{err}");
+}
+
+#[test]
 fn token_mints_what_it_is_told() {
     let out = conclave()
         .args([
@@ -105,12 +120,19 @@ fn token_mints_what_it_is_told() {
 #[tokio::test]
 async fn serve_dev_prints_a_working_token_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
     let mut child = conclave()
         .args(["serve", "--dev"])
+        .current_dir(dir.path())
         .env("CONCLAVE_SERVER__BIND", "0.0.0.0:0")
         .env("CONCLAVE_SERVER__DATA_DIR", dir.path())
+        .env("CONCLAVE_MEDIA__UDP_PORT", "0")
+        // Read by `conclave bot`, not by the server: must not stop it.
+        .env("CONCLAVE_BOT_TOKEN", "not-a-config-key")
+        // A config key with one underscore too few: warned about.
+        .env("CONCLAVE_SERVER_BIND", "127.0.0.1:1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -141,6 +163,15 @@ async fn serve_dev_prints_a_working_token_and_stops_on_sigterm() {
     let hello = client.hello(&token).await.unwrap();
     assert_eq!(hello.user.as_str(), "dev");
     client.create("from-cli-test", "").await.unwrap();
+    client
+        .join(
+            "from-cli-test",
+            conclave::signal::protocol::Mode::Audio,
+            None,
+        )
+        .await
+        .unwrap();
+    client.leave().await.unwrap();
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -152,4 +183,19 @@ async fn serve_dev_prints_a_working_token_and_stops_on_sigterm() {
         .unwrap();
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
     assert!(dir.path().join("conclave.db").exists());
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    // Started somewhere without scripts/: said so, with where it looked.
+    assert!(log.contains("no scripts directory at scripts"), "{log}");
+    assert!(log.contains("ignoring CONCLAVE_SERVER_BIND"), "{log}");
+    assert!(!log.contains("CONCLAVE_BOT_TOKEN"), "{log}");
+    // A file gets plain text, not terminal colours.
+    assert!(!log.contains('\x1b'), "{log}");
+    // The room's own lines are not filed under the connection that created it.
+    let closing = log
+        .lines()
+        .find(|l| l.contains("room closing"))
+        .expect("the room logged its closing");
+    assert!(closing.contains("room{room=from-cli-test"), "{closing}");
+    assert!(!closing.contains("conn{"), "{closing}");
 }

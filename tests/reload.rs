@@ -292,3 +292,128 @@ async fn reload_under_load_fails_no_request() {
     assert!(done.load(Ordering::Relaxed) > 0);
     srv.shutdown().await;
 }
+
+/// `conclave_policy_loads_total` for scripts, by outcome.
+async fn script_loads(srv: &TestServer) -> std::collections::BTreeMap<String, u64> {
+    let (_, body) = srv.get("/metrics", None).await;
+    let text = body.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .filter(|l| l.starts_with("conclave_policy_loads_total{kind=\"script\""))
+        .filter_map(|l| {
+            let outcome = l.split("outcome=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((outcome.to_owned(), value))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_broken_script_is_read_once_and_the_server_stays_quiet() {
+    let srv = TestServer::start().await;
+    save(
+        &srv.data_dir.path().join("scripts/broken.lua"),
+        "return { can_join = function( end }",
+    );
+    common::eventually("the broken script to be reported", || async {
+        script_loads(&srv).await.get("failed") == Some(&1)
+    })
+    .await;
+    // Reading the file makes the watcher see opens and closes, which must
+    // not count as changes. Proving that nothing more happens takes a
+    // window: many debounce periods (30 ms each) with no further read.
+    tokio::time::sleep(srv.state().config.policy.debounce * 20).await;
+    let loads = script_loads(&srv).await;
+    assert_eq!(loads.values().sum::<u64>(), 1, "{loads:?}");
+
+    // Saving the same broken text again is one more read, not another
+    // compile and error report; a real change is read and compiled.
+    save(
+        &srv.data_dir.path().join("scripts/broken.lua"),
+        "return { can_join = function( end }",
+    );
+    common::eventually("the unchanged save to be read", || async {
+        script_loads(&srv).await.get("unchanged") == Some(&1)
+    })
+    .await;
+    assert_eq!(script_loads(&srv).await.get("failed"), Some(&1));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_misspelt_hook_is_reported_with_the_hook_it_resembles() {
+    let srv = TestServer::start().await;
+    srv.script(
+        "typo",
+        "local p = {}\nfunction p.can_joni(req) return false end\n\
+         function p.helper() end\np.limit = 3\nreturn p",
+    )
+    .await;
+    let body = policies(&srv).await;
+    let warnings = &body["scripts"][0]["warnings"];
+    assert_eq!(warnings.as_array().map(Vec::len), Some(2), "{body}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("`can_joni` is not a hook and is never called; did you mean `can_join`?"),
+        "{body}"
+    );
+    assert_eq!(
+        warnings[1], "`helper` is not a hook and is never called",
+        "{body}"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_policy_that_failed_to_load_is_not_reported_as_missing() {
+    let srv = TestServer::start().await;
+    let path = srv.data_dir.path().join("scripts/broken.lua");
+    save(&path, "return { can_join = function( end }");
+    common::eventually("the broken script to be reported", || async {
+        policies(&srv).await["scripts"][0]["last_error"].is_string()
+    })
+    .await;
+    let owner = srv.client("owner").await;
+    let err = owner
+        .create_with_policy("r", "", Some("broken"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::Internal), "{err}");
+    assert!(err.to_string().contains("failed to load"), "{err}");
+    assert!(err.to_string().contains("GET /api/policies"), "{err}");
+    let err = owner
+        .create_with_policy("r", "", Some("nonesuch"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::BadRequest), "{err}");
+    assert!(
+        err.to_string().contains("no room policy named `nonesuch`"),
+        "{err}"
+    );
+
+    // The broken script's path is shown although it never loaded, and the
+    // same way as the directory is configured, before and after a reload.
+    let expected = srv
+        .state()
+        .config
+        .policy
+        .scripts_dir
+        .join("broken.lua")
+        .display()
+        .to_string();
+    assert_eq!(
+        policies(&srv).await["scripts"][0]["path"],
+        expected.as_str()
+    );
+    save(&path, &gate("fixed"));
+    common::eventually("the fix to load", || async {
+        policies(&srv).await["scripts"][0]["version"].is_string()
+    })
+    .await;
+    assert_eq!(
+        policies(&srv).await["scripts"][0]["path"],
+        expected.as_str()
+    );
+    srv.shutdown().await;
+}

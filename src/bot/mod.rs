@@ -96,6 +96,17 @@ pub enum Ended {
     ConnectionLost,
 }
 
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Left => f.write_str("left the room"),
+            Ended::Kicked => f.write_str("was kicked from the room"),
+            Ended::Removed(reason) => write!(f, "was removed from the room ({})", reason.as_str()),
+            Ended::ConnectionLost => f.write_str("lost its connection to the server"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BotError {
     #[error("the bot's script cannot run: {0}")]
@@ -152,7 +163,7 @@ pub fn spawn_supervised(
             let stop = shutdown.clone();
             let started = std::time::Instant::now();
             match run(config.clone(), async move { stop.cancelled().await }).await {
-                Ok(ended) => tracing::info!(room = %config.room, ?ended, "server bot ended"),
+                Ok(ended) => tracing::info!(room = %config.room, "server bot {ended}"),
                 Err(e) => tracing::warn!(room = %config.room, error = %e, "server bot failed"),
             }
             if shutdown.is_cancelled() {
@@ -209,7 +220,13 @@ pub struct BotArgs {
 }
 
 /// The binary's edge for `conclave bot`: runs until the bot ends or Ctrl-C.
+/// Logs go to stderr (`RUST_LOG` filters; `info` by default): that the bot
+/// joined, what its script logs (`bot.log`), hook errors and how it ended.
 pub async fn run_cli(args: BotArgs) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(
+        crate::telemetry::LogFormat::Human,
+        crate::telemetry::DEFAULT_LOG_FILTER,
+    );
     // Without --token, clap has made sure --dev was given.
     let token = match args.token {
         Some(token) => token,
@@ -236,10 +253,9 @@ pub async fn run_cli(args: BotArgs) -> anyhow::Result<()> {
         config.media_dir = dir;
     }
     config.record_dir = args.record_dir;
-    let ended = run(config, async {
+    run(config, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
-    eprintln!("bot ended: {ended:?}");
     Ok(())
 }

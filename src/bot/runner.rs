@@ -36,7 +36,7 @@ pub async fn run(config: BotConfig, shutdown: impl Future<Output = ()>) -> Resul
     let me = participant.hello().user.as_str().to_owned();
     let span = tracing::info_span!("bot", room = %config.room, user = %me);
     async move {
-        tracing::info!(script = %config.script.display(), "bot joined");
+        tracing::info!(script = %config.script.display(), "bot joined room `{}` as `{me}`", config.room);
         let (media_tx, media_rx) = mpsc::channel(64);
         let session = participant.media_handle().expect("bots always start media");
         let media = BotMedia::new(session, &me, &config.record_dir, media_tx);
@@ -111,7 +111,7 @@ impl Runner {
         if let Some(session) = self.participant.media() {
             session.close().await;
         }
-        tracing::info!(?ended, "bot ended");
+        tracing::info!("bot {ended}");
         Ok(ended)
     }
 

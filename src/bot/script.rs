@@ -19,6 +19,20 @@ use serde_json::Value as Json;
 use crate::policy::lua::sandbox::{self, Budget, LuaLimits};
 use crate::signal::protocol::{MediaKind, MemberInfo, Role};
 
+/// Every hook a bot script may define.
+pub const HOOKS: &[&str] = &[
+    "on_joined",
+    "on_member_joined",
+    "on_member_left",
+    "on_role_changed",
+    "on_mute_changed",
+    "on_speaking",
+    "on_data",
+    "on_play_ended",
+    "on_error",
+    "on_left",
+];
+
 /// Something a script asked the bot to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -166,6 +180,9 @@ impl BotScript {
                 value.type_name()
             )));
         };
+        for warning in crate::policy::lua::hook_warnings(&hooks, HOOKS) {
+            tracing::warn!(script = %label, "{warning}");
+        }
         Ok(BotScript {
             lua,
             budget,

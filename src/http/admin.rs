@@ -32,6 +32,22 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/rooms/{room}/members/{user}/role", post(set_role))
         .route("/records", get(records))
         .route("/policies", get(policies))
+        .route("/plugins/{name}", axum::routing::delete(unload_plugin))
+}
+
+/// Unloads a plugin whose file was deleted (see `Catalog::unload_plugin`).
+async fn unload_plugin(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    state
+        .rooms
+        .catalog()
+        .unload_plugin(&name)
+        .map_err(Failure::from)?;
+    tracing::info!(plugin = %name, by = %admin.user, "plugin unloaded by admin");
+    Ok(Json(json!({})).into_response())
 }
 
 /// An API error: protocol status plus message.

@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -122,6 +125,14 @@ pub fn short_hash(bytes: &[u8]) -> String {
 struct Entry<T> {
     current: Option<Arc<T>>,
     last_error: Option<String>,
+    /// Content hash of the last version that failed to load: the same broken
+    /// file is compiled and reported once, not again at every file event.
+    failed_hash: Option<String>,
+    /// Where the file is (or was), as the configured directory names it.
+    path: Option<PathBuf>,
+    /// What the current version's load noticed (a function under a name
+    /// that is no hook, say).
+    warnings: Vec<String>,
     deleted: bool,
 }
 
@@ -131,8 +142,76 @@ impl<T> Default for Entry<T> {
         Entry {
             current: None,
             last_error: None,
+            failed_hash: None,
+            path: None,
+            warnings: Vec::new(),
             deleted: false,
         }
+    }
+}
+
+impl<T: Versioned> Entry<T> {
+    /// Whether `hash` is already what this entry holds, good or broken.
+    fn holds(&self, hash: &str) -> bool {
+        if self.deleted {
+            return false;
+        }
+        self.current.as_deref().is_some_and(|c| c.hash() == hash)
+            || self.failed_hash.as_deref() == Some(hash)
+    }
+}
+
+/// What the catalog keeps versions of: scripts and plugins.
+trait Versioned: Sized {
+    /// `script` or `plugin`, for logs and metrics.
+    const KIND: &'static str;
+    fn entries(state: &mut State) -> &mut BTreeMap<String, Entry<Self>>;
+    fn hash(&self) -> &str;
+
+    fn entry<'s>(state: &'s mut State, name: &str) -> &'s mut Entry<Self> {
+        Self::entries(state).entry(name.to_owned()).or_default()
+    }
+}
+
+impl Versioned for Script {
+    const KIND: &'static str = "script";
+    fn entries(state: &mut State) -> &mut BTreeMap<String, Entry<Self>> {
+        &mut state.scripts
+    }
+    fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+impl Versioned for Plugin {
+    const KIND: &'static str = "plugin";
+    fn entries(state: &mut State) -> &mut BTreeMap<String, Entry<Self>> {
+        &mut state.plugins
+    }
+    fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+/// How one read of a script or plugin file ended, for the
+/// `conclave_policy_loads_total` metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabel {
+    /// `script` or `plugin`.
+    pub kind: &'static str,
+    /// `loaded`, `failed`, `unchanged` (same content as before) or `deleted`.
+    pub outcome: &'static str,
+}
+
+/// The catalog's counters; registered with the server's metrics.
+#[derive(Debug, Default)]
+pub struct CatalogMetrics {
+    pub loads: Family<LoadLabel, Counter>,
+}
+
+impl CatalogMetrics {
+    fn count(&self, kind: &'static str, outcome: &'static str) {
+        self.loads.get_or_create(&LoadLabel { kind, outcome }).inc();
     }
 }
 
@@ -150,6 +229,7 @@ pub struct Catalog {
     host: PluginHost,
     state: Mutex<State>,
     generation: watch::Sender<u64>,
+    metrics: Arc<CatalogMetrics>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -171,6 +251,10 @@ pub struct VersionStatus {
     pub path: Option<String>,
     /// The last failed load, cleared by the next good one.
     pub last_error: Option<String>,
+    /// What loading the current version noticed: functions returned under
+    /// names that are no hook (`can_joni`: did you mean `can_join`?).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The file is gone; the last good version keeps running.
     pub deleted: bool,
 }
@@ -179,6 +263,26 @@ pub struct VersionStatus {
 pub struct CatalogStatus {
     pub scripts: Vec<VersionStatus>,
     pub plugins: Vec<VersionStatus>,
+}
+
+/// Why a plugin could not be unloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UnloadError {
+    #[error("no plugin named `{0}` is loaded")]
+    NoSuchPlugin(String),
+    #[error("{0} still exists: delete or move it first, or the next change to it loads it again")]
+    StillOnDisk(String),
+}
+
+impl From<UnloadError> for crate::status::Failure {
+    fn from(e: UnloadError) -> Self {
+        use crate::status::{Failure, Status};
+        let status = match e {
+            UnloadError::NoSuchPlugin(_) => Status::NotFound,
+            UnloadError::StillOnDisk(_) => Status::Conflict,
+        };
+        Failure::new(status, e.to_string())
+    }
 }
 
 /// What kind of file a path is, for the watcher.
@@ -192,13 +296,32 @@ impl Catalog {
     /// Loads every script and plugin found. Broken files are recorded, not
     /// fatal: the server starts and reports them.
     pub fn open(config: PolicyConfig) -> Result<Arc<Catalog>, super::wasm::PluginError> {
+        Self::open_with(config, Arc::default())
+    }
+
+    /// [`Catalog::open`], counting into `metrics` (the server's).
+    pub fn open_with(
+        config: PolicyConfig,
+        metrics: Arc<CatalogMetrics>,
+    ) -> Result<Arc<Catalog>, super::wasm::PluginError> {
         let host = PluginHost::new(config.wasm.clone())?;
         let catalog = Arc::new(Catalog {
             host,
             state: Mutex::new(State::default()),
             generation: watch::channel(0).0,
             config,
+            metrics,
         });
+        let scripts = &catalog.config.scripts_dir;
+        if !scripts.as_os_str().is_empty() && !scripts.is_dir() {
+            let absolute = std::path::absolute(scripts).unwrap_or_else(|_| scripts.clone());
+            tracing::warn!(
+                "no scripts directory at {} ({}): rooms run without a room policy. \
+                 Start conclave from the directory that holds scripts/, or set [policy] scripts_dir",
+                scripts.display(),
+                absolute.display(),
+            );
+        }
         for dir in [&catalog.config.scripts_dir, &catalog.config.plugins_dir] {
             if dir.as_os_str().is_empty() {
                 continue;
@@ -251,10 +374,21 @@ impl Catalog {
     /// (Re)loads the file at `path` if it is a script or plugin; a missing
     /// file marks its entry deleted. Returns whether anything changed.
     pub fn reload_path(&self, path: &Path) -> bool {
-        match self.classify(path) {
-            Some(FileKind::Script(name)) => self.reload_script(&name, path),
-            Some(FileKind::Plugin(name)) => self.reload_plugin(&name, path),
-            None => false,
+        let Some(kind) = self.classify(path) else {
+            return false;
+        };
+        // Named the way the configuration names its directory, whether the
+        // path came from a directory listing or from the file watcher.
+        let Some(file) = path.file_name() else {
+            return false;
+        };
+        match kind {
+            FileKind::Script(name) => {
+                self.reload_script(&name, &self.config.scripts_dir.join(file))
+            }
+            FileKind::Plugin(name) => {
+                self.reload_plugin(&name, &self.config.plugins_dir.join(file))
+            }
         }
     }
 
@@ -262,31 +396,22 @@ impl Catalog {
         let source = match std::fs::read_to_string(path) {
             Ok(source) => source,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return self.mark_deleted(|s| s.scripts.entry(name.into()).or_default(), name);
+                return self.mark_deleted::<Script>(name);
             }
             Err(e) => {
-                self.record_error(
-                    |s| s.scripts.entry(name.into()).or_default(),
-                    name,
-                    e.to_string(),
-                );
+                self.record_error::<Script>(name, path, None, e.to_string());
                 return false;
             }
         };
         let hash = short_hash(source.as_bytes());
-        {
-            let state = self.state.lock().expect("catalog lock poisoned");
-            if let Some(entry) = state.scripts.get(name)
-                && entry.current.as_ref().is_some_and(|c| c.hash == hash)
-                && !entry.deleted
-            {
-                return false; // saved without changes
-            }
+        if self.holds::<Script>(name, &hash) {
+            // Saved without changes, or the same broken text again.
+            return false;
         }
         let script = Arc::new(Script {
             name: name.into(),
             source: source.into(),
-            hash,
+            hash: hash.clone(),
             loaded_at_ms: crate::room::now().unix_ms,
             path: path.to_path_buf(),
         });
@@ -301,19 +426,26 @@ impl Catalog {
             &self.config.lua,
             None,
         );
-        if let Err(e) = probe {
-            self.record_error(
-                |s| s.scripts.entry(name.into()).or_default(),
-                name,
-                e.message,
-            );
-            return false;
+        let probe = match probe {
+            Ok(probe) => probe,
+            Err(e) => {
+                self.record_error::<Script>(name, path, Some(hash), e.message);
+                return false;
+            }
+        };
+        let warnings = probe.warnings().to_vec();
+        for warning in &warnings {
+            tracing::warn!(script = %script.label(), "{warning}");
         }
         tracing::info!(script = %script.label(), "room policy loaded");
+        self.metrics.count(Script::KIND, "loaded");
         let mut state = self.state.lock().expect("catalog lock poisoned");
-        let entry = state.scripts.entry(name.into()).or_default();
+        let entry = Script::entry(&mut state, name);
         entry.current = Some(script);
         entry.last_error = None;
+        entry.failed_hash = None;
+        entry.path = Some(path.to_path_buf());
+        entry.warnings = warnings;
         entry.deleted = false;
         drop(state);
         self.bump();
@@ -321,30 +453,36 @@ impl Catalog {
     }
 
     fn reload_plugin(&self, name: &str, path: &Path) -> bool {
-        if !path.exists() {
-            return self.mark_deleted(|s| s.plugins.entry(name.into()).or_default(), name);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.mark_deleted::<Plugin>(name);
+            }
+            Err(e) => {
+                self.record_error::<Plugin>(name, path, None, e.to_string());
+                return false;
+            }
+        };
+        let hash = short_hash(&bytes);
+        if self.holds::<Plugin>(name, &hash) {
+            return false;
         }
         let settings = self.config.plugins.get(name).cloned().unwrap_or_default();
         let config_text = plugin_config_text(&settings.config);
         match self
             .host
-            .compile(name, path, &config_text, settings.failure_mode)
+            .compile(name, path, &bytes, &config_text, settings.failure_mode)
         {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
-                let mut state = self.state.lock().expect("catalog lock poisoned");
-                let entry = state.plugins.entry(name.into()).or_default();
-                if entry
-                    .current
-                    .as_ref()
-                    .is_some_and(|c| c.hash == plugin.hash)
-                    && !entry.deleted
-                {
-                    return false;
-                }
                 tracing::info!(plugin = %plugin.label(), "permission plugin loaded");
+                self.metrics.count(Plugin::KIND, "loaded");
+                let mut state = self.state.lock().expect("catalog lock poisoned");
+                let entry = Plugin::entry(&mut state, name);
                 entry.current = Some(plugin);
                 entry.last_error = None;
+                entry.failed_hash = None;
+                entry.path = Some(path.to_path_buf());
                 entry.deleted = false;
                 rebuild_plugin_set(&mut state);
                 drop(state);
@@ -352,19 +490,27 @@ impl Catalog {
                 true
             }
             Err(e) => {
-                self.record_error(
-                    |s| s.plugins.entry(name.into()).or_default(),
-                    name,
-                    e.to_string(),
-                );
+                self.record_error::<Plugin>(name, path, Some(hash), e.to_string());
                 false
             }
         }
     }
 
-    fn mark_deleted<T>(&self, entry: impl FnOnce(&mut State) -> &mut Entry<T>, name: &str) -> bool {
+    /// Whether the entry already holds the content with `hash` (counted as
+    /// an `unchanged` read when it does).
+    fn holds<T: Versioned>(&self, name: &str, hash: &str) -> bool {
         let mut state = self.state.lock().expect("catalog lock poisoned");
-        let entry = entry(&mut state);
+        let holds = T::entry(&mut state, name).holds(hash);
+        if holds {
+            self.metrics.count(T::KIND, "unchanged");
+        }
+        holds
+    }
+
+    fn mark_deleted<T: Versioned>(&self, name: &str) -> bool {
+        self.metrics.count(T::KIND, "deleted");
+        let mut state = self.state.lock().expect("catalog lock poisoned");
+        let entry = T::entry(&mut state, name);
         if !entry.deleted {
             entry.deleted = true;
             tracing::warn!(name, "file deleted; its last good version keeps running");
@@ -372,25 +518,63 @@ impl Catalog {
         false
     }
 
-    fn record_error<T>(
+    fn record_error<T: Versioned>(
         &self,
-        entry: impl FnOnce(&mut State) -> &mut Entry<T>,
         name: &str,
+        path: &Path,
+        hash: Option<String>,
         error: String,
     ) {
-        tracing::error!(name, %error, "load failed; the previous version (if any) keeps running");
+        self.metrics.count(T::KIND, "failed");
+        tracing::error!(name, path = %path.display(), %error, "load failed; the previous version (if any) keeps running");
         let mut state = self.state.lock().expect("catalog lock poisoned");
-        entry(&mut state).last_error = Some(error);
+        let entry = T::entry(&mut state, name);
+        entry.last_error = Some(error);
+        entry.failed_hash = hash;
+        entry.path = Some(path.to_path_buf());
+        entry.deleted = false;
     }
 
     fn bump(&self) {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Unloads a plugin whose file is gone: rooms stop consulting it at their
+    /// next event boundary. Deleting the file alone keeps the last good
+    /// version running (a permission check should not vanish because a file
+    /// did); this is the confirmation. Refused while the file exists, since
+    /// the next change to it would load it again.
+    pub fn unload_plugin(&self, name: &str) -> Result<(), UnloadError> {
+        let mut state = self.state.lock().expect("catalog lock poisoned");
+        let Some(entry) = state.plugins.get(name) else {
+            return Err(UnloadError::NoSuchPlugin(name.to_owned()));
+        };
+        if let Some(path) = entry.path.as_ref().filter(|p| p.exists()) {
+            return Err(UnloadError::StillOnDisk(path.display().to_string()));
+        }
+        state.plugins.remove(name);
+        rebuild_plugin_set(&mut state);
+        drop(state);
+        tracing::info!(plugin = name, "permission plugin unloaded");
+        self.bump();
+        Ok(())
+    }
+
     /// The current version of a script.
     pub fn script(&self, name: &str) -> Option<Arc<Script>> {
         let state = self.state.lock().expect("catalog lock poisoned");
         state.scripts.get(name).and_then(|e| e.current.clone())
+    }
+
+    /// Why a script that has no good version failed to load, if it did:
+    /// the script exists but is broken, as opposed to missing.
+    pub fn script_error(&self, name: &str) -> Option<String> {
+        let state = self.state.lock().expect("catalog lock poisoned");
+        state
+            .scripts
+            .get(name)
+            .filter(|e| e.current.is_none())
+            .and_then(|e| e.last_error.clone())
     }
 
     /// The loaded plugins, in name order.
@@ -440,7 +624,7 @@ impl Catalog {
         let state = self.state.lock().expect("catalog lock poisoned");
         fn list<T>(
             entries: &BTreeMap<String, Entry<T>>,
-            describe: impl Fn(&T) -> (String, i64, String),
+            describe: impl Fn(&T) -> (String, i64),
         ) -> Vec<VersionStatus> {
             entries
                 .iter()
@@ -450,20 +634,17 @@ impl Catalog {
                         name: name.clone(),
                         version: current.as_ref().map(|c| c.0.clone()),
                         loaded_at: current.as_ref().map(|c| c.1),
-                        path: current.map(|c| c.2),
+                        path: e.path.as_ref().map(|p| p.display().to_string()),
                         last_error: e.last_error.clone(),
+                        warnings: e.warnings.clone(),
                         deleted: e.deleted,
                     }
                 })
                 .collect()
         }
         CatalogStatus {
-            scripts: list(&state.scripts, |s| {
-                (s.hash.clone(), s.loaded_at_ms, s.display_path())
-            }),
-            plugins: list(&state.plugins, |p| {
-                (p.hash.clone(), p.loaded_at_ms, p.path.display().to_string())
-            }),
+            scripts: list(&state.scripts, |s| (s.hash.clone(), s.loaded_at_ms)),
+            plugins: list(&state.plugins, |p| (p.hash.clone(), p.loaded_at_ms)),
         }
     }
 }

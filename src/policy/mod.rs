@@ -76,7 +76,10 @@ pub struct Check<'a> {
     pub user: &'a str,
     /// Whom the action is aimed at; empty when nobody.
     pub target: &'a str,
+    /// The role asked for (join, set_role).
     pub role: Option<Role>,
+    /// The media kind (publish, mute); for a join, the mode's: video for a
+    /// join in video mode, audio for one in audio mode.
     pub kind: Option<MediaKind>,
     /// For mutes: true to mute, false to unmute.
     pub muted: bool,
@@ -84,6 +87,9 @@ pub struct Check<'a> {
     pub admin: bool,
     /// Effective community permissions of the actor, as bits.
     pub permissions: u64,
+    /// The actor's token attributes as `key=value` lines
+    /// ([`crate::auth::attr_lines`]); empty when it has none.
+    pub attrs: &'a str,
 }
 
 impl<'a> Check<'a> {
@@ -98,6 +104,7 @@ impl<'a> Check<'a> {
             muted: false,
             admin: false,
             permissions: 0,
+            attrs: "",
         }
     }
 }

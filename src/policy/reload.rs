@@ -6,6 +6,10 @@
 //! debounce time, then each is reloaded once, off every room's path (on a
 //! blocking thread: compiling a plugin takes milliseconds). The catalog
 //! keeps the old version when a load fails; rooms switch when it succeeds.
+//!
+//! Only events that change a directory entry or its content count
+//! ([`is_change`]): reading a file produces access events (open, read,
+//! close), and reacting to those would make every reload cause the next.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -26,11 +30,12 @@ pub fn watch(
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
+            Ok(event) if is_change(&event.kind) => {
                 for path in event.paths {
                     let _ = tx.send(path);
                 }
             }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "file watcher error"),
         })?;
     let config = catalog.config();
@@ -77,4 +82,54 @@ pub fn watch(
         }
     });
     Ok(watcher)
+}
+
+/// Whether a file event may have changed what a file holds: created,
+/// written, renamed or removed. Access (open, read, close) and metadata
+/// events never do.
+pub fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        // A backend that cannot tell what happened: check; the content
+        // hash makes an unchanged file cost one read.
+        EventKind::Any => true,
+        EventKind::Access(_) | EventKind::Other => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::EventKind;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    #[test]
+    fn only_events_that_can_change_a_file_count() {
+        let changes = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+        ];
+        for kind in changes {
+            assert!(is_change(&kind), "{kind:?}");
+        }
+        let not_changes = [
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+            EventKind::Other,
+        ];
+        for kind in not_changes {
+            assert!(!is_change(&kind), "{kind:?}");
+        }
+    }
 }

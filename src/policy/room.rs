@@ -98,9 +98,10 @@ impl RoomPolicy {
         self.status.last_error = Some(error);
     }
 
-    /// Picks up new script and plugin versions. Returns the previous script
-    /// label when the script changed (for `on_reload`).
-    pub fn sync(&mut self) -> Option<String> {
+    /// Picks up new script and plugin versions; a new script's chunk reads
+    /// the room as `view`. Returns the previous script label when the script
+    /// changed (for `on_reload`).
+    pub fn sync(&mut self, view: &Arc<RoomView>) -> Option<String> {
         let plugins = self.catalog.plugins();
         if !Arc::ptr_eq(&plugins, &self.plugins) {
             // Instances are per version: a changed plugin starts fresh, the
@@ -128,7 +129,7 @@ impl RoomPolicy {
             && !Arc::ptr_eq(lua.script(), &newest)
         {
             let old = lua.script().label();
-            match lua.reload(newest) {
+            match lua.reload(newest, view) {
                 Ok(()) => reloaded = Some(old),
                 // Validated by the catalog, so this is rare (the room's state
                 // differs from the probe's: memory already near its cap, say).

@@ -61,12 +61,7 @@ impl Default for WasmLimits {
 /// Why a plugin could not be loaded or instantiated.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("not a valid wasm module: {0}")]
+    #[error("{0}")]
     Compile(String),
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
@@ -173,28 +168,35 @@ impl PluginHost {
         })
     }
 
-    /// Compiles a `.wasm` or `.wat` file and checks that it instantiates and
-    /// accepts `config`; the result is ready for any number of rooms.
+    /// Compiles a plugin file's `bytes` (WebAssembly binary for `.wasm`,
+    /// text for `.wat`) and checks that it instantiates and accepts
+    /// `config`; the result is ready for any number of rooms.
     pub fn compile(
         &self,
         name: &str,
         path: &Path,
+        bytes: &[u8],
         config: &str,
         failure_mode: FailureMode,
     ) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let module = Module::new(&self.engine, &bytes)
-            .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        let text = path.extension().is_some_and(|e| e == "wat");
+        let module = if text {
+            Module::new(&self.engine, bytes)
+                .map_err(|e| PluginError::Compile(format!("not valid WebAssembly text: {e:#}")))?
+        } else {
+            // A `.wasm` file is never read as text: a corrupt binary should
+            // say so, not report a WAT syntax error at 1:1.
+            Module::from_binary(&self.engine, bytes).map_err(|e| {
+                PluginError::Compile(format!("not a valid WebAssembly binary: {e:#}"))
+            })?
+        };
         let pre = self
             .linker
             .instantiate_pre(&module)
             .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
         let plugin = Plugin {
             name: name.into(),
-            hash: super::catalog::short_hash(&bytes),
+            hash: super::catalog::short_hash(bytes),
             loaded_at_ms: crate::room::now().unix_ms,
             path: path.to_path_buf(),
             config: config.into(),
@@ -421,6 +423,11 @@ fn kind_code(kind: Option<MediaKind>) -> u32 {
 }
 
 /// Writes a request in the ABI v1 layout; strings are cut to fit the buffer.
+///
+/// After the three strings comes the attributes block (`attrs_len: u32`,
+/// then that many bytes of `key=value` lines), cut at a line boundary to
+/// what is left of the buffer. Plugins that predate it read only what the
+/// header describes and never see it.
 pub fn encode(check: &Check<'_>, out: &mut Vec<u8>) {
     let room = check.room.as_bytes();
     let budget = REQUEST_CAP - HEADER_LEN - room.len().min(REQUEST_CAP / 4);
@@ -444,6 +451,21 @@ pub fn encode(check: &Check<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(room);
     out.extend_from_slice(user);
     out.extend_from_slice(target);
+    let room_left = REQUEST_CAP.saturating_sub(out.len() + 4);
+    let attrs = clip_lines(check.attrs.as_bytes(), room_left);
+    out.extend_from_slice(&(attrs.len() as u32).to_le_bytes());
+    out.extend_from_slice(attrs);
+}
+
+/// Cuts `lines` to at most `max` bytes, after a whole line.
+fn clip_lines(lines: &[u8], max: usize) -> &[u8] {
+    if lines.len() <= max {
+        return lines;
+    }
+    match lines[..max].iter().rposition(|b| *b == b'\n') {
+        Some(end) => &lines[..=end],
+        None => &[],
+    }
 }
 
 /// Cuts `bytes` to at most `max` bytes on a UTF-8 boundary.
@@ -471,15 +493,37 @@ mod tests {
         check.muted = true;
         check.admin = true;
         check.permissions = 0x0102;
+        check.attrs = "vip=true\n";
         let mut out = Vec::new();
         encode(&check, &mut out);
-        assert_eq!(out.len(), HEADER_LEN + 4 + 5 + 3);
+        assert_eq!(out.len(), HEADER_LEN + 4 + 5 + 3 + 4 + 9);
         assert_eq!(&out[0..4], &6u32.to_le_bytes());
         assert_eq!(&out[8..12], &2u32.to_le_bytes());
         assert_eq!(&out[12..16], &3u32.to_le_bytes());
         assert_eq!(&out[16..24], &0x0102u64.to_le_bytes());
         assert_eq!(&out[24..28], &4u32.to_le_bytes());
-        assert_eq!(&out[HEADER_LEN..], b"roomalicebob");
+        assert_eq!(&out[HEADER_LEN..HEADER_LEN + 12], b"roomalicebob");
+        assert_eq!(&out[HEADER_LEN + 12..HEADER_LEN + 16], &9u32.to_le_bytes());
+        assert_eq!(&out[HEADER_LEN + 16..], b"vip=true\n");
+    }
+
+    #[test]
+    fn attributes_that_do_not_fit_are_cut_after_a_whole_line() {
+        let user = "u".repeat(2000);
+        // 55 bytes are left after the header and strings: the first line fits.
+        let attrs = format!("a={}\nb={}\n", "x".repeat(40), "y".repeat(40));
+        let mut check = Check::new(Action::Join, "r", &user);
+        check.target = &user;
+        check.attrs = &attrs;
+        let mut out = Vec::new();
+        encode(&check, &mut out);
+        assert!(out.len() <= REQUEST_CAP, "{}", out.len());
+        let at = HEADER_LEN + 1 + 2000 + 2000;
+        let len = u32::from_le_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+        assert_eq!(
+            &out[at + 4..at + 4 + len],
+            format!("a={}\n", "x".repeat(40)).as_bytes()
+        );
     }
 
     #[test]

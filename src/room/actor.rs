@@ -402,7 +402,9 @@ pub(crate) fn spawn(room: Room, policy: RoomPolicy, queue: usize, ctx: RoomConte
         members: members.clone(),
         tx,
     };
-    let span = tracing::info_span!("room", room = %room.name(), channel_id = %room.channel_id());
+    // A root span: the room outlives the request that created it, and its
+    // log lines must not carry the creator's connection.
+    let span = tracing::info_span!(parent: None, "room", room = %room.name(), channel_id = %room.channel_id());
     let tracker = ctx.registry.tracker.clone();
     let driver = RoomDriver {
         room,
@@ -518,7 +520,8 @@ impl RoomDriver {
     }
 
     fn on_new_versions(&mut self) {
-        if let Some(previous) = self.policy.sync() {
+        let view = self.view();
+        if let Some(previous) = self.policy.sync(&view) {
             tracing::info!(previous, now = ?self.policy.status().version, "room policy reloaded");
             let mut effects = Vec::new();
             let view = self.view();
@@ -986,14 +989,20 @@ impl RoomDriver {
             _ => (role, JoinOptions::default()),
         };
         let asked = role.or_else(|| identity.default_role());
+        let attrs = crate::auth::attr_lines(&identity.attrs);
         let mut check = Check::new(
             Action::Join,
             self.room.name().as_str(),
             identity.user.as_str(),
         );
         check.role = asked;
+        check.kind = Some(match mode {
+            Mode::Audio => MediaKind::Audio,
+            Mode::Video => MediaKind::Video,
+        });
         check.admin = identity.grants.admin;
         check.permissions = community.as_ref().map_or(0, MemberContext::bits);
+        check.attrs = &attrs;
         self.policy.check_plugins(&check)?;
         if !self.policy.has_script() {
             return Ok((role, defaults));
@@ -1097,6 +1106,7 @@ impl RoomDriver {
             }
         }
         if let Some(action) = action {
+            let attrs = self.room.attr_lines(conn);
             let mut check = Check::new(action, self.room.name().as_str(), me.as_str());
             check.target = target.map_or("", |t| t.as_str());
             check.role = fields.role;
@@ -1104,6 +1114,7 @@ impl RoomDriver {
             check.muted = fields.muted.unwrap_or(false);
             check.admin = admin;
             check.permissions = community.as_ref().map_or(0, MemberContext::bits);
+            check.attrs = &attrs;
             self.policy.check_plugins(&check)?;
         }
         if !self.policy.has_script() {
@@ -1144,10 +1155,12 @@ impl RoomDriver {
                 ));
             };
             let community = self.community_of(&me);
+            let attrs = self.room.attr_lines(*conn);
             let mut check = Check::new(Action::SendData, self.room.name().as_str(), me.as_str());
             check.target = to.map_or("", |t| t.as_str());
             check.admin = self.room.is_admin(*conn);
             check.permissions = community.as_ref().map_or(0, MemberContext::bits);
+            check.attrs = &attrs;
             self.policy.check_plugins(&check)?;
             if self.policy.has_script() {
                 let request = HookRequest {

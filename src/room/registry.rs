@@ -19,7 +19,7 @@ use crate::community::channel::ChannelBinding;
 use crate::ids::{ChannelId, RoomName};
 use crate::media::Media;
 use crate::policy::catalog::Catalog;
-use crate::policy::lua::{Decision, RoomIdentity, RoomView};
+use crate::policy::lua::{Decision, HookError, HookErrorKind, RoomIdentity, RoomView};
 use crate::policy::room::RoomPolicy;
 use crate::policy::{Action, Check, FailureMode};
 use crate::status::{Failure, Status};
@@ -187,14 +187,32 @@ impl Rooms {
             },
             self.inner.kv.clone(),
         );
+        // A script that exists but never loaded is a failure (decided by
+        // the failure mode), not a missing policy: the author should look at
+        // the log, not at the name they typed.
+        let lua = match lua {
+            Ok(None) => match catalog.script_error(&policy_name) {
+                Some(message) => Err(HookError {
+                    script: policy_name.clone(),
+                    hook: "load".into(),
+                    kind: HookErrorKind::Error,
+                    message,
+                }),
+                None if policy.is_some() => {
+                    return Err(Failure::new(
+                        Status::BadRequest,
+                        format!(
+                            "no room policy named `{policy_name}` (no {}.lua in the scripts directory)",
+                            policy_name
+                        ),
+                    ));
+                }
+                None => Ok(None),
+            },
+            other => other,
+        };
         let mut load_error = None;
         let lua = match lua {
-            Ok(None) if policy.is_some() => {
-                return Err(Failure::new(
-                    Status::BadRequest,
-                    format!("no room policy named `{policy_name}`"),
-                ));
-            }
             Ok(lua) => lua,
             Err(e) => {
                 // The client learns that, not why: the script and line go to
@@ -203,7 +221,10 @@ impl Rooms {
                 if catalog.config().failure_mode == FailureMode::Deny {
                     return Err(Failure::new(
                         Status::Internal,
-                        format!("the room policy `{policy_name}` failed to load"),
+                        format!(
+                            "the room policy `{policy_name}` failed to load; \
+                             the server log and GET /api/policies say why"
+                        ),
                     ));
                 }
                 load_error = Some(e);
@@ -215,8 +236,10 @@ impl Rooms {
             room_policy.load_failed(e);
         }
         if let Some(creator) = creator {
+            let attrs = crate::auth::attr_lines(&creator.attrs);
             let mut check = Check::new(Action::CreateRoom, name.as_str(), creator.user.as_str());
             check.admin = creator.grants.admin;
+            check.attrs = &attrs;
             room_policy.check_plugins(&check)?;
             #[derive(serde::Serialize)]
             struct CreateRequest<'a> {

@@ -190,6 +190,8 @@ struct Member {
     admin: bool,
     /// The token's `attrs`, for policies to read.
     attrs: serde_json::Value,
+    /// The same as plugins receive them ([`crate::auth::attr_lines`]).
+    attr_lines: std::sync::Arc<str>,
     /// Roles the member's token lets it take for itself.
     roles: Vec<Role>,
 }
@@ -342,6 +344,7 @@ impl Room {
             member.roles.clone_from(&who.grants.roles);
             member.info.name.clone_from(&who.name);
             member.attrs.clone_from(&who.attrs);
+            member.attr_lines = crate::auth::attr_lines(&who.attrs).into();
             let (role, mode) = (member.info.role, member.info.mode);
             self.conns.insert(conn, who.user.clone());
             if let Some(old) = previous.filter(|old| *old != conn) {
@@ -409,6 +412,7 @@ impl Room {
                 admin: who.grants.admin,
                 roles: who.grants.roles.clone(),
                 attrs: who.attrs.clone(),
+                attr_lines: crate::auth::attr_lines(&who.attrs).into(),
             },
         );
         self.conns.insert(conn, who.user.clone());
@@ -692,6 +696,14 @@ impl Room {
     /// Whether `user` holds a membership (connected or in its grace window).
     pub fn is_member(&self, user: &UserId) -> bool {
         self.members.contains_key(user)
+    }
+
+    /// The token attributes of the member on `conn`, as plugins receive them.
+    pub fn attr_lines(&self, conn: ConnId) -> std::sync::Arc<str> {
+        self.conns
+            .get(&conn)
+            .and_then(|u| self.members.get(u))
+            .map_or_else(|| "".into(), |m| m.attr_lines.clone())
     }
 
     /// Whether `conn` is allowed to act on others by its token alone.

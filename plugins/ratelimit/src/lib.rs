@@ -35,7 +35,7 @@ impl Plugin for RateLimit {
         Ok(())
     }
 
-    fn check(&mut self, req: &Request) -> Verdict {
+    fn check(&mut self, req: &Request<'_>) -> Verdict<'_> {
         if !matches!(req.action, Action::MuteOther | Action::MuteEveryone) {
             return Verdict::Abstain;
         }

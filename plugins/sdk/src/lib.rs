@@ -11,7 +11,7 @@
 //! struct NoVideo;
 //!
 //! impl Plugin for NoVideo {
-//!     fn check(&mut self, req: &Request) -> Verdict {
+//!     fn check(&mut self, req: &Request<'_>) -> Verdict<'_> {
 //!         match req.action {
 //!             Action::PublishVideo => Verdict::deny(403, "video is off on this server"),
 //!             _ => Verdict::Abstain,
@@ -21,6 +21,10 @@
 //!
 //! export_plugin!(NoVideo);
 //! ```
+//!
+//! A plugin is plain Rust, so its logic can be tested natively with
+//! `cargo test` (no wasm target needed): build requests with
+//! [`Request::new`] and call `check` directly.
 //!
 //! No dependencies beyond `core` and `alloc`, so it builds with any Rust from
 //! 1.63 on. Nothing here allocates on the per-check path.
@@ -95,7 +99,8 @@ pub struct Request<'a> {
     pub action: Action,
     /// The role asked for (join, set_role).
     pub role: Role,
-    /// The media kind (publish, mute).
+    /// The media kind (publish, mute); for a join, the mode's: `Video` for a
+    /// join in video mode, `Audio` for one in audio mode.
     pub kind: Kind,
     /// For mute actions: true to mute, false to unmute.
     pub muted: bool,
@@ -109,6 +114,10 @@ pub struct Request<'a> {
     pub user: &'a str,
     /// Whom the action is aimed at; empty when nobody.
     pub target: &'a str,
+    /// The actor's token attributes, one `key=value` line each (strings as
+    /// they are, other values as JSON); empty when there are none. Read one
+    /// with [`Request::attr`].
+    pub attrs: &'a str,
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -124,6 +133,35 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 impl<'a> Request<'a> {
+    /// A request with nothing but its action, room and user set: for tests
+    /// that call a plugin's `check` natively. Set the other fields with
+    /// struct update syntax:
+    ///
+    /// ```
+    /// use conclave_plugin::{Action, Kind, Request};
+    /// let req = Request { kind: Kind::Video, ..Request::new(Action::Join, "lobby", "alice") };
+    /// assert_eq!(req.attr("vip"), None);
+    /// ```
+    pub fn new(action: Action, room: &'a str, user: &'a str) -> Request<'a> {
+        Request {
+            action,
+            role: Role::None,
+            kind: Kind::None,
+            muted: false,
+            admin: false,
+            permissions: 0,
+            room,
+            user,
+            target: "",
+            attrs: "",
+        }
+    }
+
+    /// The value of the token attribute `key`, if the actor's token has it.
+    pub fn attr(&self, key: &str) -> Option<&'a str> {
+        config_entries(self.attrs).find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
     /// Decodes a request; `None` if the bytes are not a valid v1 request.
     pub fn decode(bytes: &'a [u8]) -> Option<Request<'a>> {
         if bytes.len() < HEADER_LEN {
@@ -139,6 +177,18 @@ impl<'a> Request<'a> {
             return None;
         }
         let text = |from: usize, to: usize| core::str::from_utf8(&bytes[from..to]).ok();
+        // The attributes block follows the strings; hosts before it sent none.
+        let attrs = match bytes.len().checked_sub(target_end) {
+            Some(rest) if rest >= 4 => {
+                let len = u32_at(bytes, target_end) as usize;
+                let end = (target_end + 4).checked_add(len)?;
+                if end > bytes.len() {
+                    return None;
+                }
+                text(target_end + 4, end)?
+            }
+            _ => "",
+        };
         let flags = u32_at(bytes, 12);
         Some(Request {
             action: Action::from_code(u32_at(bytes, 0)),
@@ -158,6 +208,7 @@ impl<'a> Request<'a> {
             room: text(HEADER_LEN, room_end)?,
             user: text(room_end, user_end)?,
             target: text(user_end, target_end)?,
+            attrs,
         })
     }
 }
@@ -189,7 +240,7 @@ pub trait Plugin {
     }
 
     /// Answers one request.
-    fn check(&mut self, request: &Request) -> Verdict;
+    fn check(&mut self, request: &Request<'_>) -> Verdict<'_>;
 }
 
 /// Host functions, imported from the `conclave` module.
@@ -226,7 +277,7 @@ pub mod host {
 /// Turns a verdict into the ABI's return value: 0 abstain, 1 allow, a
 /// status code (>= 100) to deny, after handing the reason to the host.
 #[doc(hidden)]
-pub fn encode_verdict(verdict: Verdict) -> i32 {
+pub fn encode_verdict(verdict: Verdict<'_>) -> i32 {
     match verdict {
         Verdict::Abstain => 0,
         Verdict::Allow => 1,

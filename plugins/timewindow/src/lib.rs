@@ -56,7 +56,7 @@ impl Plugin for TimeWindow {
         Ok(())
     }
 
-    fn check(&mut self, req: &Request) -> Verdict {
+    fn check(&mut self, req: &Request<'_>) -> Verdict<'_> {
         if req.action != Action::Join || self.is_open(host::now_ms()) {
             return Verdict::Abstain;
         }

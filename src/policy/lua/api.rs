@@ -122,10 +122,12 @@ pub enum Effect {
     },
 }
 
-/// Present in app data while a hook runs.
+/// Present in app data while a hook (or the chunk, at load) runs.
 pub struct HookContext {
     pub view: Arc<RoomView>,
     pub effects: Vec<Effect>,
+    /// False while the chunk itself runs: reads work, actions do not.
+    pub actions: bool,
 }
 
 /// Set once per state: who the store belongs to.
@@ -134,17 +136,44 @@ pub(crate) struct StoreScope {
     pub namespace: String,
 }
 
-fn outside_hook() -> mlua::Error {
-    mlua::Error::RuntimeError("room actions are only available inside a hook".into())
+/// An error raised from a Rust function, prefixed with the calling script's
+/// file and line as Lua's own errors are (`scripts/a.lua:3: ...`).
+pub fn located(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
+    let place = lua.inspect_stack(1, |d| {
+        let line = d.current_line()?;
+        let source = d.source().short_src?.into_owned();
+        Some(format!("{source}:{line}: "))
+    });
+    mlua::Error::RuntimeError(format!("{}{message}", place.flatten().unwrap_or_default()))
 }
 
 fn with_context<R>(lua: &Lua, f: impl FnOnce(&mut HookContext) -> R) -> mlua::Result<R> {
-    let mut ctx = lua.app_data_mut::<HookContext>().ok_or_else(outside_hook)?;
+    let mut ctx = lua
+        .app_data_mut::<HookContext>()
+        .ok_or_else(|| located(lua, "the room is only readable inside a hook or at load"))?;
     Ok(f(&mut ctx))
 }
 
-fn push(lua: &Lua, effect: Effect) -> mlua::Result<()> {
-    with_context(lua, |ctx| ctx.effects.push(effect))
+/// Queues an action; `what` names it for the error when the chunk itself
+/// (not a hook) calls it.
+fn push(lua: &Lua, what: &str, effect: Effect) -> mlua::Result<()> {
+    let queued = with_context(lua, |ctx| {
+        if ctx.actions {
+            ctx.effects.push(effect);
+        }
+        ctx.actions
+    })?;
+    if queued {
+        Ok(())
+    } else {
+        Err(located(
+            lua,
+            format!(
+                "room.{what} acts on the room, which is only possible inside a hook, \
+                 not while the script loads"
+            ),
+        ))
+    }
 }
 
 fn parse_kind(kind: &str) -> mlua::Result<MediaKind> {
@@ -208,7 +237,9 @@ pub fn install(
     )?;
     api.raw_set(
         "kick",
-        lua.create_function(|lua, user: String| push(lua, Effect::Kick { user: UserId(user) }))?,
+        lua.create_function(|lua, user: String| {
+            push(lua, "kick", Effect::Kick { user: UserId(user) })
+        })?,
     )?;
     api.raw_set(
         "mute",
@@ -216,6 +247,7 @@ pub fn install(
             let kind = parse_kind(&kind)?;
             push(
                 lua,
+                "mute",
                 Effect::Mute {
                     user: UserId(user),
                     kind,
@@ -230,6 +262,7 @@ pub fn install(
             let kind = parse_kind(&kind)?;
             push(
                 lua,
+                "mute_all",
                 Effect::MuteAll {
                     kind,
                     muted: muted.unwrap_or(true),
@@ -243,6 +276,7 @@ pub fn install(
             let role = parse_role(&role)?;
             push(
                 lua,
+                "set_role",
                 Effect::SetRole {
                     user: UserId(user),
                     role,
@@ -256,6 +290,7 @@ pub fn install(
             let payload: Json = lua.from_value(payload)?;
             push(
                 lua,
+                "send",
                 Effect::Send {
                     to: to.map(UserId),
                     payload,
@@ -267,18 +302,19 @@ pub fn install(
         "set_metadata",
         lua.create_function(|lua, (key, value): (String, Value)| {
             let value: Json = lua.from_value(value)?;
-            push(lua, Effect::SetMetadata { key, value })
+            push(lua, "set_metadata", Effect::SetMetadata { key, value })
         })?,
     )?;
     api.raw_set(
         "close",
-        lua.create_function(|lua, ()| push(lua, Effect::Close))?,
+        lua.create_function(|lua, ()| push(lua, "close", Effect::Close))?,
     )?;
     api.raw_set(
         "after",
         lua.create_function(|lua, (ms, name): (u64, String)| {
             push(
                 lua,
+                "after",
                 Effect::Timer {
                     name,
                     after_ms: ms,
@@ -291,12 +327,11 @@ pub fn install(
         "every",
         lua.create_function(|lua, (ms, name): (u64, String)| {
             if ms == 0 {
-                return Err(mlua::Error::RuntimeError(
-                    "room.every needs an interval above 0 ms".into(),
-                ));
+                return Err(located(lua, "room.every needs an interval above 0 ms"));
             }
             push(
                 lua,
+                "every",
                 Effect::Timer {
                     name,
                     after_ms: ms,
@@ -307,7 +342,7 @@ pub fn install(
     )?;
     api.raw_set(
         "cancel",
-        lua.create_function(|lua, name: String| push(lua, Effect::CancelTimer { name }))?,
+        lua.create_function(|lua, name: String| push(lua, "cancel", Effect::CancelTimer { name }))?,
     )?;
     globals.raw_set("room", api)?;
 

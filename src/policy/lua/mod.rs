@@ -34,6 +34,57 @@ use crate::signal::protocol::Role;
 use crate::status::{Failure, Status};
 use crate::store::kv::KvStore;
 
+/// Every hook a room policy may define: decide hooks, then react hooks.
+pub const HOOKS: &[&str] = &[
+    "can_create",
+    "can_join",
+    "can_set_role",
+    "can_mute",
+    "can_mute_all",
+    "can_kick",
+    "can_share_screen",
+    "can_send",
+    "on_joined",
+    "on_left",
+    "on_mute_changed",
+    "on_role_changed",
+    "on_screen_share_changed",
+    "on_closing",
+    "on_timer",
+    "on_reload",
+    "on_speaking",
+];
+
+/// What a loaded chunk's table of hooks says that it may not mean: each
+/// function under a name that is no hook, with the closest hook name when one
+/// is near (`can_joni` → `can_join`). Non-function values are the script's
+/// business and pass.
+pub fn hook_warnings(hooks: &Table, known: &[&str]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (key, value) in hooks.pairs::<Value, Value>().flatten() {
+        let (Value::String(name), Value::Function(_)) = (&key, &value) else {
+            continue;
+        };
+        let name = name.to_string_lossy();
+        if known.contains(&name.as_str()) {
+            continue;
+        }
+        let nearest = known
+            .iter()
+            .map(|hook| (strsim::damerau_levenshtein(&name, hook), *hook))
+            .min()
+            .filter(|(distance, hook)| *distance <= 2.max(hook.len() / 4));
+        warnings.push(match nearest {
+            Some((_, hook)) => {
+                format!("`{name}` is not a hook and is never called; did you mean `{hook}`?")
+            }
+            None => format!("`{name}` is not a hook and is never called"),
+        });
+    }
+    warnings.sort();
+    warnings
+}
+
 /// How a script failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +144,7 @@ pub struct LuaPolicy {
     budget: Arc<sandbox::Budget>,
     hooks: RegistryKey,
     script: Arc<Script>,
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for LuaPolicy {
@@ -127,13 +179,17 @@ impl LuaPolicy {
             kv.map(|kv| (kv, script.name.clone())),
         )
         .map_err(load_error)?;
-        let hooks = run_chunk(&lua, &budget, &script)?;
+        // A new room is empty while its script loads.
+        let view = Arc::new(RoomView::default());
+        let hooks = run_chunk(&lua, &budget, &script, &view)?;
+        let warnings = hook_warnings(&hooks, HOOKS);
         let hooks = lua.create_registry_value(hooks).map_err(load_error)?;
         Ok(LuaPolicy {
             lua,
             budget,
             hooks,
             script,
+            warnings,
         })
     }
 
@@ -141,10 +197,16 @@ impl LuaPolicy {
         &self.script
     }
 
-    /// Switches to another version of the script, keeping `room.state`.
-    /// On failure the old version stays in place.
-    pub fn reload(&mut self, script: Arc<Script>) -> Result<(), HookError> {
-        let hooks = run_chunk(&self.lua, &self.budget, &script)?;
+    /// What loading the current version noticed ([`hook_warnings`]).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Switches to another version of the script, keeping `room.state`; the
+    /// chunk reads the room as `view`. On failure the old version stays.
+    pub fn reload(&mut self, script: Arc<Script>, view: &Arc<RoomView>) -> Result<(), HookError> {
+        let hooks = run_chunk(&self.lua, &self.budget, &script, view)?;
+        let warnings = hook_warnings(&hooks, HOOKS);
         let hooks = self
             .lua
             .create_registry_value(hooks)
@@ -152,6 +214,7 @@ impl LuaPolicy {
         let old = std::mem::replace(&mut self.hooks, hooks);
         let _ = self.lua.remove_registry_value(old);
         self.script = script;
+        self.warnings = warnings;
         Ok(())
     }
 
@@ -212,6 +275,7 @@ impl LuaPolicy {
         self.lua.set_app_data(api::HookContext {
             view: view.clone(),
             effects: Vec::new(),
+            actions: true,
         });
         self.budget.reset();
         let result = args(&self.lua).and_then(|args| function.call::<MultiValue>(args));
@@ -338,9 +402,20 @@ impl LuaPolicy {
     }
 }
 
-/// Runs a script's chunk and checks it returned a table of hooks.
-fn run_chunk(lua: &Lua, budget: &sandbox::Budget, script: &Script) -> Result<Table, HookError> {
+/// Runs a script's chunk and checks it returned a table of hooks. The chunk
+/// may read the room (`view`) but not act on it.
+fn run_chunk(
+    lua: &Lua,
+    budget: &sandbox::Budget,
+    script: &Script,
+    view: &Arc<RoomView>,
+) -> Result<Table, HookError> {
     budget.reset();
+    lua.set_app_data(api::HookContext {
+        view: view.clone(),
+        effects: Vec::new(),
+        actions: false,
+    });
     let fail = |kind, message| HookError {
         script: script.label(),
         hook: "load".into(),
@@ -351,17 +426,18 @@ fn run_chunk(lua: &Lua, budget: &sandbox::Budget, script: &Script) -> Result<Tab
         .load(&*script.source)
         .set_name(format!("@{}", script.display_path()))
         .set_mode(mlua::chunk::ChunkMode::Text)
-        .eval::<Value>()
-        .map_err(|e| {
-            let kind = if sandbox::is_memory_error(&e) {
-                HookErrorKind::Memory
-            } else if budget.is_exhausted() {
-                HookErrorKind::Budget
-            } else {
-                HookErrorKind::Error
-            };
-            fail(kind, sandbox::error_text(&e))
-        })?;
+        .eval::<Value>();
+    lua.remove_app_data::<api::HookContext>();
+    let value = value.map_err(|e| {
+        let kind = if sandbox::is_memory_error(&e) {
+            HookErrorKind::Memory
+        } else if budget.is_exhausted() {
+            HookErrorKind::Budget
+        } else {
+            HookErrorKind::Error
+        };
+        fail(kind, sandbox::error_text(&e))
+    })?;
     match value {
         Value::Table(t) => Ok(t),
         other => Err(fail(

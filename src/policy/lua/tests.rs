@@ -279,12 +279,15 @@ fn actions_are_queued_as_effects_and_state_survives_reload() {
         ]
     );
 
-    p.reload(script(
-        r#"return { on_joined = function(member)
+    p.reload(
+        script(
+            r#"return { on_joined = function(member)
              room.state.count = room.state.count + 10
              room.send(nil, room.state.count)
            end }"#,
-    ))
+        ),
+        &view(),
+    )
     .unwrap();
     let mut effects = Vec::new();
     p.react(
@@ -307,7 +310,7 @@ fn actions_are_queued_as_effects_and_state_survives_reload() {
 fn a_failed_reload_keeps_the_old_version() {
     let mut p = policy("return { can_join = function() return false, 'v1' end }");
     let before = p.script().hash.clone();
-    assert!(p.reload(script("syntax error here")).is_err());
+    assert!(p.reload(script("syntax error here"), &view()).is_err());
     assert_eq!(p.script().hash, before);
     assert_eq!(
         decide(&mut p, "can_join").unwrap(),
@@ -333,4 +336,71 @@ fn an_idle_state_is_small() {
     let p = policy(&source);
     // The target is 200 KiB per idle room, Lua state included.
     assert!(p.used_memory() < 200 * 1024, "{} bytes", p.used_memory());
+}
+
+#[test]
+fn the_chunk_reads_the_room_but_cannot_act_on_it() {
+    // Reads work at load: a new room is empty.
+    let mut p = policy(
+        "local at_load = room.count()\n\
+         return { can_join = function() return false, 'loaded with ' .. at_load end }",
+    );
+    assert_eq!(
+        decide(&mut p, "can_join").unwrap(),
+        Decision::Deny(Failure::new(Status::Forbidden, "loaded with 0"))
+    );
+    // Acting at load is refused with the file and line, and why.
+    let err = LuaPolicy::new(
+        script("local x = 1\nroom.kick('bob')\nreturn {}"),
+        RoomIdentity {
+            name: "r",
+            channel_id: 7,
+            custom_info: "",
+        },
+        &limits(),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        err.message
+            .starts_with("scripts/test.lua:2: room.kick acts on the room"),
+        "{err}"
+    );
+    assert!(err.message.contains("only possible inside a hook"), "{err}");
+}
+
+#[test]
+fn api_errors_name_the_line_that_called() {
+    let mut p = policy("return {\n can_join = function()\n  room.mute('u', 'smell')\n end }");
+    let err = decide(&mut p, "can_join").unwrap_err();
+    assert_eq!(err.kind, HookErrorKind::Error);
+    let mut p = policy("return {\n on_joined = function()\n\n  room.every(0, 't')\n end }");
+    let err = p
+        .react("on_joined", &view(), &[], &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        err.message
+            .starts_with("scripts/test.lua:4: room.every needs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn functions_under_names_that_are_no_hook_are_reported() {
+    let p = policy(
+        "return { can_joni = function() end, on_joined = function() end,\n\
+         helper = function() end, settings = { x = 1 } }",
+    );
+    assert_eq!(
+        p.warnings(),
+        [
+            "`can_joni` is not a hook and is never called; did you mean `can_join`?",
+            "`helper` is not a hook and is never called",
+        ]
+    );
+    assert!(
+        policy("return { on_left = function() end }")
+            .warnings()
+            .is_empty()
+    );
 }
