@@ -33,8 +33,8 @@ use tokio::time::Instant;
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::SignalClient;
 use conclave::config::Config;
+use conclave::protocol::Mode;
 use conclave::server::Server;
-use conclave::signal::protocol::Mode;
 
 const USAGE: &str = "usage: join_rtt [--clients N] [--rooms N] [--rate JOINS_PER_SEC] \
                      [--secs MEASURED_SECONDS] [--warmup SECONDS] [--no-policy]

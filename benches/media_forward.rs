@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::SignalClient;
 use conclave::client::media::{MediaOptions, MediaSession};
-use conclave::signal::protocol::{Mode, Request, Role, ServerMessage};
+use conclave::protocol::{Mode, Request, Role, ServerMessage};
 
 const USAGE: &str = "usage: media_forward [--publishers N] [--subscribers N] [--pps N] [--secs S]";
 

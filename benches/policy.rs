@@ -17,7 +17,7 @@ use conclave::policy::catalog::{Catalog, PolicyConfig};
 use conclave::policy::lua::{MemberView, RoomIdentity, RoomView};
 use conclave::policy::room::RoomPolicy;
 use conclave::policy::{Action, Check};
-use conclave::signal::protocol::{MemberInfo, Mode, Role};
+use conclave::protocol::{MemberInfo, Mode, Role};
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

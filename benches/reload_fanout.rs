@@ -18,8 +18,8 @@ use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::SignalClient;
 use conclave::config::Config;
 use conclave::ids::RoomName;
+use conclave::protocol::{MediaKind, Mode};
 use conclave::server::Server;
-use conclave::signal::protocol::{MediaKind, Mode};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use conclave::auth::{Grants, Identity};
 use conclave::ids::{ChannelId, ConnId, RoomName, UserId};
+use conclave::protocol::Mode;
 use conclave::room::{JoinOptions, Now, Room, RoomHandle, RoomSettings, Rooms, Sink};
-use conclave::signal::protocol::Mode;
 use conclave::store::StoreHandle;
 use conclave::store::sqlite::SqliteStore;
 use conclave::telemetry::Metrics;

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{RoomName, UserId};
-use crate::signal::protocol::Role;
+use crate::model::Role;
 use crate::status::{Failure, Status};
 
 /// The key `serve --dev` and `token --dev` use. Public by design: a dev server

@@ -9,8 +9,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::config::Config;
+use conclave::protocol::Role;
 use conclave::server::{Server, ShutdownSignal};
-use conclave::signal::protocol::Role;
 
 #[derive(Parser)]
 #[command(name = "conclave", version, about = "A room and media engine")]

@@ -103,7 +103,7 @@ impl Server {
         };
 
         let mut store = SqliteStore::open_in(&config.server.data_dir)?;
-        let dangling = store.close_dangling(crate::room::now().unix_ms)?;
+        let dangling = store.close_dangling(crate::clock::Clock::new().unix_ms())?;
         if dangling > 0 {
             tracing::warn!(dangling, "ended call records left open by an earlier crash");
         }

@@ -78,23 +78,6 @@ impl Status {
         Status::VersionUnsupported,
         Status::ChannelFull,
     ];
-
-    /// The HTTP status the admin API answers with for this protocol status.
-    pub fn http(self) -> axum::http::StatusCode {
-        use axum::http::StatusCode as H;
-        match self {
-            Status::Ok => H::OK,
-            Status::Timeout => H::GATEWAY_TIMEOUT,
-            Status::BadRequest | Status::VersionUnsupported => H::BAD_REQUEST,
-            Status::Unauthorized => H::UNAUTHORIZED,
-            Status::Forbidden => H::FORBIDDEN,
-            Status::NotFound => H::NOT_FOUND,
-            Status::Conflict | Status::ChannelFull => H::CONFLICT,
-            Status::RateLimited => H::TOO_MANY_REQUESTS,
-            Status::Internal | Status::Disconnected => H::INTERNAL_SERVER_ERROR,
-            Status::Unavailable => H::SERVICE_UNAVAILABLE,
-        }
-    }
 }
 
 impl Serialize for Status {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestServer, next_event};
-use conclave::signal::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
+use conclave::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
 use conclave::status::Status;
 use serde_json::json;
 

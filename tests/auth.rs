@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{TestServer, next_event};
 use conclave::auth::{Auth, Grants, claims_for};
-use conclave::signal::protocol::{Mode, Request, ServerMessage};
+use conclave::protocol::{Mode, Request, ServerMessage};
 use conclave::status::Status;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;

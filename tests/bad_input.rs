@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, closed, next_event};
-use conclave::signal::protocol::{MediaKind, Mode, ServerMessage};
+use conclave::protocol::{MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -227,7 +227,7 @@ async fn a_close_frame_from_the_client_is_a_lost_connection() {
     assert!(matches!(
         next_event(&mut bob).await,
         ServerMessage::MemberLeft {
-            reason: conclave::signal::protocol::LeaveReason::Timeout,
+            reason: conclave::protocol::LeaveReason::Timeout,
             ..
         }
     ));

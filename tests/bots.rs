@@ -13,7 +13,7 @@ use conclave::auth::{Auth, Grants, claims_for};
 use conclave::bot::{self, BotConfig, BotError, BotSpec, Ended};
 use conclave::client::media::MediaSession;
 use conclave::client::{Participant, ParticipantOptions, SignalClient};
-use conclave::signal::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
+use conclave::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -407,8 +407,8 @@ async fn a_kicked_bot_ends_and_a_broken_hook_does_not_stop_it() {
         r#"
         local b = {}
         function b.on_member_joined(m) while true do end end
-        function b.on_data(from, payload) bot.send_data({ pong = payload.ping }, from) end
-        function b.on_left(reason) bot.log("left:", reason) end
+        function b.on_data(e) bot.send_data({ pong = e.payload.ping }, e.from) end
+        function b.on_left(e) bot.log("left:", e.reason) end
         return b
         "#,
     )
@@ -466,8 +466,8 @@ async fn a_bot_may_only_do_what_its_token_allows() {
         r#"
         local b = {}
         function b.on_member_joined(m) bot.kick(m.user) end
-        function b.on_error(action, message)
-          bot.send_data({ failed = action, why = message })
+        function b.on_error(e)
+          bot.send_data({ failed = e.action, why = e.message })
         end
         return b
         "#,
@@ -557,7 +557,7 @@ async fn the_bot_command_says_what_the_bot_does() {
     std::fs::write(
         &script,
         "local b = {}\n\
-         function b.on_joined(room) bot.log('hello from', room) end\n\
+         function b.on_joined(e) bot.log('hello from', e.room) end\n\
          function b.on_member_joind(m) end\n\
          return b\n",
     )

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{TestServer, event_where};
 use conclave::auth::{Auth, Grants};
-use conclave::signal::protocol::{Mode, ServerMessage};
+use conclave::protocol::{Mode, ServerMessage};
 use harness::{Browser, member, stat};
 use serde_json::Value;
 
@@ -611,7 +611,7 @@ async fn a_rust_client_and_a_browser_receive_each_other() {
         "bob",
         "mixed",
         Mode::Audio,
-        conclave::signal::protocol::Role::Interactor,
+        conclave::protocol::Role::Interactor,
     )
     .await;
 
@@ -673,7 +673,7 @@ async fn a_browser_hears_a_bot_and_a_bot_records_the_browser() {
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut recorder = bot("tape", "recorder.lua");
-    recorder.role = Some(conclave::signal::protocol::Role::Audience);
+    recorder.role = Some(conclave::protocol::Role::Audience);
     let recorder = tokio::spawn(conclave::bot::run(recorder, async {
         let _ = stopped.await;
     }));

@@ -4,7 +4,7 @@
 mod common;
 
 use common::TestServer;
-use conclave::signal::protocol::Mode;
+use conclave::protocol::Mode;
 
 #[tokio::test]
 async fn a_record_holds_the_instance_and_every_membership() {

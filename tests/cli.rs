@@ -97,10 +97,7 @@ fn token_mints_what_it_is_told() {
     assert_eq!((id.user.as_str(), id.name.as_str()), ("alice", "Alice"));
     assert!(id.grants.create && !id.grants.admin);
     assert_eq!(id.grants.rooms, ["class-*"]);
-    assert_eq!(
-        id.grants.roles,
-        [conclave::signal::protocol::Role::Audience]
-    );
+    assert_eq!(id.grants.roles, [conclave::protocol::Role::Audience]);
 
     let secret = "s".repeat(32);
     let out = conclave()
@@ -164,11 +161,7 @@ async fn serve_dev_prints_a_working_token_and_stops_on_sigterm() {
     assert_eq!(hello.user.as_str(), "dev");
     client.create("from-cli-test", "").await.unwrap();
     client
-        .join(
-            "from-cli-test",
-            conclave::signal::protocol::Mode::Audio,
-            None,
-        )
+        .join("from-cli-test", conclave::protocol::Mode::Audio, None)
         .await
         .unwrap();
     client.leave().await.unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use common::community::{KEYS, allow, set};
 use common::{TestServer, event_where};
-use conclave::signal::protocol::{ChannelEndReason, LeaveReason, MediaKind, Mode, ServerMessage};
+use conclave::protocol::{ChannelEndReason, LeaveReason, MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 use serde_json::{Value, json};
 
@@ -69,7 +69,7 @@ fn refusal(e: conclave::client::ClientError) -> (Status, String) {
     }
 }
 
-fn users(members: &[conclave::signal::protocol::MemberInfo]) -> Vec<&str> {
+fn users(members: &[conclave::protocol::MemberInfo]) -> Vec<&str> {
     members.iter().map(|m| m.user.as_str()).collect()
 }
 

@@ -6,7 +6,7 @@ mod common;
 use common::community::allow;
 use common::{TestServer, event_where};
 use conclave::policy::catalog::PolicyRule;
-use conclave::signal::protocol::{MediaKind, ServerMessage};
+use conclave::protocol::{MediaKind, ServerMessage};
 use conclave::status::Status;
 
 /// Only members holding one of the two highest-ranked roles (priority 20 or

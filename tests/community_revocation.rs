@@ -5,7 +5,7 @@ mod common;
 
 use common::community::set;
 use common::{TestServer, event_where};
-use conclave::signal::protocol::{ChannelEndReason, LeaveReason, MediaKind, ServerMessage};
+use conclave::protocol::{ChannelEndReason, LeaveReason, MediaKind, ServerMessage};
 use serde_json::Value;
 
 fn mute(e: &ServerMessage) -> Option<(String, MediaKind, bool, String)> {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{TestServer, next_event};
 use conclave::policy::FailureMode;
-use conclave::signal::protocol::{MediaKind, Mode, ServerMessage};
+use conclave::protocol::{MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 
 const HOSTILE: &[(&str, &str, &str)] = &[
@@ -179,7 +179,7 @@ async fn errors_in_every_react_hook_are_contained() {
         next_event(&mut alice).await,
         ServerMessage::MuteChanged { .. }
     ));
-    bob.set_role(conclave::signal::protocol::Role::Audience, None)
+    bob.set_role(conclave::protocol::Role::Audience, None)
         .await
         .unwrap();
     assert!(matches!(

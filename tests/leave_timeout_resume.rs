@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, closed, next_event};
-use conclave::signal::protocol::{LeaveReason, MediaKind, Mode, ServerMessage};
+use conclave::protocol::{LeaveReason, MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 
 fn fast_heartbeat(grace: Duration) -> impl FnOnce(&mut conclave::config::Config) {

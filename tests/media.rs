@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::TestServer;
 use common::media::{ForgeSsrc, LossyRelay, Participant};
 use conclave::ids::UserId;
-use conclave::signal::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
+use conclave::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
 
 /// A payload no codec would produce by chance: the sender and a counter.
 fn marked(tag: &str, n: u32) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{TestServer, built_plugin};
 use conclave::config::Config;
-use conclave::signal::protocol::{MediaKind, Mode};
+use conclave::protocol::{MediaKind, Mode};
 use conclave::status::Status;
 
 /// `[policy.plugins.*]` settings from TOML, as an operator writes them.

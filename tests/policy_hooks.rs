@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestServer, event_where, next_event};
 use conclave::ids::RoomName;
-use conclave::signal::protocol::{LeaveReason, MediaKind, Mode, ServerMessage};
+use conclave::protocol::{LeaveReason, MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 use serde_json::{Value, json};
 

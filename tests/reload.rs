@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::{TestServer, event_where, save};
-use conclave::signal::protocol::{MediaKind, Mode, ServerMessage};
+use conclave::protocol::{MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestServer, next_event};
 use conclave::auth::Grants;
-use conclave::signal::protocol::{MediaKind, Mode, Role, ServerMessage};
+use conclave::protocol::{MediaKind, Mode, Role, ServerMessage};
 use conclave::status::Status;
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TestServer, next_event};
-use conclave::signal::protocol::{Mode, Role, ServerMessage};
+use conclave::protocol::{Mode, Role, ServerMessage};
 use conclave::status::Status;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;

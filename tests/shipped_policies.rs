@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestServer, event_where, next_event, shipped_scripts};
-use conclave::signal::protocol::{MediaKind, Mode, Role, ServerMessage};
+use conclave::protocol::{MediaKind, Mode, Role, ServerMessage};
 use conclave::status::Status;
 use serde_json::json;
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TestServer, closed, next_event};
-use conclave::signal::protocol::{LeaveReason, Mode, ServerMessage};
+use conclave::protocol::{LeaveReason, Mode, ServerMessage};
 use conclave::store::sqlite::SqliteStore;
 use conclave::store::{RecordQuery, Store};
 

@@ -13,7 +13,8 @@ end
 
 -- A member can ask for silence and for the echo again with data messages
 -- {"echo": false} and {"echo": true}.
-function echo.on_data(from, payload)
+function echo.on_data(event)
+  local payload = event.payload
   if type(payload) == "table" and payload.echo == false then
     bot.stop()
   elseif type(payload) == "table" and payload.echo == true then

@@ -25,11 +25,12 @@ local function end_turn(user)
   end
 end
 
-function moderator.on_speaking(user, speaking)
+function moderator.on_speaking(event)
+  local user = event.user
   if user == bot.me().user then
     return
   end
-  if not speaking then
+  if not event.speaking then
     end_turn(user)
     return
   end
@@ -52,12 +53,12 @@ function moderator.on_speaking(user, speaking)
   }
 end
 
-function moderator.on_member_left(user)
-  end_turn(user)
+function moderator.on_member_left(event)
+  end_turn(event.user)
 end
 
-function moderator.on_error(action, message)
-  bot.log("moderator:", action, "failed:", message)
+function moderator.on_error(event)
+  bot.log("moderator:", event.action, "failed:", event.message)
 end
 
 return moderator

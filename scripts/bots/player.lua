@@ -31,11 +31,12 @@ function player.on_joined()
   play()
 end
 
-function player.on_speaking(user, speaking)
+function player.on_speaking(event)
+  local user = event.user
   if user == bot.me().user or bot.options.yield == false then
     return
   end
-  talking[user] = speaking or nil
+  talking[user] = event.speaking or nil
   if anyone_talking() then
     bot.cancel(resume)
     resume = nil
@@ -50,12 +51,12 @@ function player.on_speaking(user, speaking)
   end
 end
 
-function player.on_member_left(user)
-  player.on_speaking(user, false)
+function player.on_member_left(event)
+  player.on_speaking({ user = event.user, speaking = false })
 end
 
-function player.on_error(action, message)
-  bot.log("player:", action, "failed:", message)
+function player.on_error(event)
+  bot.log("player:", event.action, "failed:", event.message)
 end
 
 return player

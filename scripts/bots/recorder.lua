@@ -29,20 +29,20 @@ end
 
 recorder.on_member_joined = start
 
-function recorder.on_role_changed(user, role)
-  if role == "interactor" then
-    start(bot.member(user))
+function recorder.on_role_changed(event)
+  if event.role == "interactor" then
+    start(bot.member(event.user))
   else
-    bot.stop_recording(user)
+    bot.stop_recording(event.user)
   end
 end
 
-function recorder.on_member_left(user)
-  bot.stop_recording(user)
+function recorder.on_member_left(event)
+  bot.stop_recording(event.user)
 end
 
-function recorder.on_error(action, message)
-  bot.log("recorder:", action, "failed:", message)
+function recorder.on_error(event)
+  bot.log("recorder:", event.action, "failed:", event.message)
 end
 
 return recorder

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::audio::{self, Decoder, Encoder, FRAME_SAMPLES, OggOpusWriter};
 use crate::client::media::MediaSession;
-use crate::signal::protocol::MediaKind;
+use crate::model::MediaKind;
 
 /// One frame interval: every source sends a 20 ms Opus frame per tick.
 const FRAME: Duration = Duration::from_millis(20);

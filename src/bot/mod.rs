@@ -27,11 +27,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::client::ClientError;
+use crate::model::{LeaveReason, Mode, Role};
 use crate::policy::lua::LuaLimits;
-use crate::signal::protocol::{LeaveReason, Mode, Role};
 
+pub use crate::script::ScriptError;
 pub use runner::run;
-pub use script::ScriptError;
 
 /// Everything one bot needs.
 #[derive(Clone, Debug)]

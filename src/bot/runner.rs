@@ -4,17 +4,23 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::media::{self, BotMedia, MediaEvent, Outgoing};
-use super::script::{self, Action, BotScript, ScriptError, Source, Speaking, View};
+use serde_json::json;
+
+use super::script::{self, BotAction, BotScript, Source, Speaking, View};
 use super::{BotConfig, BotError, Ended};
 use crate::audio::Tone;
 use crate::client::{ClientError, Participant, ParticipantOptions};
-use crate::signal::protocol::{LeaveReason, ServerMessage};
+use crate::model::LeaveReason;
+use crate::protocol::ServerMessage;
+use crate::script::{ScriptError, ToLua};
 
 /// Runs a bot until it leaves, is removed, loses its connection, or
 /// `shutdown` completes (then it leaves politely).
@@ -80,7 +86,7 @@ struct Runner {
 impl Runner {
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<Ended, BotError> {
         let room = self.participant.joined().room.as_str().to_owned();
-        self.hook("on_joined", &[&room]).await;
+        self.hook("on_joined", &json!({ "room": room })).await;
         tokio::pin!(shutdown);
         while self.ended.is_none() {
             let next_timer = self.timers.keys().next().map(|(due, _)| *due);
@@ -88,17 +94,17 @@ impl Runner {
                 event = self.participant.next_event() => match event {
                     Some(event) => self.on_event(event).await,
                     None => {
-                        self.hook("on_left", &[&"connection_lost"]).await;
+                        self.hook("on_left", &json!({ "reason": "connection_lost" })).await;
                         self.ended = Some(Ended::ConnectionLost);
                     }
                 },
                 Some(event) = self.media_rx.recv() => match event {
-                    MediaEvent::PlayEnded => self.hook("on_play_ended", &[]).await,
+                    MediaEvent::PlayEnded => self.hook("on_play_ended", &json!({})).await,
                     MediaEvent::Failed { action, message } => self.failed(action, message).await,
                 },
                 () = sleep_until(next_timer) => self.fire_due().await,
                 () = &mut shutdown => {
-                    self.hook("on_left", &[&"shutdown"]).await;
+                    self.hook("on_left", &json!({ "reason": "shutdown" })).await;
                     self.ended = Some(Ended::Left);
                 },
             }
@@ -123,12 +129,13 @@ impl Runner {
                     v.members.retain(|m| m.user != member.user);
                     v.members.push(member.clone());
                 }
-                self.hook("on_member_joined", &[&member]).await;
+                self.hook("on_member_joined", &member).await;
             }
             ServerMessage::MemberLeft { user, reason, .. } => {
                 self.view().members.retain(|m| m.user != user);
                 self.speaking.forget(user.as_str());
-                self.hook("on_member_left", &[&user, &reason]).await;
+                self.hook("on_member_left", &json!({ "user": user, "reason": reason }))
+                    .await;
             }
             ServerMessage::RoleChanged {
                 user,
@@ -145,8 +152,8 @@ impl Runner {
                         v.role = Some(role);
                     }
                 }
-                self.hook("on_role_changed", &[&user, &role, &operate_by])
-                    .await;
+                let event = json!({ "user": user, "role": role, "operate_by": operate_by });
+                self.hook("on_role_changed", &event).await;
             }
             ServerMessage::MuteChanged {
                 user,
@@ -157,28 +164,33 @@ impl Runner {
             } => {
                 if let Some(m) = self.view().members.iter_mut().find(|m| m.user == user) {
                     match kind {
-                        crate::signal::protocol::MediaKind::Audio => m.audio_muted = muted,
-                        crate::signal::protocol::MediaKind::Video => m.video_muted = muted,
+                        crate::model::MediaKind::Audio => m.audio_muted = muted,
+                        crate::model::MediaKind::Video => m.video_muted = muted,
                     }
                 }
-                self.hook("on_mute_changed", &[&user, &kind, &muted, &operate_by])
-                    .await;
+                let event = json!({
+                    "user": user, "kind": kind, "muted": muted, "operate_by": operate_by,
+                });
+                self.hook("on_mute_changed", &event).await;
             }
             ServerMessage::Data { from, payload, .. } => {
-                self.hook("on_data", &[&from, &payload]).await;
+                self.hook("on_data", &json!({ "from": from, "payload": payload }))
+                    .await;
             }
             ServerMessage::Volume { levels } => {
                 for level in levels {
                     if let Some(speaking) =
                         self.speaking.update(level.user.as_str(), level.speaking)
                     {
-                        self.hook("on_speaking", &[&level.user, &speaking, &level.level])
-                            .await;
+                        let event = json!({
+                            "user": level.user, "speaking": speaking, "level": level.level,
+                        });
+                        self.hook("on_speaking", &event).await;
                     }
                 }
             }
             ServerMessage::Disconnected { reason, .. } => {
-                self.hook("on_left", &[&reason]).await;
+                self.hook("on_left", &json!({ "reason": reason })).await;
                 self.ended = Some(match reason {
                     LeaveReason::Kicked => Ended::Kicked,
                     _ => Ended::Removed(reason),
@@ -193,9 +205,9 @@ impl Runner {
     }
 
     /// Calls a hook, then carries out what it queued.
-    async fn hook(&mut self, name: &str, args: &[&dyn script::ErasedArg]) {
+    async fn hook(&mut self, name: &str, event: &(dyn ToLua + Sync)) {
         self.refresh_view();
-        let result = self.script.call(name, args);
+        let result = self.script.call(name, event);
         self.after_call(result).await;
     }
 
@@ -214,7 +226,8 @@ impl Runner {
                 // script cannot loop on its own failures.
                 tracing::warn!(action = name, %message, "bot action failed");
                 self.refresh_view();
-                let result = self.script.call("on_error", &[&name, &message]);
+                let event = json!({ "action": name, "message": message });
+                let result = self.script.call("on_error", &event);
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "bot script error");
                 }
@@ -228,7 +241,7 @@ impl Runner {
     }
 
     /// Applies the timers the script set or cancelled; returns its actions.
-    fn take_queued(&mut self) -> Vec<Action> {
+    fn take_queued(&mut self) -> Vec<BotAction> {
         let (actions, timers, cancelled) = self.script.take();
         for id in cancelled {
             self.timers.retain(|(_, t), _| *t != id);
@@ -241,7 +254,8 @@ impl Runner {
 
     async fn failed(&mut self, action: &'static str, message: String) {
         tracing::warn!(action, %message, "bot media failed");
-        self.hook("on_error", &[&action, &message]).await;
+        self.hook("on_error", &json!({ "action": action, "message": message }))
+            .await;
     }
 
     fn refresh_view(&self) {
@@ -250,21 +264,21 @@ impl Runner {
         v.recording = self.media.recording();
     }
 
-    async fn perform(&mut self, action: Action) -> Result<(), String> {
+    async fn perform(&mut self, action: BotAction) -> Result<(), String> {
         let p = &self.participant;
         let refused = |e: ClientError| e.to_string();
         match action {
-            Action::SendData { payload, to } => {
+            BotAction::SendData { payload, to } => {
                 p.send_data(payload, to.as_deref()).await.map_err(refused)
             }
-            Action::Mute { user, kind, muted } => {
+            BotAction::Mute { user, kind, muted } => {
                 p.mute(kind, muted, user.as_deref()).await.map_err(refused)
             }
-            Action::Kick { user } => p.kick(&user).await.map_err(refused),
-            Action::SetRole { role, user } => {
+            BotAction::Kick { user } => p.kick(&user).await.map_err(refused),
+            BotAction::SetRole { role, user } => {
                 p.set_role(role, user.as_deref()).await.map_err(refused)
             }
-            Action::Play { source, looped } => {
+            BotAction::Play { source, looped } => {
                 let outgoing = match source {
                     Source::File(name) => {
                         let path = script::confined(&self.config.media_dir, &name)?;
@@ -279,24 +293,24 @@ impl Runner {
                 self.media.send(outgoing);
                 Ok(())
             }
-            Action::Echo { delay, user } => {
+            BotAction::Echo { delay, user } => {
                 self.media.echo(delay, user);
                 Ok(())
             }
-            Action::Stop => {
+            BotAction::Stop => {
                 self.media.stop();
                 Ok(())
             }
-            Action::Record { target, file } => {
+            BotAction::Record { target, file } => {
                 let path = self.media.record(&target, &file)?;
                 tracing::info!(%target, path = %path.display(), "recording");
                 Ok(())
             }
-            Action::StopRecording { target } => {
+            BotAction::StopRecording { target } => {
                 self.media.stop_recording(target.as_deref());
                 Ok(())
             }
-            Action::Leave => {
+            BotAction::Leave => {
                 self.ended = Some(Ended::Left);
                 Ok(())
             }
@@ -328,7 +342,7 @@ impl Runner {
 
 async fn sleep_until(due: Option<Instant>) {
     match due {
-        Some(due) => tokio::time::sleep_until(due.into()).await,
+        Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
 }

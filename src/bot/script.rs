@@ -1,23 +1,27 @@
-//! A bot's Lua script: the same sandbox as room policies, a `bot` API table,
-//! and hooks the runner calls as the room changes.
+//! A bot's Lua script: the same host as room policies ([`crate::script`]),
+//! a `bot` API table, and hooks the runner calls as the room changes. Hooks
+//! take one event table each, as policy hooks do.
 //!
 //! Scripts never block the bot. API calls that act on the room (`send_data`,
-//! `mute`, `play`, ...) only queue an [`Action`]; the runner carries the
+//! `mute`, `play`, ...) only queue a [`BotAction`]; the runner carries the
 //! queue out after the hook returns, in order, and reports failures through
 //! the script's `on_error` hook. Reads (`bot.members()`, `bot.me`) see the
 //! bot's view as of the event being handled.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
-use serde::Serialize;
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
 use serde_json::Value as Json;
+use tokio::time::Instant;
 
-use crate::policy::lua::sandbox::{self, Budget, LuaLimits};
-use crate::signal::protocol::{MediaKind, MemberInfo, Role};
+use crate::model::{MediaKind, MemberInfo, Role};
+use crate::script::{
+    LuaLimits, ScriptError, Source as ScriptSource, ToLua, Vm, located, with_context,
+};
 
 /// Every hook a bot script may define.
 pub const HOOKS: &[&str] = &[
@@ -35,7 +39,7 @@ pub const HOOKS: &[&str] = &[
 
 /// Something a script asked the bot to do.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Action {
+pub enum BotAction {
     SendData {
         payload: Json,
         to: Option<String>,
@@ -71,20 +75,20 @@ pub enum Action {
     Leave,
 }
 
-impl Action {
+impl BotAction {
     /// The API function that queued it, for error reports.
     pub fn name(&self) -> &'static str {
         match self {
-            Action::SendData { .. } => "send_data",
-            Action::Mute { .. } => "mute",
-            Action::Kick { .. } => "kick",
-            Action::SetRole { .. } => "set_role",
-            Action::Play { .. } => "play",
-            Action::Echo { .. } => "echo",
-            Action::Stop => "stop",
-            Action::Record { .. } => "record",
-            Action::StopRecording { .. } => "stop_recording",
-            Action::Leave => "leave",
+            BotAction::SendData { .. } => "send_data",
+            BotAction::Mute { .. } => "mute",
+            BotAction::Kick { .. } => "kick",
+            BotAction::SetRole { .. } => "set_role",
+            BotAction::Play { .. } => "play",
+            BotAction::Echo { .. } => "echo",
+            BotAction::Stop => "stop",
+            BotAction::Record { .. } => "record",
+            BotAction::StopRecording { .. } => "stop_recording",
+            BotAction::Leave => "leave",
         }
     }
 }
@@ -118,33 +122,22 @@ pub struct Timer {
     pub every: Option<Duration>,
 }
 
+/// What one call queues: actions, timers set, timers cancelled. In the
+/// state's app data while a hook or timer runs.
 #[derive(Default)]
-struct Shared {
-    actions: Vec<Action>,
-    /// Timers set or cancelled during the current call.
+struct Queued {
+    actions: Vec<BotAction>,
     new_timers: Vec<Timer>,
     cancelled: Vec<u64>,
-    next_timer: u64,
-}
-
-/// Why a script could not load, or a hook failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{script}: {hook}: {message}")]
-pub struct ScriptError {
-    pub script: String,
-    pub hook: String,
-    pub message: String,
 }
 
 /// A loaded bot script.
 pub struct BotScript {
-    lua: Lua,
-    budget: Arc<Budget>,
-    hooks: Table,
+    vm: Vm,
     timers_table: Table,
-    shared: Arc<Mutex<Shared>>,
     view: Arc<Mutex<View>>,
-    label: String,
+    /// What calls queued since the runner last took it.
+    pending: Queued,
 }
 
 impl BotScript {
@@ -156,41 +149,34 @@ impl BotScript {
         view: Arc<Mutex<View>>,
     ) -> Result<BotScript, ScriptError> {
         let label = path.display().to_string();
-        let fail = |message: String| ScriptError {
+        let text = std::fs::read_to_string(path).map_err(|e| ScriptError {
             script: label.clone(),
             hook: "load".into(),
-            message,
+            kind: crate::script::ErrorKind::Error,
+            message: e.to_string(),
+        })?;
+        let source = ScriptSource {
+            label: &label,
+            path: &label,
+            text: &text,
         };
-        let source = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let (lua, budget) = sandbox::new_state(limits).map_err(|e| fail(e.to_string()))?;
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let timers_table = lua.create_table().map_err(|e| fail(e.to_string()))?;
-        install_api(&lua, &shared, &view, options, &timers_table)
-            .map_err(|e| fail(sandbox::error_text(&e)))?;
-        budget.reset();
-        let value = lua
-            .load(&source)
-            .set_name(format!("@{label}"))
-            .set_mode(mlua::chunk::ChunkMode::Text)
-            .eval::<Value>()
-            .map_err(|e| fail(sandbox::error_text(&e)))?;
-        let Value::Table(hooks) = value else {
-            return Err(fail(format!(
-                "the script must return a table of hooks, not a {}",
-                value.type_name()
-            )));
+        let mut timers_table = None;
+        let install = |lua: &Lua| {
+            let table = lua.create_table()?;
+            install_api(lua, &view, options, &table)?;
+            timers_table = Some(table);
+            Ok(())
         };
-        for warning in crate::policy::lua::hook_warnings(&hooks, HOOKS) {
+        // The chunk may read the view; acting is for hooks (no queue yet).
+        let vm = Vm::load(limits, install, &source, HOOKS, ())?;
+        for warning in vm.warnings() {
             tracing::warn!(script = %label, "{warning}");
         }
         Ok(BotScript {
-            lua,
-            budget,
-            hooks,
-            timers_table,
-            shared,
+            vm,
+            timers_table: timers_table.expect("install ran"),
             view,
-            label,
+            pending: Queued::default(),
         })
     }
 
@@ -200,26 +186,16 @@ impl BotScript {
 
     /// True if the script defines `hook`.
     pub fn has(&self, hook: &str) -> bool {
-        matches!(self.hooks.raw_get::<Value>(hook), Ok(Value::Function(_)))
+        self.vm.has_hook(hook)
     }
 
-    /// Calls `hook` with `args` (each serialized to Lua) if the script has it.
-    pub fn call(&mut self, hook: &str, args: &[&dyn ErasedArg]) -> Result<(), ScriptError> {
-        let function = match self.hooks.raw_get::<Value>(hook) {
-            Ok(Value::Function(f)) => f,
-            Ok(Value::Nil) => return Ok(()),
-            Ok(other) => {
-                return Err(self.error(hook, format!("is a {}, not a function", other.type_name())));
-            }
-            Err(e) => return Err(self.error(hook, sandbox::error_text(&e))),
-        };
-        let lua = &self.lua;
-        let values = args
-            .iter()
-            .map(|a| a.to_lua(lua))
-            .collect::<mlua::Result<MultiValue>>()
-            .map_err(|e| self.error(hook, sandbox::error_text(&e)))?;
-        self.invoke(hook, &function, values)
+    /// Calls `hook` with `event` (an event table) if the script has it.
+    pub fn call(&mut self, hook: &str, event: &dyn ToLua) -> Result<(), ScriptError> {
+        let (queued, result) = self.vm.call(hook, Queued::default(), |lua| {
+            Ok(mlua::MultiValue::from_iter([event.to_lua(lua)?]))
+        });
+        self.keep(queued, result.is_ok());
+        result.map(drop)
     }
 
     /// Runs the timer `id`'s function; false if it no longer exists.
@@ -228,8 +204,25 @@ impl BotScript {
             Ok(Value::Function(f)) => f,
             _ => return Ok(false),
         };
-        self.invoke("timer", &function, MultiValue::new())?;
-        Ok(true)
+        let (queued, result) = self.vm.invoke("timer", &function, Queued::default(), |_| {
+            Ok(Default::default())
+        });
+        self.keep(queued, result.is_ok());
+        result.map(|_| true)
+    }
+
+    /// What a call queued counts only when the call completed; timer
+    /// functions it registered are forgotten otherwise.
+    fn keep(&mut self, queued: Queued, completed: bool) {
+        if completed {
+            self.pending.actions.extend(queued.actions);
+            self.pending.new_timers.extend(queued.new_timers);
+            self.pending.cancelled.extend(queued.cancelled);
+        } else {
+            for timer in queued.new_timers {
+                self.drop_timer(timer.id);
+            }
+        }
     }
 
     /// Forgets a one-shot timer after it fired.
@@ -237,51 +230,20 @@ impl BotScript {
         let _ = self.timers_table.raw_set(id, Value::Nil);
     }
 
-    fn invoke(&self, hook: &str, f: &Function, args: MultiValue) -> Result<(), ScriptError> {
-        self.budget.reset();
-        f.call::<()>(args).map_err(|e| {
-            let message = if self.budget.is_exhausted() {
-                format!("stopped: {}", sandbox::error_text(&e))
-            } else {
-                sandbox::error_text(&e)
-            };
-            self.error(hook, message)
-        })
-    }
-
     /// Takes what the last calls queued: actions, timers set, timers cancelled.
-    pub fn take(&self) -> (Vec<Action>, Vec<Timer>, Vec<u64>) {
-        let mut shared = self.shared.lock().expect("bot script state");
-        (
-            std::mem::take(&mut shared.actions),
-            std::mem::take(&mut shared.new_timers),
-            std::mem::take(&mut shared.cancelled),
-        )
-    }
-
-    fn error(&self, hook: &str, message: String) -> ScriptError {
-        ScriptError {
-            script: self.label.clone(),
-            hook: hook.to_owned(),
-            message,
-        }
+    pub fn take(&mut self) -> (Vec<BotAction>, Vec<Timer>, Vec<u64>) {
+        let pending = std::mem::take(&mut self.pending);
+        (pending.actions, pending.new_timers, pending.cancelled)
     }
 }
 
-/// A hook argument of any serializable type.
-pub trait ErasedArg: Sync {
-    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value>;
-}
-
-impl<T: Serialize + Sync> ErasedArg for T {
-    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
-        lua.to_value(self)
-    }
+/// Queues an action of the current hook.
+fn push(lua: &Lua, action: BotAction) -> mlua::Result<()> {
+    with_context::<Queued, _>(lua, |q| q.actions.push(action))
 }
 
 fn install_api(
     lua: &Lua,
-    shared: &Arc<Mutex<Shared>>,
     view: &Arc<Mutex<View>>,
     options: &serde_json::Map<String, Json>,
     timers: &Table,
@@ -289,66 +251,53 @@ fn install_api(
     let bot = lua.create_table()?;
     bot.raw_set("options", lua.to_value(options)?)?;
 
-    let queue = |shared: &Arc<Mutex<Shared>>| {
-        let shared = shared.clone();
-        move |action: Action| {
-            shared
-                .lock()
-                .expect("bot script state")
-                .actions
-                .push(action)
-        }
-    };
-
-    let push = queue(shared);
     bot.raw_set(
         "send_data",
         lua.create_function(move |lua, (payload, to): (Value, Option<String>)| {
             let payload: Json = lua.from_value(payload)?;
-            push(Action::SendData { payload, to });
+            push(lua, BotAction::SendData { payload, to })?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "mute",
         lua.create_function(
-            move |_, (user, kind, muted): (Option<String>, String, Option<bool>)| {
-                let kind = media_kind(&kind)?;
-                push(Action::Mute {
-                    user,
-                    kind,
-                    muted: muted.unwrap_or(true),
-                });
+            move |lua, (user, kind, muted): (Option<String>, String, Option<bool>)| {
+                let kind = media_kind(lua, &kind)?;
+                push(
+                    lua,
+                    BotAction::Mute {
+                        user,
+                        kind,
+                        muted: muted.unwrap_or(true),
+                    },
+                )?;
                 Ok(())
             },
         )?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "kick",
-        lua.create_function(move |_, user: String| {
-            push(Action::Kick { user });
+        lua.create_function(move |lua, user: String| {
+            push(lua, BotAction::Kick { user })?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "set_role",
-        lua.create_function(move |_, (role, user): (String, Option<String>)| {
-            let role: Role = role.parse().map_err(mlua::Error::RuntimeError)?;
-            push(Action::SetRole { role, user });
+        lua.create_function(move |lua, (role, user): (String, Option<String>)| {
+            let role: Role = role.parse().map_err(|e: String| located(lua, e))?;
+            push(lua, BotAction::SetRole { role, user })?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "play",
-        lua.create_function(move |_, (source, opts): (Value, Option<Table>)| {
+        lua.create_function(move |lua, (source, opts): (Value, Option<Table>)| {
             let source = match source {
                 Value::String(name) => Source::File(name.to_str()?.to_owned()),
                 Value::Table(t) => {
@@ -379,55 +328,53 @@ fn install_api(
                 Some(t) => t.get::<Option<bool>>("loop")?.unwrap_or(false),
                 None => false,
             };
-            push(Action::Play { source, looped });
+            push(lua, BotAction::Play { source, looped })?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "echo",
-        lua.create_function(move |_, (delay_ms, user): (u64, Option<String>)| {
-            push(Action::Echo {
-                delay: Duration::from_millis(delay_ms.min(60_000)),
-                user,
-            });
+        lua.create_function(move |lua, (delay_ms, user): (u64, Option<String>)| {
+            push(
+                lua,
+                BotAction::Echo {
+                    delay: Duration::from_millis(delay_ms.min(60_000)),
+                    user,
+                },
+            )?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "stop",
-        lua.create_function(move |_, ()| {
-            push(Action::Stop);
+        lua.create_function(move |lua, ()| {
+            push(lua, BotAction::Stop)?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "record",
-        lua.create_function(move |_, (target, file): (String, String)| {
-            push(Action::Record { target, file });
+        lua.create_function(move |lua, (target, file): (String, String)| {
+            push(lua, BotAction::Record { target, file })?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "stop_recording",
-        lua.create_function(move |_, target: Option<String>| {
-            push(Action::StopRecording { target });
+        lua.create_function(move |lua, target: Option<String>| {
+            push(lua, BotAction::StopRecording { target })?;
             Ok(())
         })?,
     )?;
 
-    let push = queue(shared);
     bot.raw_set(
         "leave",
-        lua.create_function(move |_, ()| {
-            push(Action::Leave);
+        lua.create_function(move |lua, ()| {
+            push(lua, BotAction::Leave)?;
             Ok(())
         })?,
     )?;
@@ -480,35 +427,38 @@ fn install_api(
     )?;
 
     // Timers: the function lives in a Lua table by id, the schedule in Rust.
+    let next_id = Arc::new(AtomicU64::new(0));
     for (name, repeat) in [("after", false), ("every", true)] {
-        let shared = shared.clone();
         let timers = timers.clone();
+        let next_id = next_id.clone();
         bot.raw_set(
             name,
-            lua.create_function(move |_, (ms, f): (u64, Function)| {
-                let ms = ms.max(if repeat { 10 } else { 0 });
-                let mut s = shared.lock().expect("bot script state");
-                s.next_timer += 1;
-                let id = s.next_timer;
-                timers.raw_set(id, f)?;
-                let every = repeat.then(|| Duration::from_millis(ms));
-                s.new_timers.push(Timer {
+            lua.create_function(move |lua, (ms, f): (u64, Function)| {
+                let after = Duration::from_millis(ms);
+                let after = if repeat {
+                    after.max(crate::script::MIN_REPEAT)
+                } else {
+                    after
+                };
+                let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                let timer = Timer {
                     id,
-                    due: Instant::now() + Duration::from_millis(ms),
-                    every,
-                });
+                    due: Instant::now() + after,
+                    every: repeat.then_some(after),
+                };
+                with_context::<Queued, _>(lua, |q| q.new_timers.push(timer))?;
+                timers.raw_set(id, f)?;
                 Ok(id)
             })?,
         )?;
     }
-    let s = shared.clone();
     let t = timers.clone();
     bot.raw_set(
         "cancel",
-        lua.create_function(move |_, id: Option<u64>| {
+        lua.create_function(move |lua, id: Option<u64>| {
             if let Some(id) = id {
+                with_context::<Queued, _>(lua, |q| q.cancelled.push(id))?;
                 t.raw_set(id, Value::Nil)?;
-                s.lock().expect("bot script state").cancelled.push(id);
             }
             Ok(())
         })?,
@@ -519,7 +469,7 @@ fn install_api(
         "now",
         lua.create_function(move |_, ()| Ok(started.elapsed().as_millis() as u64))?,
     )?;
-    let log = lua.create_function(|_, args: MultiValue| {
+    let log = lua.create_function(|_, args: mlua::MultiValue| {
         let line = args
             .iter()
             .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_owned()))
@@ -534,14 +484,8 @@ fn install_api(
     Ok(())
 }
 
-fn media_kind(kind: &str) -> mlua::Result<MediaKind> {
-    match kind {
-        "audio" => Ok(MediaKind::Audio),
-        "video" => Ok(MediaKind::Video),
-        other => Err(mlua::Error::RuntimeError(format!(
-            "unknown media kind `{other}`: use \"audio\" or \"video\""
-        ))),
-    }
+fn media_kind(lua: &Lua, kind: &str) -> mlua::Result<MediaKind> {
+    kind.parse().map_err(|e: String| located(lua, e))
 }
 
 /// A file name a script gave, checked to stay inside `dir`.
@@ -622,21 +566,21 @@ mod tests {
             "#,
         );
         let member = serde_json::json!({ "user": "alice", "name": "Alice" });
-        s.call("on_member_joined", &[&member]).expect("hook runs");
+        s.call("on_member_joined", &member).expect("hook runs");
         let (actions, _, _) = s.take();
         assert_eq!(
             actions,
             vec![
-                Action::SendData {
+                BotAction::SendData {
                     payload: serde_json::json!({ "text": "hi Alice" }),
                     to: Some("alice".into())
                 },
-                Action::Mute {
+                BotAction::Mute {
                     user: Some("alice".into()),
                     kind: MediaKind::Audio,
                     muted: true
                 },
-                Action::Play {
+                BotAction::Play {
                     source: Source::Tone {
                         frequency: 440.0,
                         amplitude: 0.3
@@ -652,15 +596,18 @@ mod tests {
         let mut s = script(
             r#"
             local b = {}
-            function b.on_data(from, payload) while true do end end
+            function b.on_data(e) while true do end end
             function b.on_left() bot.leave() end
             return b
             "#,
         );
-        let err = s.call("on_data", &[&"x", &1]).expect_err("budget stops it");
+        let event = serde_json::json!({ "from": "x", "payload": 1 });
+        let err = s.call("on_data", &event).expect_err("budget stops it");
+        assert_eq!(err.kind, crate::script::ErrorKind::Budget, "{err}");
         assert!(err.message.contains("budget"), "{err}");
-        s.call("on_left", &[]).expect("the next hook runs");
-        assert_eq!(s.take().0, vec![Action::Leave]);
+        s.call("on_left", &serde_json::json!({}))
+            .expect("the next hook runs");
+        assert_eq!(s.take().0, vec![BotAction::Leave]);
     }
 
     #[test]
@@ -672,8 +619,14 @@ mod tests {
             return b
             "#,
         );
-        let err = s.call("on_joined", &[]).expect_err("bad kind");
-        assert!(err.message.contains("unknown media kind `smell`"), "{err}");
+        let err = s
+            .call("on_joined", &serde_json::json!({}))
+            .expect_err("bad kind");
+        assert!(
+            err.message
+                .contains("bot.lua:3: unknown media kind `smell`"),
+            "{err}"
+        );
         assert!(s.take().0.is_empty());
     }
 
@@ -685,15 +638,19 @@ mod tests {
             function b.on_joined()
               local t = bot.after(100, function() bot.leave() end)
               bot.every(50, function() end)
+              bot.every(1, function() end)
               bot.cancel(t)
             end
             return b
             "#,
         );
-        s.call("on_joined", &[]).expect("hook runs");
+        s.call("on_joined", &serde_json::json!({}))
+            .expect("hook runs");
         let (_, timers, cancelled) = s.take();
-        assert_eq!(timers.len(), 2);
+        assert_eq!(timers.len(), 3);
         assert_eq!(timers[1].every, Some(Duration::from_millis(50)));
+        // The same floor as room policies' timers.
+        assert_eq!(timers[2].every, Some(crate::script::MIN_REPEAT));
         assert_eq!(cancelled, vec![timers[0].id]);
         assert!(!s.fire_timer(timers[0].id).expect("no error"));
         assert!(s.fire_timer(timers[1].id).expect("runs"));

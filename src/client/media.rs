@@ -4,10 +4,10 @@
 //! ```no_run
 //! # async fn demo(mut client: conclave::client::SignalClient) -> Result<(), conclave::client::ClientError> {
 //! use conclave::client::media::{MediaOptions, MediaSession};
-//! use conclave::signal::protocol::ServerMessage;
+//! use conclave::protocol::ServerMessage;
 //!
 //! let mut media = MediaSession::new(MediaOptions::default()).await?;
-//! client.request(conclave::signal::protocol::Request::MediaStart {}).await?;
+//! client.request(conclave::protocol::Request::MediaStart {}).await?;
 //! while let Some(event) = client.next_event().await {
 //!     if let ServerMessage::MediaOffer { sdp, .. } = event {
 //!         media.accept_offer(&client, sdp).await?;
@@ -49,7 +49,8 @@ use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, PeerConnect
 use super::{ClientError, SignalClient};
 use crate::ids::UserId;
 use crate::media::codec;
-use crate::signal::protocol::{MediaKind, Request};
+use crate::model::MediaKind;
+use crate::protocol::Request;
 
 /// What a session publishes and where it listens.
 #[derive(Clone, Debug)]

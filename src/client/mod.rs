@@ -7,7 +7,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), conclave::client::ClientError> {
 //! use conclave::client::SignalClient;
-//! use conclave::signal::protocol::Mode;
+//! use conclave::protocol::Mode;
 //! let mut client = SignalClient::connect("ws://127.0.0.1:7880/ws").await?;
 //! client.hello("<token>").await?;
 //! client.create("lobby", "welcome").await?;
@@ -38,9 +38,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::community::{CommunityChannelId, ServerId};
 use crate::ids::{RoomName, UserId};
-use crate::signal::protocol::{
-    ChannelMembersOk, ConnectOk, CreateOk, Envelope, HelloOk, JoinOk, MediaKind, Mode,
-    PROTOCOL_VERSION, Request, Role, ServerMessage,
+use crate::model::{MediaKind, Mode, Role};
+use crate::protocol::{
+    ChannelMembersOk, ConnectOk, CreateOk, Envelope, HelloOk, JoinOk, PROTOCOL_VERSION, Request,
+    ServerMessage,
 };
 use crate::status::{Failure, Status};
 

@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 
 use super::media::{MediaOptions, MediaSession, Received};
 use super::{ClientError, ClientOptions, SignalClient};
-use crate::signal::protocol::{HelloOk, JoinOk, MediaKind, Mode, Request, Role, ServerMessage};
+use crate::model::{MediaKind, Mode, Role};
+use crate::protocol::{HelloOk, JoinOk, Request, ServerMessage};
 use crate::status::Status;
 
 /// How to join.

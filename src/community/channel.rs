@@ -18,9 +18,10 @@ use super::hub::{CommunityHub, MemberContext};
 use super::{ChannelKind, CommunityChannelId, MediaSettings, PermissionKey, ServerId};
 use crate::auth::Identity;
 use crate::ids::{ConnId, RoomName, UserId};
+use crate::model::{MediaKind, Mode};
 use crate::policy::Action;
+use crate::protocol::ConnectOk;
 use crate::room::{RoomHandle, Rooms, Sink};
-use crate::signal::protocol::{ConnectOk, MediaKind, Mode};
 use crate::status::{Failure, Status};
 
 /// Room names starting with this are reserved for media channels: nobody
@@ -258,7 +259,7 @@ pub async fn online_members(
     channel: CommunityChannelId,
     user: &UserId,
     admin: bool,
-) -> Result<Vec<crate::signal::protocol::MemberInfo>, Failure> {
+) -> Result<Vec<crate::model::MemberInfo>, Failure> {
     let visible = hub.effective(server, Some(channel), user).visible;
     let exists = hub.read(|c| {
         c.server(server)

@@ -16,9 +16,10 @@ use serde_json::json;
 
 use crate::auth::Identity;
 use crate::ids::{RoomName, UserId};
+use crate::model::{MediaKind, Role};
+use crate::protocol::CreateOk;
 use crate::room::{Actor, CloseReason, RoomHandle};
 use crate::server::AppState;
-use crate::signal::protocol::{CreateOk, MediaKind, Role};
 use crate::status::{Failure, Status};
 use crate::store::RecordQuery;
 
@@ -75,7 +76,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.0.status;
         (
-            status.http(),
+            super::http_status(status),
             Json(json!({ "code": status.code(), "message": self.0.message })),
         )
             .into_response()

@@ -15,6 +15,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::server::AppState;
+use crate::status::Status;
+
+/// The HTTP status the admin and community APIs answer with for a protocol
+/// status.
+pub fn http_status(status: Status) -> StatusCode {
+    match status {
+        Status::Ok => StatusCode::OK,
+        Status::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Status::BadRequest | Status::VersionUnsupported => StatusCode::BAD_REQUEST,
+        Status::Unauthorized => StatusCode::UNAUTHORIZED,
+        Status::Forbidden => StatusCode::FORBIDDEN,
+        Status::NotFound => StatusCode::NOT_FOUND,
+        Status::Conflict | Status::ChannelFull => StatusCode::CONFLICT,
+        Status::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Status::Internal | Status::Disconnected => StatusCode::INTERNAL_SERVER_ERROR,
+        Status::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()

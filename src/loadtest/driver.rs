@@ -20,7 +20,7 @@ use super::source::{self, AudioLoop, VideoFrames};
 use super::stats::{Live, TrackStats};
 use crate::client::{Participant, ParticipantOptions};
 use crate::ids::UserId;
-use crate::signal::protocol::{MediaKind, Mode, Role};
+use crate::model::{MediaKind, Mode, Role};
 
 /// After the stop signal, receiving ends once nothing has arrived for this
 /// long (packets in flight, retransmissions) ...

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::auth::{Auth, AuthError, Grants, claims_for};
-use crate::signal::protocol::Role;
+use crate::model::Role;
 
 /// One simulated participant.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::driver::Outcome;
 use super::stats::Percentiles;
 use super::{Config, LoadtestError};
-use crate::signal::protocol::MediaKind;
+use crate::model::MediaKind;
 
 /// Everything a run measured. Serialises to the `--json` report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

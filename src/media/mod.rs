@@ -17,6 +17,7 @@
 //! the media task tells the room task about speaking levels and lost members.
 
 pub mod codec;
+mod config;
 mod interceptor;
 mod level;
 mod peer;
@@ -34,10 +35,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
-use crate::config::MediaConfig;
 use crate::status::{Failure, Status};
 use crate::telemetry::ReasonLabel;
 
+pub use config::{MediaConfig, PortRange};
 pub use room::{Gate, RoomMedia};
 
 #[derive(Debug, thiserror::Error)]

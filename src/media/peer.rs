@@ -29,8 +29,8 @@ use super::rewrite::SeqRewriter;
 use super::udp::PeerKey;
 use super::{MediaError, MediaMetrics, codec};
 use crate::ids::{ConnId, UserId};
+use crate::model::{MediaKind, Mode, PublishSlot, TrackInfo};
 use crate::room::Sink;
-use crate::signal::protocol::{MediaKind, Mode, PublishSlot, TrackInfo};
 
 /// How long after a video subscription starts its source is asked for
 /// keyframes (at the throttled rate).

@@ -27,9 +27,10 @@ use super::peer::{Peer, PeerSetup};
 use super::udp::{Inbound, PeerKey, Route, RouteCmd};
 use super::{MediaError, Shared, ice_token};
 use crate::ids::{ConnId, UserId};
+use crate::model::{MediaKind, Mode, VolumeLevel};
+use crate::protocol::ServerMessage;
 use crate::room::actor::Command;
 use crate::room::{Outbound, Sink};
-use crate::signal::protocol::{MediaKind, Mode, ServerMessage, VolumeLevel};
 use crate::status::{Failure, Status};
 
 /// How often peer timers (DTLS retransmits, RTCP reports, NACKs) and the

@@ -230,6 +230,7 @@ pub struct Catalog {
     state: Mutex<State>,
     generation: watch::Sender<u64>,
     metrics: Arc<CatalogMetrics>,
+    clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -311,6 +312,7 @@ impl Catalog {
             generation: watch::channel(0).0,
             config,
             metrics,
+            clock: crate::clock::Clock::new(),
         });
         let scripts = &catalog.config.scripts_dir;
         if !scripts.as_os_str().is_empty() && !scripts.is_dir() {
@@ -346,6 +348,11 @@ impl Catalog {
             watch: false,
             ..PolicyConfig::default()
         })
+    }
+
+    /// The clock versions are stamped with, and rooms' policies read.
+    pub fn clock(&self) -> crate::clock::Clock {
+        self.clock
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -412,7 +419,7 @@ impl Catalog {
             name: name.into(),
             source: source.into(),
             hash: hash.clone(),
-            loaded_at_ms: crate::room::now().unix_ms,
+            loaded_at_ms: self.clock.unix_ms(),
             path: path.to_path_buf(),
         });
         // Validate in a throwaway state: compiles, runs, returns a table.
@@ -469,10 +476,14 @@ impl Catalog {
         }
         let settings = self.config.plugins.get(name).cloned().unwrap_or_default();
         let config_text = plugin_config_text(&settings.config);
-        match self
-            .host
-            .compile(name, path, &bytes, &config_text, settings.failure_mode)
-        {
+        match self.host.compile(
+            name,
+            path,
+            &bytes,
+            &config_text,
+            settings.failure_mode,
+            self.clock.unix_ms(),
+        ) {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
                 tracing::info!(plugin = %plugin.label(), "permission plugin loaded");

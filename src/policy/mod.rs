@@ -24,7 +24,7 @@ pub mod wasm;
 
 use serde::{Deserialize, Serialize};
 
-use crate::signal::protocol::{MediaKind, Role};
+use crate::model::{MediaKind, Role};
 
 /// Everything a plugin is asked about. The numbers are the plugin ABI's
 /// action codes (docs/plugins.md) and never change meaning.

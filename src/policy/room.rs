@@ -74,7 +74,7 @@ impl RoomPolicy {
             name,
         };
         policy.refresh_labels();
-        policy.status.since = Some(crate::room::now().unix_ms);
+        policy.status.since = Some(policy.catalog.clock().unix_ms());
         policy
     }
 
@@ -138,7 +138,7 @@ impl RoomPolicy {
         }
         self.refresh_labels();
         if self.status.version != before {
-            self.status.since = Some(crate::room::now().unix_ms);
+            self.status.since = Some(self.catalog.clock().unix_ms());
         }
         reloaded
     }
@@ -226,7 +226,7 @@ impl RoomPolicy {
         &mut self,
         hook: &str,
         view: &Arc<RoomView>,
-        args: &[&dyn super::lua::erased::ToLua],
+        args: &[&dyn crate::script::ToLua],
         effects: &mut Vec<Effect>,
     ) {
         let Some(lua) = &mut self.lua else {

@@ -21,7 +21,7 @@ use wasmtime::{
 };
 
 use super::{Check, FailureMode};
-use crate::signal::protocol::{MediaKind, Role};
+use crate::model::{MediaKind, Role};
 use crate::status::{Failure, Status};
 
 /// The ABI version this host speaks.
@@ -178,6 +178,7 @@ impl PluginHost {
         bytes: &[u8],
         config: &str,
         failure_mode: FailureMode,
+        loaded_at_ms: i64,
     ) -> Result<Plugin, PluginError> {
         let text = path.extension().is_some_and(|e| e == "wat");
         let module = if text {
@@ -197,7 +198,7 @@ impl PluginHost {
         let plugin = Plugin {
             name: name.into(),
             hash: super::catalog::short_hash(bytes),
-            loaded_at_ms: crate::room::now().unix_ms,
+            loaded_at_ms,
             path: path.to_path_buf(),
             config: config.into(),
             failure_mode,

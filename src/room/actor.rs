@@ -29,20 +29,18 @@ use tracing::Instrument;
 
 use super::registry::RoomsInner;
 use super::state::{Actor, CloseReason, JoinOptions, Output, Recipients, Room};
-use super::{Outbound, Sink, now};
+use super::{Outbound, Sink};
 use crate::auth::Identity;
 use crate::community::channel::{self as media_channel, ChannelBinding, Connected, Revocation};
 use crate::community::hub::{Change, MemberContext};
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
 use crate::media::room::MediaCommand;
 use crate::media::{Gate, Media, RoomMedia};
+use crate::model::{ChannelEndReason, LeaveReason, MediaKind, MemberInfo, Mode, Role, VolumeLevel};
 use crate::policy::lua::{Decision, Effect, RoomView};
 use crate::policy::room::{PolicyStatus, RoomPolicy};
 use crate::policy::{Action, Check};
-use crate::signal::protocol::{
-    ChannelEndReason, JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage,
-    VolumeLevel,
-};
+use crate::protocol::{JoinOk, ServerMessage};
 use crate::status::{Failure, Status};
 use crate::store::StoreHandle;
 use crate::telemetry::{Metrics, ReasonLabel};
@@ -388,6 +386,7 @@ pub(crate) struct RoomContext {
     /// Set for the room of a community media channel: the built-in check
     /// step then asks the community (see `community::channel`).
     pub binding: Option<ChannelBinding>,
+    pub clock: crate::clock::Clock,
 }
 
 /// Starts the task for `room` and returns its handle.
@@ -489,12 +488,12 @@ impl RoomDriver {
                     Some(cmd) => self.handle(cmd),
                     // Every handle is gone, which only happens once the
                     // registry dropped this room: nobody can reach it.
-                    None => self.room.close(now(), CloseReason::ClosedByAdmin),
+                    None => self.room.close(self.ctx.clock.now(), CloseReason::ClosedByAdmin),
                 },
                 _ = sleep_until(deadline) => self.on_deadline(),
                 Ok(()) = versions.changed() => self.on_new_versions(),
                 Some(change) = community_change(&mut changes) => self.on_community_change(change),
-                _ = shutdown.cancelled() => self.room.close(now(), CloseReason::Shutdown),
+                _ = shutdown.cancelled() => self.room.close(self.ctx.clock.now(), CloseReason::Shutdown),
             }
             let effects = self.drain();
             self.apply(effects);
@@ -507,7 +506,7 @@ impl RoomDriver {
     }
 
     fn on_deadline(&mut self) {
-        let now = now();
+        let now = self.ctx.clock.now();
         if self.room.poll_timeout().is_some_and(|t| t <= now.at) {
             self.room.handle_timeout(now);
         }
@@ -541,7 +540,7 @@ impl RoomDriver {
         if change.server != Some(binding.server) {
             return;
         }
-        let now = now();
+        let now = self.ctx.clock.now();
         if binding.settings().is_none() {
             tracing::info!("community media channel removed; closing its room");
             self.room.close(now, CloseReason::ClosedByAdmin);
@@ -620,7 +619,7 @@ impl RoomDriver {
                     .decide_join(&identity, mode, role, &mut effects)
                     .and_then(|(role, options)| {
                         self.room
-                            .join(now(), conn, &identity, mode, role, options)
+                            .join(self.ctx.clock.now(), conn, &identity, mode, role, options)
                             .map_err(Failure::from)
                     });
                 if result.is_ok() {
@@ -644,7 +643,7 @@ impl RoomDriver {
                 let _ = reply.send(result);
             }
             Command::Leave { conn, reply } => {
-                let result = self.room.leave(now(), conn);
+                let result = self.room.leave(self.ctx.clock.now(), conn);
                 if result.is_ok() {
                     let sink = self.sinks.remove(&conn);
                     self.channel_ended(sink.as_ref(), ChannelEndReason::LeftBySelf);
@@ -652,7 +651,7 @@ impl RoomDriver {
                 self.finish(Vec::new(), reply, result.map_err(Failure::from));
             }
             Command::Disconnected { conn } => {
-                self.room.disconnected(now(), conn);
+                self.room.disconnected(self.ctx.clock.now(), conn);
                 self.sinks.remove(&conn);
             }
             Command::SetRole {
@@ -714,8 +713,9 @@ impl RoomDriver {
                     ..HookFields::default()
                 };
                 let guard = Guard::new(Action::Kick, "can_kick", fields);
+                let now = self.ctx.clock.now();
                 self.guarded(actor, Some(&target), guard, reply, |room, actor| {
-                    room.kick(now(), actor, &target)
+                    room.kick(now, actor, &target)
                 });
             }
             Command::ShareScreen {
@@ -763,7 +763,7 @@ impl RoomDriver {
                 }
             }
             Command::Close { reason, reply } => {
-                self.room.close(now(), reason);
+                self.room.close(self.ctx.clock.now(), reason);
                 self.finish(Vec::new(), reply, Ok(()));
             }
             Command::MediaStart { conn, reply } => self.media_start(conn, reply),
@@ -789,7 +789,7 @@ impl RoomDriver {
             },
             Command::MediaLost { conn } => {
                 // Already gone (left, replaced) is fine: nothing to end.
-                let _ = self.room.media_lost(now(), conn);
+                let _ = self.room.media_lost(self.ctx.clock.now(), conn);
             }
             Command::Volume { levels } => self.volume(levels),
             Command::Info { reply } => {
@@ -1196,7 +1196,7 @@ impl RoomDriver {
                 return;
             }
             let actor = Actor::Policy(self.policy.name().to_owned());
-            let now = now();
+            let now = self.ctx.clock.now();
             for effect in effects.drain(..) {
                 let result = match effect {
                     Effect::Kick { user } => self.room.kick(now, &actor, &user),

@@ -61,14 +61,3 @@ impl Sink {
         }
     }
 }
-
-/// Current time for the state machine.
-pub fn now() -> Now {
-    Now {
-        at: tokio::time::Instant::now().into_std(),
-        unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    }
-}

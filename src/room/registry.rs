@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::actor::{self, RoomContext, RoomHandle, RoomSummary};
-use super::now;
 use super::state::{Room, RoomSettings};
 use crate::auth::Identity;
 use crate::community::channel::ChannelBinding;
@@ -39,6 +38,7 @@ pub(crate) struct RoomsInner {
     catalog: Arc<Catalog>,
     kv: Option<Arc<dyn KvStore>>,
     media: Option<Media>,
+    clock: crate::clock::Clock,
 }
 
 impl RoomsInner {
@@ -101,6 +101,7 @@ impl Rooms {
                 catalog,
                 kv,
                 media: None,
+                clock: crate::clock::Clock::new(),
             }),
         }
     }
@@ -276,7 +277,7 @@ impl Rooms {
             channel_id,
             custom_info,
             self.inner.settings.clone(),
-            now(),
+            self.inner.clock.now(),
         );
         let handle = actor::spawn(
             room,
@@ -290,6 +291,7 @@ impl Rooms {
                 versions: self.inner.catalog.subscribe(),
                 media: self.inner.media.clone(),
                 binding,
+                clock: self.inner.clock,
             },
         );
         map.insert(name, handle.clone());

@@ -17,21 +17,13 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::auth::Identity;
+pub use crate::clock::Now;
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
+use crate::model::{LeaveReason, MediaKind, MemberInfo, Mode, Role};
 use crate::policy::lua::{MemberView, RoomView};
-use crate::signal::protocol::{
-    JoinOk, LeaveReason, MediaKind, MemberInfo, Mode, Role, ServerMessage,
-};
+use crate::protocol::{JoinOk, ServerMessage};
 use crate::status::{Failure, Status};
 use crate::store::RecordOp;
-
-/// The current time, as both a monotonic instant (for deadlines) and wall
-/// clock milliseconds (for what is shown and stored).
-#[derive(Clone, Copy, Debug)]
-pub struct Now {
-    pub at: Instant,
-    pub unix_ms: i64,
-}
 
 /// Timeouts a room runs with; from `[rooms]` in the config.
 #[derive(Clone, Debug)]

@@ -21,13 +21,13 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::protocol::{
-    ChannelMembersOk, CreateOk, HelloOk, Mode, PROTOCOL_VERSION, Request, ServerMessage,
-    parse_request,
-};
 use super::ratelimit::TokenBucket;
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId};
+use crate::model::Mode;
+use crate::protocol::{
+    ChannelMembersOk, CreateOk, HelloOk, PROTOCOL_VERSION, Request, ServerMessage, parse_request,
+};
 use crate::room::{Actor, Outbound, RoomHandle, Sink};
 use crate::server::AppState;
 use crate::status::{Failure, Status};

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::{ChannelId, RoomName, UserId};
-use crate::signal::protocol::{LeaveReason, Role};
+use crate::model::{LeaveReason, Role};
 use crate::status::{Failure, Status};
 
 /// One change to the call records, emitted by a room.

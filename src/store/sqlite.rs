@@ -272,7 +272,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::ids::RoomName;
-    use crate::signal::protocol::{LeaveReason, Role};
+    use crate::model::{LeaveReason, Role};
 
     #[test]
     fn a_record_through_its_life() {

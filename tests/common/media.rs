@@ -15,7 +15,7 @@ use rtc::shared::error::Error;
 
 use conclave::client::SignalClient;
 use conclave::client::media::{MediaOptions, MediaSession, Received};
-use conclave::signal::protocol::{Mode, Request, Role, ServerMessage};
+use conclave::protocol::{Mode, Request, Role, ServerMessage};
 
 use super::{PATIENCE, TestServer};
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::{ClientOptions, SignalClient};
 use conclave::config::Config;
+use conclave::protocol::ServerMessage;
 use conclave::server::Server;
-use conclave::signal::protocol::ServerMessage;
 use serde_json::Value;
 
 /// How long to wait for something that should happen promptly. Only a broken

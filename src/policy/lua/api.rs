@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::ids::UserId;
-use crate::signal::protocol::{MediaKind, MemberInfo, Role};
+use crate::model::{MediaKind, MemberInfo, Role};
 use crate::store::kv::KvStore;
 
 /// A member as a script sees it: the public info plus the token's attributes.
@@ -52,8 +52,8 @@ pub fn member_table(lua: &Lua, member: &MemberView) -> mlua::Result<Table> {
     t.raw_set(
         "mode",
         match info.mode {
-            crate::signal::protocol::Mode::Audio => "audio",
-            crate::signal::protocol::Mode::Video => "video",
+            crate::model::Mode::Audio => "audio",
+            crate::model::Mode::Video => "video",
         },
     )?;
     t.raw_set("audio_muted", info.audio_muted)?;
@@ -136,22 +136,10 @@ pub(crate) struct StoreScope {
     pub namespace: String,
 }
 
-/// An error raised from a Rust function, prefixed with the calling script's
-/// file and line as Lua's own errors are (`scripts/a.lua:3: ...`).
-pub fn located(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
-    let place = lua.inspect_stack(1, |d| {
-        let line = d.current_line()?;
-        let source = d.source().short_src?.into_owned();
-        Some(format!("{source}:{line}: "))
-    });
-    mlua::Error::RuntimeError(format!("{}{message}", place.flatten().unwrap_or_default()))
-}
+use crate::script::located;
 
 fn with_context<R>(lua: &Lua, f: impl FnOnce(&mut HookContext) -> R) -> mlua::Result<R> {
-    let mut ctx = lua
-        .app_data_mut::<HookContext>()
-        .ok_or_else(|| located(lua, "the room is only readable inside a hook or at load"))?;
-    Ok(f(&mut ctx))
+    crate::script::with_context::<HookContext, R>(lua, f)
 }
 
 /// Queues an action; `what` names it for the error when the chunk itself
@@ -176,24 +164,14 @@ fn push(lua: &Lua, what: &str, effect: Effect) -> mlua::Result<()> {
     }
 }
 
-fn parse_kind(kind: &str) -> mlua::Result<MediaKind> {
-    match kind {
-        "audio" => Ok(MediaKind::Audio),
-        "video" => Ok(MediaKind::Video),
-        other => Err(mlua::Error::RuntimeError(format!(
-            "unknown media kind `{other}`: use \"audio\" or \"video\""
-        ))),
-    }
+/// A media kind from a script; a bad one is an error at the calling line.
+pub fn parse_kind(lua: &Lua, kind: &str) -> mlua::Result<MediaKind> {
+    kind.parse().map_err(|e: String| located(lua, e))
 }
 
-pub fn parse_role(role: &str) -> mlua::Result<Role> {
-    match role {
-        "interactor" => Ok(Role::Interactor),
-        "audience" => Ok(Role::Audience),
-        other => Err(mlua::Error::RuntimeError(format!(
-            "unknown role `{other}`: use \"interactor\" or \"audience\""
-        ))),
-    }
+/// A role from a script; a bad one is an error at the calling line.
+pub fn parse_role(lua: &Lua, role: &str) -> mlua::Result<Role> {
+    role.parse().map_err(|e: String| located(lua, e))
 }
 
 /// Installs `room`, `store` and `log` into a fresh state.
@@ -244,7 +222,7 @@ pub fn install(
     api.raw_set(
         "mute",
         lua.create_function(|lua, (user, kind, muted): (String, String, Option<bool>)| {
-            let kind = parse_kind(&kind)?;
+            let kind = parse_kind(lua, &kind)?;
             push(
                 lua,
                 "mute",
@@ -259,7 +237,7 @@ pub fn install(
     api.raw_set(
         "mute_all",
         lua.create_function(|lua, (kind, muted): (String, Option<bool>)| {
-            let kind = parse_kind(&kind)?;
+            let kind = parse_kind(lua, &kind)?;
             push(
                 lua,
                 "mute_all",
@@ -273,7 +251,7 @@ pub fn install(
     api.raw_set(
         "set_role",
         lua.create_function(|lua, (user, role): (String, String)| {
-            let role = parse_role(&role)?;
+            let role = parse_role(lua, &role)?;
             push(
                 lua,
                 "set_role",
@@ -326,9 +304,8 @@ pub fn install(
     api.raw_set(
         "every",
         lua.create_function(|lua, (ms, name): (u64, String)| {
-            if ms == 0 {
-                return Err(located(lua, "room.every needs an interval above 0 ms"));
-            }
+            // Shorter intervals run at the floor, as in bots.
+            let ms = ms.max(crate::script::MIN_REPEAT.as_millis() as u64);
             push(
                 lua,
                 "every",

@@ -19,18 +19,18 @@
 //! calls `on_reload`. docs/scripting.md documents every hook and function.
 
 pub mod api;
-pub mod sandbox;
 
 use std::sync::Arc;
 
-use mlua::{Lua, LuaSerdeExt, MultiValue, RegistryKey, Table, Value};
+use mlua::{LuaSerdeExt, MultiValue, Value};
 use serde::Serialize;
 
+pub use crate::script::{ErrorKind as HookErrorKind, LuaLimits, ScriptError as HookError};
+use crate::script::{Source, Vm};
 pub use api::{Effect, MemberView, RoomView};
-pub use sandbox::LuaLimits;
 
+use crate::model::Role;
 use crate::policy::catalog::Script;
-use crate::signal::protocol::Role;
 use crate::status::{Failure, Status};
 use crate::store::kv::KvStore;
 
@@ -54,60 +54,6 @@ pub const HOOKS: &[&str] = &[
     "on_reload",
     "on_speaking",
 ];
-
-/// What a loaded chunk's table of hooks says that it may not mean: each
-/// function under a name that is no hook, with the closest hook name when one
-/// is near (`can_joni` → `can_join`). Non-function values are the script's
-/// business and pass.
-pub fn hook_warnings(hooks: &Table, known: &[&str]) -> Vec<String> {
-    let mut warnings = Vec::new();
-    for (key, value) in hooks.pairs::<Value, Value>().flatten() {
-        let (Value::String(name), Value::Function(_)) = (&key, &value) else {
-            continue;
-        };
-        let name = name.to_string_lossy();
-        if known.contains(&name.as_str()) {
-            continue;
-        }
-        let nearest = known
-            .iter()
-            .map(|hook| (strsim::damerau_levenshtein(&name, hook), *hook))
-            .min()
-            .filter(|(distance, hook)| *distance <= 2.max(hook.len() / 4));
-        warnings.push(match nearest {
-            Some((_, hook)) => {
-                format!("`{name}` is not a hook and is never called; did you mean `{hook}`?")
-            }
-            None => format!("`{name}` is not a hook and is never called"),
-        });
-    }
-    warnings.sort();
-    warnings
-}
-
-/// How a script failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HookErrorKind {
-    /// The script raised an error or returned something unreadable.
-    Error,
-    /// The instruction or time budget ran out.
-    Budget,
-    /// The memory cap was hit.
-    Memory,
-}
-
-/// A failed hook call (or a failed load), with the script and line.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
-#[error("{script}: `{hook}` failed ({kind:?}): {message}")]
-pub struct HookError {
-    /// `name@version`.
-    pub script: String,
-    pub hook: String,
-    pub kind: HookErrorKind,
-    /// The Lua message, `scripts/name.lua:LINE: ...` for runtime errors.
-    pub message: String,
-}
 
 /// What a decide hook answered.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,11 +86,8 @@ pub struct RoomIdentity<'a> {
 
 /// One room's policy state.
 pub struct LuaPolicy {
-    lua: Lua,
-    budget: Arc<sandbox::Budget>,
-    hooks: RegistryKey,
+    vm: Vm,
     script: Arc<Script>,
-    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for LuaPolicy {
@@ -152,6 +95,15 @@ impl std::fmt::Debug for LuaPolicy {
         f.debug_struct("LuaPolicy")
             .field("script", &self.script.label())
             .finish()
+    }
+}
+
+/// The context of a load: the chunk reads the room as `view`, and may not act.
+fn loading(view: &Arc<RoomView>) -> api::HookContext {
+    api::HookContext {
+        view: view.clone(),
+        effects: Vec::new(),
+        actions: false,
     }
 }
 
@@ -163,133 +115,84 @@ impl LuaPolicy {
         limits: &LuaLimits,
         kv: Option<Arc<dyn KvStore>>,
     ) -> Result<LuaPolicy, HookError> {
-        let load_error = |e: mlua::Error| HookError {
-            script: script.label(),
-            hook: "load".into(),
-            kind: HookErrorKind::Error,
-            message: sandbox::error_text(&e),
+        let label = script.label();
+        let path = script.display_path();
+        let source = Source {
+            label: &label,
+            path: &path,
+            text: &script.source,
         };
-        let (lua, budget) = sandbox::new_state(limits).map_err(load_error)?;
-        api::install(
-            &lua,
-            room.name,
-            room.channel_id,
-            room.custom_info,
-            &script.name,
-            kv.map(|kv| (kv, script.name.clone())),
-        )
-        .map_err(load_error)?;
+        let install = |lua: &mlua::Lua| {
+            api::install(
+                lua,
+                room.name,
+                room.channel_id,
+                room.custom_info,
+                &script.name,
+                kv.map(|kv| (kv, script.name.clone())),
+            )
+        };
         // A new room is empty while its script loads.
-        let view = Arc::new(RoomView::default());
-        let hooks = run_chunk(&lua, &budget, &script, &view)?;
-        let warnings = hook_warnings(&hooks, HOOKS);
-        let hooks = lua.create_registry_value(hooks).map_err(load_error)?;
-        Ok(LuaPolicy {
-            lua,
-            budget,
-            hooks,
-            script,
-            warnings,
-        })
+        let empty = Arc::new(RoomView::default());
+        let vm = Vm::load(limits, install, &source, HOOKS, loading(&empty))?;
+        Ok(LuaPolicy { vm, script })
     }
 
     pub fn script(&self) -> &Arc<Script> {
         &self.script
     }
 
-    /// What loading the current version noticed ([`hook_warnings`]).
+    /// What loading the current version noticed (functions under names
+    /// that are no hook).
     pub fn warnings(&self) -> &[String] {
-        &self.warnings
+        self.vm.warnings()
     }
 
     /// Switches to another version of the script, keeping `room.state`; the
     /// chunk reads the room as `view`. On failure the old version stays.
     pub fn reload(&mut self, script: Arc<Script>, view: &Arc<RoomView>) -> Result<(), HookError> {
-        let hooks = run_chunk(&self.lua, &self.budget, &script, view)?;
-        let warnings = hook_warnings(&hooks, HOOKS);
-        let hooks = self
-            .lua
-            .create_registry_value(hooks)
-            .map_err(|e| self.error("load", &e))?;
-        let old = std::mem::replace(&mut self.hooks, hooks);
-        let _ = self.lua.remove_registry_value(old);
+        let label = script.label();
+        let path = script.display_path();
+        let source = Source {
+            label: &label,
+            path: &path,
+            text: &script.source,
+        };
+        self.vm.reload(&source, HOOKS, loading(view))?;
         self.script = script;
-        self.warnings = warnings;
         Ok(())
     }
 
     /// Bytes the state holds now.
     pub fn used_memory(&self) -> usize {
-        self.lua.used_memory()
+        self.vm.used_memory()
     }
 
     /// Whether the script defines `hook`.
     pub fn has_hook(&self, hook: &str) -> bool {
-        self.hooks_table()
-            .and_then(|t| t.raw_get::<Value>(hook))
-            .is_ok_and(|v| v.is_function())
+        self.vm.has_hook(hook)
     }
 
-    fn hooks_table(&self) -> mlua::Result<Table> {
-        self.lua.registry_value::<Table>(&self.hooks)
-    }
-
-    fn error(&self, hook: &str, e: &mlua::Error) -> HookError {
-        let kind = if sandbox::is_memory_error(e) {
-            HookErrorKind::Memory
-        } else if self.budget.is_exhausted() {
-            HookErrorKind::Budget
-        } else {
-            HookErrorKind::Error
-        };
-        HookError {
-            script: self.script.label(),
-            hook: hook.into(),
-            kind,
-            message: sandbox::error_text(e),
-        }
-    }
-
-    /// Calls `hook` with `arg` (serialized to Lua) and returns its results
-    /// and the effects it queued. A missing hook returns `Ok(None)`.
+    /// Calls `hook` with the arguments `args` builds; the effects it queued
+    /// are added to `effects` only if it completed. A missing hook returns
+    /// `Ok(None)`.
     fn call(
         &mut self,
         hook: &str,
         view: &Arc<RoomView>,
-        args: impl FnOnce(&Lua) -> mlua::Result<MultiValue>,
+        args: impl FnOnce(&mlua::Lua) -> mlua::Result<MultiValue>,
         effects: &mut Vec<Effect>,
     ) -> Result<Option<MultiValue>, HookError> {
-        let function = match self.hooks_table().and_then(|t| t.raw_get::<Value>(hook)) {
-            Ok(Value::Function(f)) => f,
-            Ok(Value::Nil) => return Ok(None),
-            Ok(other) => {
-                return Err(HookError {
-                    script: self.script.label(),
-                    hook: hook.into(),
-                    kind: HookErrorKind::Error,
-                    message: format!("`{hook}` is a {}, not a function", other.type_name()),
-                });
-            }
-            Err(e) => return Err(self.error(hook, &e)),
-        };
-        self.lua.set_app_data(api::HookContext {
+        let context = api::HookContext {
             view: view.clone(),
             effects: Vec::new(),
             actions: true,
-        });
-        self.budget.reset();
-        let result = args(&self.lua).and_then(|args| function.call::<MultiValue>(args));
-        let ctx = self.lua.remove_app_data::<api::HookContext>();
-        match result {
-            Ok(values) => {
-                // Effects count only when the hook completed.
-                if let Some(ctx) = ctx {
-                    effects.extend(ctx.effects);
-                }
-                Ok(Some(values))
-            }
-            Err(e) => Err(self.error(hook, &e)),
+        };
+        let (context, result) = self.vm.call(hook, context, args);
+        if result.as_ref().is_ok_and(Option::is_some) {
+            effects.extend(context.effects);
         }
+        result
     }
 
     /// Runs a decide hook (`can_join`, `can_mute`, ...) on `request`.
@@ -353,10 +256,9 @@ impl LuaPolicy {
                     return Ok(Decision::Handled);
                 }
                 let role = match get("role") {
-                    Value::String(role) => Some(
-                        api::parse_role(&role.to_string_lossy())
-                            .map_err(|e| unreadable(sandbox::error_text(&e)))?,
-                    ),
+                    Value::String(role) => {
+                        Some(role.to_string_lossy().parse::<Role>().map_err(unreadable)?)
+                    }
                     _ => None,
                 };
                 let muted = matches!(get("muted"), Value::Boolean(true));
@@ -366,7 +268,8 @@ impl LuaPolicy {
                 let payload = get("payload");
                 if !payload.is_nil() {
                     let payload = self
-                        .lua
+                        .vm
+                        .lua()
                         .from_value(payload)
                         .map_err(|e| unreadable(e.to_string()))?;
                     return Ok(Decision::Payload(payload));
@@ -385,84 +288,11 @@ impl LuaPolicy {
         &mut self,
         hook: &str,
         view: &Arc<RoomView>,
-        args: &[&dyn erased::ToLua],
+        args: &[&dyn crate::script::ToLua],
         effects: &mut Vec<Effect>,
     ) -> Result<(), HookError> {
-        self.call(
-            hook,
-            view,
-            |lua| {
-                args.iter()
-                    .map(|a| a.to_lua(lua))
-                    .collect::<mlua::Result<MultiValue>>()
-            },
-            effects,
-        )
-        .map(drop)
-    }
-}
-
-/// Runs a script's chunk and checks it returned a table of hooks. The chunk
-/// may read the room (`view`) but not act on it.
-fn run_chunk(
-    lua: &Lua,
-    budget: &sandbox::Budget,
-    script: &Script,
-    view: &Arc<RoomView>,
-) -> Result<Table, HookError> {
-    budget.reset();
-    lua.set_app_data(api::HookContext {
-        view: view.clone(),
-        effects: Vec::new(),
-        actions: false,
-    });
-    let fail = |kind, message| HookError {
-        script: script.label(),
-        hook: "load".into(),
-        kind,
-        message,
-    };
-    let value = lua
-        .load(&*script.source)
-        .set_name(format!("@{}", script.display_path()))
-        .set_mode(mlua::chunk::ChunkMode::Text)
-        .eval::<Value>();
-    lua.remove_app_data::<api::HookContext>();
-    let value = value.map_err(|e| {
-        let kind = if sandbox::is_memory_error(&e) {
-            HookErrorKind::Memory
-        } else if budget.is_exhausted() {
-            HookErrorKind::Budget
-        } else {
-            HookErrorKind::Error
-        };
-        fail(kind, sandbox::error_text(&e))
-    })?;
-    match value {
-        Value::Table(t) => Ok(t),
-        other => Err(fail(
-            HookErrorKind::Error,
-            format!(
-                "the script must return a table of hooks, not a {}",
-                other.type_name()
-            ),
-        )),
-    }
-}
-
-/// Hook arguments of different types, converted to Lua one by one.
-pub mod erased {
-    use mlua::{Lua, LuaSerdeExt, Value};
-    use serde::Serialize;
-
-    pub trait ToLua {
-        fn to_lua(&self, lua: &Lua) -> mlua::Result<Value>;
-    }
-
-    impl<T: Serialize> ToLua for T {
-        fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
-            lua.to_value(self)
-        }
+        self.call(hook, view, crate::script::args(args), effects)
+            .map(drop)
     }
 }
 

@@ -268,7 +268,7 @@ fn actions_are_queued_as_effects_and_state_survives_reload() {
             },
             Effect::Mute {
                 user: "ann".into(),
-                kind: crate::signal::protocol::MediaKind::Audio,
+                kind: crate::model::MediaKind::Audio,
                 muted: true
             },
             Effect::Timer {
@@ -374,14 +374,34 @@ fn api_errors_name_the_line_that_called() {
     let mut p = policy("return {\n can_join = function()\n  room.mute('u', 'smell')\n end }");
     let err = decide(&mut p, "can_join").unwrap_err();
     assert_eq!(err.kind, HookErrorKind::Error);
-    let mut p = policy("return {\n on_joined = function()\n\n  room.every(0, 't')\n end }");
+    assert!(
+        err.message
+            .starts_with("scripts/test.lua:3: unknown media kind `smell`"),
+        "{err}"
+    );
+    let mut p = policy("return {\n on_joined = function()\n\n  room.set_role('u', 'king')\n end }");
     let err = p
         .react("on_joined", &view(), &[], &mut Vec::new())
         .unwrap_err();
     assert!(
         err.message
-            .starts_with("scripts/test.lua:4: room.every needs"),
+            .starts_with("scripts/test.lua:4: unknown role `king`"),
         "{err}"
+    );
+}
+
+#[test]
+fn repeating_timers_run_no_faster_than_the_floor() {
+    let mut p = policy("return { on_joined = function() room.every(0, 't') end }");
+    let mut effects = Vec::new();
+    p.react("on_joined", &view(), &[], &mut effects).unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::Timer {
+            name: "t".into(),
+            after_ms: crate::script::MIN_REPEAT.as_millis() as u64,
+            repeat: true
+        }]
     );
 }
 
