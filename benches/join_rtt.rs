@@ -30,9 +30,9 @@ use futures_util::{StreamExt, stream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use conclave::app::config::Config;
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::SignalClient;
-use conclave::config::Config;
 use conclave::protocol::Mode;
 use conclave::server::Server;
 

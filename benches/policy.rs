@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use conclave::policy::catalog::{Catalog, PolicyConfig};
 use conclave::policy::lua::{MemberView, RoomIdentity, RoomView};
-use conclave::policy::room::RoomPolicy;
+use conclave::policy::runtime::RoomPolicy;
 use conclave::policy::{Action, Check};
 use conclave::protocol::{MemberInfo, Mode, Role};
 
@@ -42,7 +42,7 @@ fn catalog() -> Arc<Catalog> {
         watch: false,
         ..PolicyConfig::default()
     };
-    config.plugins = conclave::config::Config::from_toml(
+    config.plugins = conclave::app::config::Config::from_toml(
         "[policy.plugins.allowlist.config]\nrooms = \"vip-*\"\nusers = \"alice,bob\"\n",
     )
     .expect("plugin config")

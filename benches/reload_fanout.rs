@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use conclave::app::config::Config;
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::SignalClient;
-use conclave::config::Config;
 use conclave::ids::RoomName;
 use conclave::protocol::{MediaKind, Mode};
 use conclave::server::Server;

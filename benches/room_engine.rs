@@ -20,12 +20,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use conclave::auth::{Grants, Identity};
+use conclave::clock::Clock;
 use conclave::ids::{ChannelId, ConnId, RoomName, UserId};
+use conclave::model::Role;
+use conclave::policy::catalog::Catalog;
 use conclave::protocol::Mode;
-use conclave::room::{JoinOptions, Now, Room, RoomHandle, RoomSettings, Rooms, Sink};
+use conclave::room::{
+    Joiner, Now, Room, RoomHandle, RoomMetrics, RoomServices, RoomSettings, Rooms, Sink,
+};
 use conclave::store::StoreHandle;
 use conclave::store::sqlite::SqliteStore;
-use conclave::telemetry::Metrics;
 
 /// Members already in the room when the measured member joins.
 const ROOM_SIZES: [usize; 2] = [10, 100];
@@ -68,25 +72,27 @@ fn room_state(c: &mut Criterion) {
             RoomSettings::default(),
             now,
         );
-        for i in 0..others {
-            let who = identity(&format!("member-{i}"));
-            room.join(
-                now,
-                ConnId(i as u64),
-                &who,
-                Mode::Audio,
-                None,
-                JoinOptions::default(),
-            )
-            .expect("the room accepts members");
+        let joiner = |user: &'static UserId| Joiner {
+            user,
+            name: user.as_str(),
+            mode: Mode::Audio,
+            role: Role::Interactor,
+            muted: false,
+        };
+        let members: Vec<&'static UserId> = (0..others)
+            .map(|i| &*Box::leak(Box::new(UserId(format!("member-{i}")))))
+            .collect();
+        for (i, user) in members.iter().enumerate() {
+            room.join(now, ConnId(i as u64), joiner(user))
+                .expect("the room accepts members");
         }
         while room.poll_output().is_some() {}
-        let who = identity("visitor");
+        let visitor: &'static UserId = Box::leak(Box::new(UserId("visitor".into())));
         let conn = ConnId(u64::MAX);
         group.bench_with_input(BenchmarkId::from_parameter(others), &others, |b, _| {
             b.iter(|| {
                 let ok = room
-                    .join(now, conn, &who, Mode::Audio, None, JoinOptions::default())
+                    .join(now, conn, joiner(visitor))
                     .expect("the visitor may join");
                 black_box(ok);
                 while let Some(out) = room.poll_output() {
@@ -119,13 +125,19 @@ fn room_actor(c: &mut Criterion) {
         .expect("a tokio runtime");
     let store = SqliteStore::in_memory().expect("an in-memory SQLite store");
     let (store, _worker) = StoreHandle::spawn(store);
-    let rooms = Rooms::new(
-        RoomSettings::default(),
-        ROOM_SIZES.len(),
-        1024,
-        store.clone(),
-        Metrics::new(),
-    );
+    let rooms = rt.block_on(async {
+        Rooms::new(RoomServices {
+            settings: RoomSettings::default(),
+            max_rooms: ROOM_SIZES.len(),
+            command_queue: 1024,
+            store: store.clone(),
+            metrics: Arc::new(RoomMetrics::default()),
+            catalog: Catalog::empty().expect("an empty catalog"),
+            kv: None,
+            media: None,
+            clock: Clock::new(),
+        })
+    });
 
     let mut group = c.benchmark_group("room_actor/join_leave");
     group.throughput(Throughput::Elements(1));

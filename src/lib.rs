@@ -2,45 +2,47 @@
 //!
 //! People meet in named rooms (NetEase NIM multi-person call semantics:
 //! create then join, interactor and audience roles, mute, join/leave/timeout
-//! events, call records) over a documented WebSocket protocol.
+//! events, call records) and in community media channels (NetEase QChat:
+//! servers, channels, roles with RTC permissions) over a documented WebSocket
+//! protocol and WebRTC, shaped by Lua room policies and wasm permission
+//! plugins that reload from disk.
 //!
-//! How the crate is laid out, one job per module:
+//! # Layers
 //!
-//! - [`ids`]: newtype identifiers (`RoomName`, `ChannelId`, `UserId`, `ConnId`).
-//! - [`status`]: the protocol's status codes, and `Failure` (a code and a sentence).
-//! - [`auth`]: HS256 tokens and the grants they carry.
-//! - [`room`]: the room state machine (sans-I/O), the task that drives each
-//!   room, and the registry of rooms by name.
-//! - [`media`]: the WebRTC media plane: an SFU on webrtc-rs's sans-I/O core,
-//!   one task per room forwarding RTP between its members' peer connections.
-//! - [`signal`]: the WebSocket protocol, its messages and the per-connection task.
-//! - [`http`]: the router: `/ws`, the admin REST API, `/healthz`, `/metrics`.
-//! - [`store`]: durable call records and community servers behind the `Store`
-//!   trait; SQLite by default.
-//! - [`config`]: the TOML configuration with environment overrides.
-//! - [`telemetry`]: Prometheus metrics and log set-up.
-//! - [`server`]: assembles the above into a running server and shuts it down in order.
-//! - [`client`]: a Rust client: signaling, WebRTC media, and [`client::Participant`]
-//!   putting both behind one handle.
-//! - [`audio`]: Opus encoding and decoding, Ogg Opus files, test tones and
-//!   the Goertzel detector that checks them.
-//! - [`bot`]: headless participants run by a sandboxed Lua script.
-//! - [`loadtest`]: simulated participants that load a server and report.
-//! - [`community`]: community servers, roles, channels and members' permissions;
-//!   the live model rooms of media channels ask before each member action.
+//! Each module imports only modules of lower layers (never its own layer,
+//! never a higher one). `tests/layers.rs` reads the table below and fails on
+//! any `crate::` path that breaks it.
 //!
-//! The flow: a connection task parses a request, checks the token's grants and
-//! sends a command to the room's task; the room applies it to its state
-//! machine, queues events to member connections and record writes to the
-//! store thread, then answers. No room ever waits on a client or on disk.
+//! <!-- layers:begin -->
+//! | layer | modules | what they are |
+//! |---|---|---|
+//! | 0 | `ids` `status` `clock` `telemetry` `audio` | identifiers, status codes, the clock, metric labels and logs, Opus and Ogg |
+//! | 1 | `model` | the domain's vocabulary: roles, modes, media kinds, members |
+//! | 2 | `auth` `community` `script` | tokens and grants; the QChat model and its live hub; the one Lua host |
+//! | 3 | `protocol` `store` | the wire messages; durable records, community snapshots, the script store |
+//! | 4 | `policy` `media` | scripts, plugins and the authorization pipeline; the SFU |
+//! | 5 | `room` `client` | the room state machine, its task and the registry; the Rust client |
+//! | 6 | `bot` `loadtest` | Lua-scripted participants; simulated load |
+//! | 7 | `app` | configuration, shared state, services across rooms, errors to statuses, metrics |
+//! | 8 | `signal` | one task per WebSocket connection |
+//! | 9 | `http` | the router: `/ws`, the admin and community APIs, health, metrics, the page |
+//! | 10 | `server` | assembles everything and shuts it down in order |
+//! <!-- layers:end -->
+//!
+//! The flow: a connection task (`signal`) parses a request and sends a
+//! command to the room's task (`room`); the room authorizes it once
+//! (`policy::authz`: grants, community keys, plugins, the Lua hook), applies
+//! it to its state machine, queues events to member connections and record
+//! writes to the store thread, tells its media task who may publish what,
+//! then answers. No room ever waits on a client or on disk.
 
+pub mod app;
 pub mod audio;
 pub mod auth;
 pub mod bot;
 pub mod client;
 pub mod clock;
 pub mod community;
-pub mod config;
 pub mod http;
 pub mod ids;
 pub mod loadtest;

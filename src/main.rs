@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 
+use conclave::app::Config;
 use conclave::auth::{Auth, Grants, claims_for};
-use conclave::config::Config;
 use conclave::protocol::Role;
 use conclave::server::{Server, ShutdownSignal};
 

@@ -18,35 +18,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::{AppState, Config, Metrics};
 use crate::auth::{Auth, AuthError};
+use crate::clock::Clock;
 use crate::community::hub::{CommunityHub, HubError};
-use crate::config::Config;
 use crate::media::Media;
 use crate::policy::catalog::Catalog;
-use crate::room::Rooms;
+use crate::room::{RoomServices, Rooms};
 use crate::store::kv::SqliteKv;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError, StoreHandle, StoreWorker};
-use crate::telemetry::Metrics;
-
-/// Everything request handlers share.
-pub struct AppState {
-    pub config: Config,
-    pub dev: bool,
-    pub rooms: Rooms,
-    /// Community servers, roles and channels, loaded from the store at start.
-    pub community: Arc<CommunityHub>,
-    pub auth: Auth,
-    pub store: StoreHandle,
-    pub metrics: Arc<Metrics>,
-    /// The WebRTC media plane; `None` when `[media] enabled = false`.
-    pub media: Option<Media>,
-    /// One permit per open signaling connection.
-    pub connection_slots: Arc<Semaphore>,
-    /// Cancelled at shutdown, after rooms have closed.
-    pub connections_closing: CancellationToken,
-    pub connection_tasks: TaskTracker,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -102,8 +83,9 @@ impl Server {
             Auth::new(secret).map_err(ServerError::Secret)?
         };
 
+        let clock = Clock::new();
         let mut store = SqliteStore::open_in(&config.server.data_dir)?;
-        let dangling = store.close_dangling(crate::clock::Clock::new().unix_ms())?;
+        let dangling = store.close_dangling(clock.unix_ms())?;
         if dangling > 0 {
             tracing::warn!(dangling, "ended call records left open by an earlier crash");
         }
@@ -124,24 +106,22 @@ impl Server {
         } else {
             None
         };
-        let rooms = Rooms::with_policies(
-            config.rooms.settings(),
-            config.rooms.max_rooms,
-            config.rooms.command_queue,
-            store.clone(),
-            metrics.clone(),
-            catalog,
-            Some(Arc::new(kv)),
-        );
         let media = if config.media.enabled {
             Some(Media::bind(config.media.clone(), metrics.media.clone()).await?)
         } else {
             None
         };
-        let rooms = match &media {
-            Some(media) => rooms.with_media(media.clone()),
-            None => rooms,
-        };
+        let rooms = Rooms::new(RoomServices {
+            settings: config.rooms.settings(),
+            max_rooms: config.rooms.max_rooms,
+            command_queue: config.rooms.command_queue,
+            store: store.clone(),
+            metrics: metrics.rooms.clone(),
+            catalog,
+            kv: Some(Arc::new(kv)),
+            media: media.clone(),
+            clock,
+        });
         let listener = TcpListener::bind(config.server.bind)
             .await
             .map_err(|source| ServerError::Bind {
@@ -163,6 +143,7 @@ impl Server {
             store,
             metrics,
             media,
+            clock,
             connections_closing: CancellationToken::new(),
             connection_tasks: TaskTracker::new(),
         });

@@ -1,21 +1,19 @@
-//! Prometheus metrics and log set-up.
+//! What every layer's metrics and logs share: the label types, the
+//! Prometheus standard process metrics (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, read from `/proc/self` at encode time, on
+//! Linux only; the load tester reads them to report the server's CPU and
+//! memory) and log set-up.
 //!
-//! Metrics are plain atomics behind `prometheus-client`; rooms and connections
-//! update them directly (no lock on the hot path), `/metrics` encodes them.
-//! The Prometheus standard process metrics (`process_cpu_seconds_total`,
-//! `process_resident_memory_bytes`) are read from `/proc/self` at encode
-//! time, on Linux only; the load tester reads them to report the server's
-//! CPU and memory.
-
-use std::sync::Arc;
+//! Each subsystem keeps its own counters (plain atomics behind
+//! `prometheus-client`, updated directly, no lock on the hot path) and
+//! registers them; `app::metrics` gathers them into the one registry
+//! `/metrics` encodes.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Unit;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -26,126 +24,6 @@ pub struct ReasonLabel {
 pub struct RequestLabel {
     pub request: &'static str,
     pub code: u16,
-}
-
-/// Every metric conclave exports.
-pub struct Metrics {
-    registry: Registry,
-    pub rooms: Gauge,
-    pub members: Gauge,
-    pub connections: Gauge,
-    pub joins: Counter,
-    pub leaves: Family<ReasonLabel, Counter>,
-    pub rooms_closed: Family<ReasonLabel, Counter>,
-    pub requests: Family<RequestLabel, Counter>,
-    pub request_seconds: Family<RequestLabel, Histogram>,
-    pub rejected_frames: Family<ReasonLabel, Counter>,
-    pub media: Arc<crate::media::MediaMetrics>,
-    pub catalog: Arc<crate::policy::catalog::CatalogMetrics>,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics { .. }")
-    }
-}
-
-impl Metrics {
-    pub fn new() -> Arc<Metrics> {
-        // The standard process metrics carry no prefix; everything of ours
-        // lives under `conclave_`.
-        let mut root = Registry::default();
-        root.register_collector(Box::new(ProcessCollector));
-        let registry = root.sub_registry_with_prefix("conclave");
-        let rooms = Gauge::default();
-        let members = Gauge::default();
-        let connections = Gauge::default();
-        let joins = Counter::default();
-        let leaves = Family::<ReasonLabel, Counter>::default();
-        let rooms_closed = Family::<ReasonLabel, Counter>::default();
-        let requests = Family::<RequestLabel, Counter>::default();
-        let request_seconds = Family::<RequestLabel, Histogram>::new_with_constructor(|| {
-            // 50 µs to ~3 s.
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.00005, 3.0, 11,
-            ))
-        });
-        let rejected_frames = Family::<ReasonLabel, Counter>::default();
-        registry.register("rooms", "Open rooms", rooms.clone());
-        registry.register(
-            "members",
-            "Members in rooms, including those in their reconnect grace window",
-            members.clone(),
-        );
-        registry.register(
-            "connections",
-            "Open signaling connections",
-            connections.clone(),
-        );
-        registry.register("joins", "Members that joined a room", joins.clone());
-        registry.register(
-            "leaves",
-            "Members that left a room, by reason",
-            leaves.clone(),
-        );
-        registry.register(
-            "rooms_closed",
-            "Rooms closed, by reason",
-            rooms_closed.clone(),
-        );
-        registry.register(
-            "requests",
-            "Signaling requests answered, by type and status code",
-            requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from a signaling request's arrival to its response, by type and status code",
-            request_seconds.clone(),
-        );
-        registry.register(
-            "rejected_frames",
-            "Signaling frames refused without being applied: too_big, binary, malformed, rate",
-            rejected_frames.clone(),
-        );
-        let media = Arc::new(crate::media::MediaMetrics::default());
-        media.register(registry);
-        let catalog = Arc::new(crate::policy::catalog::CatalogMetrics::default());
-        registry.register(
-            "policy_loads",
-            "Reads of script and plugin files, by kind and outcome: loaded, failed, unchanged, deleted",
-            catalog.loads.clone(),
-        );
-        Arc::new(Metrics {
-            media,
-            catalog,
-            registry: root,
-            rooms,
-            members,
-            connections,
-            joins,
-            leaves,
-            rooms_closed,
-            requests,
-            request_seconds,
-            rejected_frames,
-        })
-    }
-
-    pub fn observe_request(&self, request: &'static str, code: u16, seconds: f64) {
-        let label = RequestLabel { request, code };
-        self.requests.get_or_create(&label).inc();
-        self.request_seconds.get_or_create(&label).observe(seconds);
-    }
-
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encoding metrics into a String");
-        out
-    }
 }
 
 /// CPU time (user + system) this process has used, in seconds; `None`
@@ -184,7 +62,7 @@ fn parse_resident_bytes(status: &str) -> Option<u64> {
 /// Encodes the process metrics on each scrape; encodes nothing where they
 /// cannot be read.
 #[derive(Debug)]
-struct ProcessCollector;
+pub struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -260,15 +138,5 @@ mod tests {
     fn reads_resident_memory_in_bytes() {
         let status = "Name:\tconclave\nVmRSS:\t   2048 kB\nThreads:\t4\n";
         assert_eq!(parse_resident_bytes(status), Some(2 * 1024 * 1024));
-    }
-
-    #[test]
-    fn exposes_the_standard_process_metrics_without_our_prefix() {
-        let text = Metrics::new().encode();
-        assert!(text.contains("conclave_rooms "), "{text}");
-        if cfg!(target_os = "linux") {
-            assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
-            assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
-        }
     }
 }

@@ -113,7 +113,7 @@ async fn a_dev_token_needs_a_sensible_user() {
 #[tokio::test]
 async fn without_dev_mode_there_is_no_dev_token() {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let mut config = conclave::config::Config::default();
+    let mut config = conclave::app::config::Config::default();
     config.server.bind = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = data_dir.path().to_path_buf();
     config.auth.secret = Some("a production secret of more than thirty-two bytes".into());

@@ -10,7 +10,7 @@ use common::{TestServer, closed, next_event};
 use conclave::protocol::{LeaveReason, MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 
-fn fast_heartbeat(grace: Duration) -> impl FnOnce(&mut conclave::config::Config) {
+fn fast_heartbeat(grace: Duration) -> impl FnOnce(&mut conclave::app::config::Config) {
     move |c| {
         c.signal.heartbeat_interval = Duration::from_millis(100);
         c.signal.heartbeat_timeout = Duration::from_millis(400);

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{TestServer, built_plugin};
-use conclave::config::Config;
+use conclave::app::config::Config;
 use conclave::protocol::{MediaKind, Mode};
 use conclave::status::Status;
 

@@ -1,10 +1,10 @@
-//! The rest of the Lua API, end to end: speaking, timers, the persistent
-//! store, closing, metadata, creation and moderation decisions.
+//! The rest of the Lua API, end to end: timers, the persistent store,
+//! closing, metadata, creation and moderation decisions. (`on_speaking` is
+//! driven by real media in tests/media.rs.)
 
 mod common;
 
 use common::{TestServer, event_where, next_event};
-use conclave::ids::RoomName;
 use conclave::protocol::{LeaveReason, MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 use serde_json::{Value, json};
@@ -14,32 +14,6 @@ fn data(e: &ServerMessage) -> Option<Value> {
         ServerMessage::Data { payload, .. } => Some(payload.clone()),
         _ => None,
     }
-}
-
-#[tokio::test]
-async fn speaking_reaches_on_speaking() {
-    let srv = TestServer::start().await;
-    srv.script(
-        "talk",
-        "return { on_speaking = function(e) room.send(nil, { who = e.user, level = e.level }) end }",
-    )
-    .await;
-    let mut alice = srv.client("alice").await;
-    alice
-        .create_with_policy("r", "", Some("talk"))
-        .await
-        .unwrap();
-    alice.join("r", Mode::Audio, None).await.unwrap();
-    // The media plane reports levels through the room handle.
-    let handle = srv
-        .state()
-        .rooms
-        .find(&RoomName::new("r").unwrap())
-        .unwrap();
-    handle.speaking("alice".into(), 30);
-    let payload = event_where(&mut alice, data).await;
-    assert_eq!(payload, json!({ "who": "alice", "level": 30 }));
-    srv.shutdown().await;
 }
 
 #[tokio::test]

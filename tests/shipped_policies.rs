@@ -243,7 +243,7 @@ async fn capacity_overflows_to_audience_then_refuses() {
 async fn rules_bind_room_names_and_clients_cannot_override_them() {
     let srv = TestServer::start_with(|c| {
         c.policy.scripts_dir = shipped_scripts();
-        c.policy.rules = conclave::config::Config::from_toml(
+        c.policy.rules = conclave::app::config::Config::from_toml(
             "[[policy.rules]]\nrooms = \"class-*\"\npolicy = \"classroom\"\n",
         )
         .unwrap()

@@ -1,13 +1,12 @@
 //! Media channels as rooms: which room a channel runs in, and what the
-//! room's built-in check step asks of the community.
+//! community says about who may be in it.
 //!
 //! A media channel's room is an ordinary room named
 //! `channel:<server>:<channel>`, opened on the first connect and closed when
 //! the last member leaves (or the channel goes away). The room holds a
-//! [`ChannelBinding`] and asks it, on the same path every member action
-//! takes (`room::actor`'s authorize step, before plugins and Lua), whether
-//! the member holds the key the action needs. Plugins and hooks then see the
-//! same answer, so they refine it rather than repeat it.
+//! [`ChannelBinding`]; the authorization pipeline (`policy::authz`) asks it
+//! whether a member may connect and which keys the member holds, and the
+//! room asks it what a change to the community takes from connected members.
 //!
 //! Holders of the token's admin grant are operators: no key is asked of
 //! them, as in any other room (the member limit still holds).
@@ -16,13 +15,8 @@ use std::sync::Arc;
 
 use super::hub::{CommunityHub, MemberContext};
 use super::{ChannelKind, CommunityChannelId, MediaSettings, PermissionKey, ServerId};
-use crate::auth::Identity;
-use crate::ids::{ConnId, RoomName, UserId};
-use crate::model::{MediaKind, Mode};
-use crate::policy::Action;
-use crate::protocol::ConnectOk;
-use crate::room::{RoomHandle, Rooms, Sink};
-use crate::status::{Failure, Status};
+use crate::ids::{RoomName, UserId};
+use crate::model::MediaKind;
 
 /// Room names starting with this are reserved for media channels: nobody
 /// creates them but a connect.
@@ -34,31 +28,31 @@ pub fn room_name(server: ServerId, channel: CommunityChannelId) -> RoomName {
         .expect("two integers and a short prefix make a valid room name")
 }
 
-/// The key a member's action needs in a media channel; `None` for actions
-/// the QChat model does not govern (roles, data, muting oneself).
-pub fn key_for(action: Action, kind: Option<MediaKind>) -> Option<PermissionKey> {
-    use PermissionKey as K;
-    Some(match (action, kind) {
-        (Action::Join, _) => K::RtcChannelConnect,
-        (Action::PublishAudio, _) => K::RtcChannelOpenMicrophone,
-        (Action::PublishVideo, _) => K::RtcChannelOpenCamera,
-        (Action::ShareScreen, _) => K::RtcChannelOpenShareScreen,
-        (Action::MuteOther, Some(MediaKind::Audio)) => K::RtcChannelOpenCloseOtherMicrophone,
-        (Action::MuteOther, Some(MediaKind::Video)) => K::RtcChannelOpenCloseOtherCamera,
-        (Action::MuteEveryone, Some(MediaKind::Audio)) => K::RtcChannelOpenCloseEveryoneMicrophone,
-        (Action::MuteEveryone, Some(MediaKind::Video)) => K::RtcChannelOpenCloseEveryoneCamera,
-        (Action::Kick, _) => K::RtcChannelDisconnectOther,
-        (Action::StopScreenShare, _) => K::RtcChannelCloseOtherShareScreen,
-        _ => return None,
-    })
-}
-
-/// The refusal for a missing key: 403, naming the key.
-pub fn missing(key: PermissionKey, channel: CommunityChannelId) -> Failure {
-    Failure::new(
-        Status::Forbidden,
-        format!("missing permission {key} in channel {channel}"),
-    )
+/// Why a member may not connect to a media channel (now).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("no media channel {channel} in server {server}")]
+    NoSuchChannel {
+        server: ServerId,
+        channel: CommunityChannelId,
+    },
+    /// Not visible reads the same as not there, except for the code: a
+    /// member learns nothing about channels hidden from them.
+    #[error(
+        "channel {channel} is not visible to you (missing permission {})",
+        PermissionKey::RtcChannelConnect
+    )]
+    NotVisible { channel: CommunityChannelId },
+    #[error("missing permission {key} in channel {channel}")]
+    Missing {
+        key: PermissionKey,
+        channel: CommunityChannelId,
+    },
+    #[error("channel {channel} is full: its member limit is {limit}")]
+    Full {
+        channel: CommunityChannelId,
+        limit: u32,
+    },
 }
 
 /// What a room bound to a media channel knows about it.
@@ -107,27 +101,26 @@ impl ChannelBinding {
     /// Whether a new member may connect: the channel is visible to them and
     /// they hold `RTCChannelConnect` (unless `admin`), and the room is below
     /// the member limit.
-    pub fn admit(&self, ctx: &MemberContext, admin: bool, members: usize) -> Result<(), Failure> {
+    pub fn admit(
+        &self,
+        ctx: &MemberContext,
+        admin: bool,
+        members: usize,
+    ) -> Result<(), AdmitError> {
         let Some(settings) = self.settings() else {
-            return Err(Failure::new(
-                Status::NotFound,
-                format!(
-                    "no media channel {} in server {}",
-                    self.channel, self.server
-                ),
-            ));
+            return Err(AdmitError::NoSuchChannel {
+                server: self.server,
+                channel: self.channel,
+            });
         };
         if !admin {
             require_connect(ctx)?;
         }
         if members >= settings.member_limit as usize {
-            return Err(Failure::new(
-                Status::ChannelFull,
-                format!(
-                    "channel {} is full: its member limit is {}",
-                    self.channel, settings.member_limit
-                ),
-            ));
+            return Err(AdmitError::Full {
+                channel: self.channel,
+                limit: settings.member_limit,
+            });
         }
         Ok(())
     }
@@ -158,129 +151,19 @@ impl ChannelBinding {
 }
 
 /// Visible and `RTCChannelConnect`: what connecting, and staying, needs.
-fn require_connect(ctx: &MemberContext) -> Result<(), Failure> {
+fn require_connect(ctx: &MemberContext) -> Result<(), AdmitError> {
     if !ctx.visible {
-        // Not visible reads the same as not there, except for the code: a
-        // member learns nothing about channels hidden from them.
-        return Err(Failure::new(
-            Status::Forbidden,
-            format!(
-                "channel {} is not visible to you (missing permission {})",
-                ctx.channel,
-                PermissionKey::RtcChannelConnect
-            ),
-        ));
+        return Err(AdmitError::NotVisible {
+            channel: ctx.channel,
+        });
     }
     if !ctx.permissions.contains(PermissionKey::RtcChannelConnect) {
-        return Err(missing(PermissionKey::RtcChannelConnect, ctx.channel));
+        return Err(AdmitError::Missing {
+            key: PermissionKey::RtcChannelConnect,
+            channel: ctx.channel,
+        });
     }
     Ok(())
-}
-
-/// The room of a media channel, opened if nobody is connected yet. Checked
-/// here first so a refused member does not open a room; the room checks again
-/// (the community may change in between), and only the room's answer counts.
-pub fn open_room(
-    rooms: &Rooms,
-    hub: &Arc<CommunityHub>,
-    server: ServerId,
-    channel: CommunityChannelId,
-    user: &UserId,
-    admin: bool,
-) -> Result<(RoomHandle, MediaSettings), Failure> {
-    let binding = ChannelBinding {
-        hub: hub.clone(),
-        server,
-        channel,
-    };
-    let ctx = binding.member(user);
-    let Some(settings) = binding.settings() else {
-        return Err(Failure::new(
-            Status::NotFound,
-            format!("no media channel {channel} in server {server}"),
-        ));
-    };
-    if !admin {
-        require_connect(&ctx)?;
-    }
-    let name = room_name(server, channel);
-    if let Some(handle) = rooms.get(&name) {
-        return Ok((handle, settings));
-    }
-    match rooms.create_for_channel(name.clone(), binding) {
-        Ok(handle) => Ok((handle, settings)),
-        // Another connect opened it meanwhile.
-        Err(f) if f.status == Status::Conflict => Ok((rooms.find(&name)?, settings)),
-        Err(f) => Err(f),
-    }
-}
-
-/// Connects `identity` to a media channel: opens its room if needed and
-/// joins it. A room that closes between the lookup and the join (its last
-/// member just left) is opened again, once.
-pub async fn connect(
-    rooms: &Rooms,
-    hub: &Arc<CommunityHub>,
-    (server, channel): (ServerId, CommunityChannelId),
-    conn: ConnId,
-    identity: Arc<Identity>,
-    mode: Mode,
-    sink: Sink,
-) -> Result<(RoomHandle, ConnectOk), Failure> {
-    let admin = identity.grants.admin;
-    let mut attempts = 2;
-    loop {
-        attempts -= 1;
-        let (handle, settings) = open_room(rooms, hub, server, channel, &identity.user, admin)?;
-        match handle
-            .join(conn, identity.clone(), mode, None, sink.clone())
-            .await
-        {
-            Ok(join) => {
-                let ok = ConnectOk {
-                    server,
-                    channel,
-                    settings,
-                    join,
-                };
-                return Ok((handle, ok));
-            }
-            Err(f) if f.status == Status::NotFound && attempts > 0 => continue,
-            Err(f) => return Err(f),
-        }
-    }
-}
-
-/// Who is connected to a channel the requester can see.
-pub async fn online_members(
-    rooms: &Rooms,
-    hub: &Arc<CommunityHub>,
-    server: ServerId,
-    channel: CommunityChannelId,
-    user: &UserId,
-    admin: bool,
-) -> Result<Vec<crate::model::MemberInfo>, Failure> {
-    let visible = hub.effective(server, Some(channel), user).visible;
-    let exists = hub.read(|c| {
-        c.server(server)
-            .and_then(|s| s.channel(channel))
-            .is_some_and(|c| c.kind() == ChannelKind::Media)
-    });
-    if !exists || !(visible || admin) {
-        return Err(Failure::new(
-            Status::NotFound,
-            format!("no media channel {channel} in server {server}"),
-        ));
-    }
-    match rooms.get(&room_name(server, channel)) {
-        Some(handle) => match handle.members().await {
-            Ok(members) => Ok(members),
-            // Closed between the lookup and the question: nobody is in it.
-            Err(f) if f.status == Status::NotFound => Ok(Vec::new()),
-            Err(f) => Err(f),
-        },
-        None => Ok(Vec::new()),
-    }
 }
 
 #[cfg(test)]
@@ -327,30 +210,6 @@ mod tests {
     }
 
     #[test]
-    fn every_rtc_key_has_its_action() {
-        let mut keys: Vec<PermissionKey> = [
-            (Action::Join, None),
-            (Action::PublishAudio, None),
-            (Action::PublishVideo, None),
-            (Action::ShareScreen, None),
-            (Action::MuteOther, Some(MediaKind::Audio)),
-            (Action::MuteOther, Some(MediaKind::Video)),
-            (Action::MuteEveryone, Some(MediaKind::Audio)),
-            (Action::MuteEveryone, Some(MediaKind::Video)),
-            (Action::Kick, None),
-            (Action::StopScreenShare, None),
-        ]
-        .into_iter()
-        .filter_map(|(action, kind)| key_for(action, kind))
-        .collect();
-        keys.sort();
-        keys.dedup();
-        assert_eq!(keys, PermissionKey::ALL[..10]);
-        assert_eq!(key_for(Action::SetRole, None), None);
-        assert_eq!(key_for(Action::SendData, None), None);
-    }
-
-    #[test]
     fn revocations_follow_the_current_permissions() {
         let b = bound();
         let members = [connected("bob", false), connected("admin", true)];
@@ -388,10 +247,10 @@ mod tests {
         let bob = b.member(&"bob".into());
         assert!(b.admit(&bob, false, 0).is_ok());
         let full = b.admit(&bob, false, 99).unwrap_err();
-        assert_eq!(full.status, Status::ChannelFull);
+        assert!(matches!(full, AdmitError::Full { limit: 99, .. }), "{full}");
         let stranger = b.member(&"eve".into());
         let err = b.admit(&stranger, false, 0).unwrap_err();
-        assert_eq!(err.status, Status::Forbidden);
+        assert!(matches!(err, AdmitError::NotVisible { .. }), "{err}");
         assert!(b.admit(&stranger, true, 0).is_ok());
     }
 }

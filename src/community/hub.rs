@@ -22,7 +22,6 @@ use super::permissions::Refusal;
 use super::{Community, CommunityChannelId, CommunityError, Effective, RoleId, Server, ServerId};
 use super::{KeySet, ServerSnapshot};
 use crate::ids::UserId;
-use crate::status::{Failure, Status};
 use crate::store::{CommunityOp, StoreHandle};
 
 /// Why a community request failed.
@@ -36,37 +35,6 @@ pub enum HubError {
     Corrupt(String),
     #[error("{0}")]
     Forbidden(String),
-}
-
-impl From<HubError> for Failure {
-    fn from(e: HubError) -> Failure {
-        let status = match &e {
-            HubError::Model(m) => match m {
-                CommunityError::NoSuchServer(_)
-                | CommunityError::NoSuchRole(_)
-                | CommunityError::NoSuchChannel(_)
-                | CommunityError::NotAMember(_) => Status::NotFound,
-                CommunityError::ServerExists(_)
-                | CommunityError::RoleExists(_)
-                | CommunityError::ChannelExists(_) => Status::Conflict,
-                CommunityError::EveryoneRole(_)
-                | CommunityError::OwnerCannotLeave
-                | CommunityError::NotMedia(_)
-                | CommunityError::InvalidSettings(_) => Status::BadRequest,
-            },
-            HubError::Refused(r) => match r {
-                Refusal::NoSuchRole(_) | Refusal::NoSuchChannel(_) => Status::NotFound,
-                Refusal::NotAMember
-                | Refusal::Missing(_)
-                | Refusal::NotHeld(_)
-                | Refusal::Outranked(_)
-                | Refusal::RankTooHigh(_) => Status::Forbidden,
-            },
-            HubError::Corrupt(_) => Status::Internal,
-            HubError::Forbidden(_) => Status::Forbidden,
-        };
-        Failure::new(status, e.to_string())
-    }
 }
 
 /// The last change, as rooms see it: which server, and who made it (the

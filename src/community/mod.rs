@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::UserId;
 
 pub use permissions::{
-    Action, Effective, KeySet, PermissionChanges, PermissionKey, PermissionValue, Permissions,
+    Effective, KeySet, Manage, PermissionChanges, PermissionKey, PermissionValue, Permissions,
     Refusal,
 };
 pub use settings::{AudioProfile, AudioScenario, MediaSettings, MediaSettingsUpdate};
@@ -157,14 +157,14 @@ pub enum CommunityError {
 
 /// A server role: a name, a rank and the permissions it carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Role {
+pub struct ServerRole {
     id: RoleId,
     name: String,
     priority: i64,
     permissions: Permissions,
 }
 
-impl Role {
+impl ServerRole {
     pub fn id(&self) -> RoleId {
         self.id
     }
@@ -316,9 +316,9 @@ pub struct Server {
     id: ServerId,
     name: String,
     owner: UserId,
-    everyone: Role,
+    everyone: ServerRole,
     /// Custom roles, sorted by id.
-    roles: Vec<Role>,
+    roles: Vec<ServerRole>,
     members: HashMap<UserId, Member>,
     channels: HashMap<CommunityChannelId, Channel>,
 }
@@ -333,7 +333,7 @@ impl Server {
             id,
             name: String::new(),
             owner,
-            everyone: Role {
+            everyone: ServerRole {
                 id: RoleId::EVERYONE,
                 name: "everyone".to_owned(),
                 priority: i64::MAX,
@@ -380,7 +380,7 @@ impl Server {
     }
 
     /// A role by id, the everyone role included.
-    pub fn role(&self, id: RoleId) -> Option<&Role> {
+    pub fn role(&self, id: RoleId) -> Option<&ServerRole> {
         if id == RoleId::EVERYONE {
             Some(&self.everyone)
         } else {
@@ -389,7 +389,7 @@ impl Server {
     }
 
     /// The everyone role, then the custom roles by id.
-    pub fn roles(&self) -> impl Iterator<Item = &Role> {
+    pub fn roles(&self) -> impl Iterator<Item = &ServerRole> {
         std::iter::once(&self.everyone).chain(self.roles.iter())
     }
 
@@ -401,14 +401,14 @@ impl Server {
         self.channels.values()
     }
 
-    fn custom_role(&self, id: RoleId) -> Option<&Role> {
+    fn custom_role(&self, id: RoleId) -> Option<&ServerRole> {
         self.roles
             .binary_search_by_key(&id, |r| r.id)
             .ok()
             .map(|at| &self.roles[at])
     }
 
-    fn role_mut(&mut self, id: RoleId) -> Result<&mut Role, CommunityError> {
+    fn role_mut(&mut self, id: RoleId) -> Result<&mut ServerRole, CommunityError> {
         if id == RoleId::EVERYONE {
             return Ok(&mut self.everyone);
         }
@@ -489,7 +489,7 @@ impl Server {
             Err(at) => {
                 self.roles.insert(
                     at,
-                    Role {
+                    ServerRole {
                         id,
                         name: name.into(),
                         priority,

@@ -682,7 +682,7 @@ impl Channel {
 /// already allowed and stay allowed need not be listed, so a member may edit a
 /// role that carries keys they do not hold as long as they grant none of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Manage {
     /// Server settings, or deleting the server: `manageServer` at server level.
     EditServer,
     /// Creating a channel: `manageChannel` at server level.
@@ -708,10 +708,10 @@ pub enum Action {
     /// Deleting a role: `manageRole` at server level, the role ranked below
     /// the member's highest.
     DeleteRole(RoleId),
-    /// Giving a member a role: as [`Action::DeleteRole`], and every key the
+    /// Giving a member a role: as [`Manage::DeleteRole`], and every key the
     /// role allows held at server level (giving a role grants what it allows).
     AssignRole(RoleId),
-    /// Taking a role from a member: as [`Action::DeleteRole`].
+    /// Taking a role from a member: as [`Manage::DeleteRole`].
     UnassignRole(RoleId),
     /// Setting a role's override in a channel: `manageRole` in the channel,
     /// the role ranked below the member's highest, `grants` held in the
@@ -904,10 +904,10 @@ impl Server {
     }
 
     /// Whether `user` may make this change: the manage key it needs, the rank
-    /// rule for roles, and the grant rule (see [`Action`] for each). Checks
+    /// rule for roles, and the grant rule (see [`Manage`] for each). Checks
     /// run in that order, so the refusal names the first rule broken. The
     /// owner may do everything to things that exist.
-    pub fn authorize(&self, user: &UserId, action: Action) -> Result<(), Refusal> {
+    pub fn authorize(&self, user: &UserId, action: Manage) -> Result<(), Refusal> {
         let Some(member) = self.members.get(user) else {
             return Err(Refusal::NotAMember);
         };
@@ -922,32 +922,32 @@ impl Server {
         // What the action needs: where, which key, which role must rank below
         // the member, which new rank must, and which keys are granted.
         let (scope, key, role, rank, grants) = match action {
-            Action::EditServer => (None, PermissionKey::ManageServer, None, None, KeySet::EMPTY),
-            Action::CreateChannel => (
+            Manage::EditServer => (None, PermissionKey::ManageServer, None, None, KeySet::EMPTY),
+            Manage::CreateChannel => (
                 None,
                 PermissionKey::ManageChannel,
                 None,
                 None,
                 KeySet::EMPTY,
             ),
-            Action::EditChannel(channel) => {
+            Manage::EditChannel(channel) => {
                 known_channel(channel)?;
                 let key = PermissionKey::ManageChannel;
                 (Some(channel), key, None, None, KeySet::EMPTY)
             }
-            Action::EditLists(channel) => {
+            Manage::EditLists(channel) => {
                 known_channel(channel)?;
                 let key = PermissionKey::ManageBlackWhiteList;
                 (Some(channel), key, None, None, KeySet::EMPTY)
             }
-            Action::CreateRole { priority, grants } => (
+            Manage::CreateRole { priority, grants } => (
                 None,
                 PermissionKey::ManageRole,
                 None,
                 Some(priority),
                 grants,
             ),
-            Action::EditRole {
+            Manage::EditRole {
                 role,
                 grants,
                 priority,
@@ -961,7 +961,7 @@ impl Server {
                     grants,
                 )
             }
-            Action::DeleteRole(role) | Action::UnassignRole(role) => {
+            Manage::DeleteRole(role) | Manage::UnassignRole(role) => {
                 known_role(role)?;
                 (
                     None,
@@ -971,11 +971,11 @@ impl Server {
                     KeySet::EMPTY,
                 )
             }
-            Action::AssignRole(role) => {
+            Manage::AssignRole(role) => {
                 let grants = known_role(role)?.permissions.allow;
                 (None, PermissionKey::ManageRole, Some(role), None, grants)
             }
-            Action::RoleOverride {
+            Manage::RoleOverride {
                 channel,
                 role,
                 grants,
@@ -990,7 +990,7 @@ impl Server {
                     grants,
                 )
             }
-            Action::MemberOverride { channel, grants } => {
+            Manage::MemberOverride { channel, grants } => {
                 known_channel(channel)?;
                 (Some(channel), PermissionKey::ManageRole, None, None, grants)
             }

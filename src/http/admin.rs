@@ -14,12 +14,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::app::AppState;
 use crate::auth::Identity;
 use crate::ids::{RoomName, UserId};
 use crate::model::{MediaKind, Role};
 use crate::protocol::CreateOk;
-use crate::room::{Actor, CloseReason, RoomHandle};
-use crate::server::AppState;
+use crate::room::{Act, By, CloseReason, RoomHandle};
 use crate::status::{Failure, Status};
 use crate::store::RecordQuery;
 
@@ -59,6 +59,28 @@ impl From<Failure> for ApiError {
         ApiError(f)
     }
 }
+
+/// Every typed error a handler may return, through its status mapping
+/// (`app::errors`).
+macro_rules! api_errors {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for ApiError {
+            fn from(e: $error) -> Self {
+                ApiError(Failure::from(e))
+            }
+        }
+    )*};
+}
+
+api_errors!(
+    crate::room::Error,
+    crate::policy::authz::Denial,
+    crate::auth::AuthError,
+    crate::store::StoreError,
+    crate::policy::catalog::UnloadError,
+    crate::community::hub::HubError,
+    crate::community::CommunityError,
+);
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
@@ -224,7 +246,14 @@ async fn kick(
     Path((room, user)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let handle = find(&state, room)?;
-    handle.kick(Actor::Admin(admin.user), UserId(user)).await?;
+    handle
+        .act(
+            By::Admin(admin.user),
+            Act::Kick {
+                target: UserId(user),
+            },
+        )
+        .await?;
     Ok(Json(json!({})).into_response())
 }
 
@@ -243,14 +272,12 @@ async fn mute(
 ) -> ApiResult<Response> {
     let Json(body) = body?;
     let handle = find(&state, room)?;
-    handle
-        .mute(
-            Actor::Admin(admin.user),
-            Some(UserId(user)),
-            body.kind,
-            body.muted,
-        )
-        .await?;
+    let act = Act::Mute {
+        target: Some(UserId(user)),
+        kind: body.kind,
+        muted: body.muted,
+    };
+    handle.act(By::Admin(admin.user), act).await?;
     Ok(Json(json!({})).into_response())
 }
 
@@ -268,9 +295,11 @@ async fn set_role(
 ) -> ApiResult<Response> {
     let Json(body) = body?;
     let handle = find(&state, room)?;
-    handle
-        .set_role(Actor::Admin(admin.user), Some(UserId(user)), body.role)
-        .await?;
+    let act = Act::SetRole {
+        target: Some(UserId(user)),
+        role: body.role,
+    };
+    handle.act(By::Admin(admin.user), act).await?;
     Ok(Json(json!({})).into_response())
 }
 
@@ -280,6 +309,6 @@ async fn records(
     query: Result<Query<RecordQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query?;
-    let records = state.store.records(query).await.map_err(Failure::from)?;
+    let records = state.store.records(query).await?;
     Ok(Json(json!({ "records": records })).into_response())
 }

@@ -22,15 +22,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::admin::ApiError;
+use crate::app::AppState;
 use crate::auth::Identity;
 use crate::community::hub::{CommunityHub, HubError};
 use crate::community::snapshot::{ChannelSnapshot, RoleSnapshot, channel_snapshot};
 use crate::community::{
-    Action, ChannelKind, CommunityChannelId, CommunityError, ListEntry, ListKind, MediaSettings,
+    ChannelKind, CommunityChannelId, CommunityError, ListEntry, ListKind, Manage, MediaSettings,
     MediaSettingsUpdate, PermissionChanges, Permissions, RoleId, Server, ServerId, Visibility,
 };
 use crate::ids::UserId;
-use crate::server::AppState;
 use crate::status::{Failure, Status};
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -103,18 +103,6 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-impl From<HubError> for ApiError {
-    fn from(e: HubError) -> Self {
-        ApiError::from(Failure::from(e))
-    }
-}
-
-impl From<CommunityError> for ApiError {
-    fn from(e: CommunityError) -> Self {
-        ApiError::from(HubError::from(e))
-    }
-}
-
 /// Any caller with a valid token.
 pub struct Caller(Identity);
 
@@ -139,7 +127,7 @@ impl Caller {
     }
 
     /// May this caller make `action` on `server`? Operators may do anything.
-    fn authorize(&self, server: &Server, action: Action) -> Result<(), HubError> {
+    fn authorize(&self, server: &Server, action: Manage) -> Result<(), HubError> {
         if self.admin() {
             return Ok(());
         }
@@ -290,7 +278,7 @@ async fn update_server(
     let req = body(raw)?;
     let id = ServerId(server);
     edit(&state, id, &caller, |s| {
-        caller.authorize(s, Action::EditServer)?;
+        caller.authorize(s, Manage::EditServer)?;
         if let Some(name) = req.name {
             s.set_name(name);
         }
@@ -316,7 +304,7 @@ async fn delete_server(
     let id = ServerId(server);
     hub(&state).read(|c| -> Result<(), HubError> {
         let server = c.server(id).ok_or(CommunityError::NoSuchServer(id))?;
-        caller.authorize(server, Action::EditServer)
+        caller.authorize(server, Manage::EditServer)
     })?;
     hub(&state).delete_server(id, caller.user().as_str())?;
     hub(&state).flush().await;
@@ -349,7 +337,7 @@ async fn add_member(
 ) -> ApiResult<Response> {
     let req = body(raw)?;
     edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::EditServer)?;
+        caller.authorize(s, Manage::EditServer)?;
         s.add_member(req.user);
         Ok(())
     })
@@ -366,7 +354,7 @@ async fn remove_member(
     let user = UserId(user);
     edit(&state, ServerId(server), &caller, |s| {
         if user != *caller.user() {
-            caller.authorize(s, Action::EditServer)?;
+            caller.authorize(s, Manage::EditServer)?;
         }
         s.remove_member(&user)?;
         Ok(())
@@ -382,7 +370,7 @@ async fn assign_role(
 ) -> ApiResult<Response> {
     let (user, role) = (UserId(user), RoleId(role));
     edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::AssignRole(role))?;
+        caller.authorize(s, Manage::AssignRole(role))?;
         Ok(s.assign_role(&user, role)?)
     })
     .await?;
@@ -396,7 +384,7 @@ async fn unassign_role(
 ) -> ApiResult<Response> {
     let (user, role) = (UserId(user), RoleId(role));
     edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::UnassignRole(role))?;
+        caller.authorize(s, Manage::UnassignRole(role))?;
         Ok(s.unassign_role(&user, role)?)
     })
     .await?;
@@ -504,7 +492,7 @@ async fn create_role(
         let grants = role.permissions.allow();
         caller.authorize(
             s,
-            Action::CreateRole {
+            Manage::CreateRole {
                 priority: role.priority,
                 grants,
             },
@@ -543,7 +531,7 @@ async fn update_role(
         let changes = req.permissions.unwrap_or_default();
         caller.authorize(
             s,
-            Action::EditRole {
+            Manage::EditRole {
                 role,
                 grants: changes.allow() - current.allow(),
                 priority: req.priority,
@@ -575,7 +563,7 @@ async fn delete_role(
 ) -> ApiResult<Response> {
     let role = RoleId(role);
     edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::DeleteRole(role))?;
+        caller.authorize(s, Manage::DeleteRole(role))?;
         Ok(s.remove_role(role)?)
     })
     .await?;
@@ -618,7 +606,7 @@ async fn create_channel(
     let req = body(raw)?;
     let id = CommunityChannelId(hub(&state).allocate_id());
     let created = edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::CreateChannel)?;
+        caller.authorize(s, Manage::CreateChannel)?;
         s.add_channel(id, req.kind, req.visibility)?;
         s.rename_channel(id, req.name)?;
         if let Some(update) = &req.settings {
@@ -690,7 +678,7 @@ async fn update_channel(
     let req = body(raw)?;
     let channel = CommunityChannelId(channel);
     let updated = edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::EditChannel(channel))?;
+        caller.authorize(s, Manage::EditChannel(channel))?;
         if let Some(name) = req.name {
             s.rename_channel(channel, name)?;
         }
@@ -710,7 +698,7 @@ async fn delete_channel(
 ) -> ApiResult<Response> {
     let channel = CommunityChannelId(channel);
     edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::EditChannel(channel))?;
+        caller.authorize(s, Manage::EditChannel(channel))?;
         Ok(s.remove_channel(channel)?)
     })
     .await?;
@@ -743,7 +731,7 @@ async fn update_settings(
     let update = body(raw)?;
     let channel = CommunityChannelId(channel);
     let settings = edit(&state, ServerId(server), &caller, |s| {
-        caller.authorize(s, Action::EditChannel(channel))?;
+        caller.authorize(s, Manage::EditChannel(channel))?;
         let current = *s
             .channel(channel)
             .ok_or(CommunityError::NoSuchChannel(channel))?
@@ -774,7 +762,7 @@ async fn role_override(
         let grants = changes.allow() - current.allow();
         caller.authorize(
             s,
-            Action::RoleOverride {
+            Manage::RoleOverride {
                 channel,
                 role,
                 grants,
@@ -801,7 +789,7 @@ async fn member_override(
             .ok_or(CommunityError::NoSuchChannel(channel))?
             .member_override(&user);
         let grants = changes.allow() - current.allow();
-        caller.authorize(s, Action::MemberOverride { channel, grants })?;
+        caller.authorize(s, Manage::MemberOverride { channel, grants })?;
         s.update_member_override(channel, &user, &changes)?;
         Ok(s.channel(channel).map(|c| c.member_override(&user)))
     })
@@ -842,7 +830,7 @@ async fn change_list(
     let list = parse_list(list)?;
     let channel = CommunityChannelId(channel);
     edit(state, ServerId(server), caller, |s| {
-        caller.authorize(s, Action::EditLists(channel))?;
+        caller.authorize(s, Manage::EditLists(channel))?;
         if add {
             s.list_add(channel, list, entry)?;
         } else {

@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::server::AppState;
+use crate::app::AppState;
 use crate::status::Status;
 
 /// The HTTP status the admin and community APIs answer with for a protocol

@@ -20,9 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use crate::app::AppState;
 use crate::auth::{Grants, claims_for};
 use crate::http::admin::ApiError;
-use crate::server::AppState;
 use crate::status::{Failure, Status};
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");

@@ -3,8 +3,8 @@
 //!
 //! - [`udp`]: the shared UDP ports and the task reading each one, which routes
 //!   datagrams to rooms by ICE ufrag, then by source address.
-//! - [`room`]: one task per room that owns every peer connection of the room
-//!   and forwards RTP between them; no locks on the packet path.
+//! - `forwarder`: one task per room that owns every peer connection of the
+//!   room and forwards RTP between them; no locks on the packet path.
 //! - [`peer`]: one member's peer connection and its negotiation.
 //! - [`codec`]: what both ends negotiate (shared with the Rust client).
 //! - `interceptor`: our links in webrtc-rs's RTP/RTCP chain: keyframe
@@ -18,11 +18,11 @@
 
 pub mod codec;
 mod config;
+mod forwarder;
 mod interceptor;
 mod level;
 mod peer;
 mod rewrite;
-pub(crate) mod room;
 mod udp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -35,11 +35,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
-use crate::status::{Failure, Status};
 use crate::telemetry::ReasonLabel;
 
 pub use config::{MediaConfig, PortRange};
-pub use room::{Gate, RoomMedia};
+pub use forwarder::{Gate, MediaCommand, MediaEvent, MediaReply, Offer, RoomMedia};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -52,17 +51,10 @@ pub enum MediaError {
     Rtc(#[from] rtc::shared::error::Error),
     #[error("negotiation: {0}")]
     Negotiation(String),
+    #[error("send media_start first")]
+    NotStarted,
     #[error("internal: {0}")]
     Internal(&'static str),
-}
-
-impl From<MediaError> for Failure {
-    fn from(e: MediaError) -> Failure {
-        match e {
-            MediaError::Negotiation(why) => Failure::new(Status::BadRequest, why),
-            other => Failure::new(Status::Internal, other.to_string()),
-        }
-    }
 }
 
 /// Counters of the media plane, registered with the server's metrics.

@@ -24,13 +24,13 @@ use rtc::rtp_transceiver::{
     RTCRtpTransceiverInit,
 };
 
+use super::forwarder::Offer;
 use super::interceptor::{SsrcGuard, ssrc_guard_slot};
 use super::rewrite::SeqRewriter;
 use super::udp::PeerKey;
 use super::{MediaError, MediaMetrics, codec};
 use crate::ids::{ConnId, UserId};
 use crate::model::{MediaKind, Mode, PublishSlot, TrackInfo};
-use crate::room::Sink;
 
 /// How long after a video subscription starts its source is asked for
 /// keyframes (at the throttled rate).
@@ -67,7 +67,6 @@ pub(crate) struct Peer {
     pub user: UserId,
     pub conn: ConnId,
     pub mode: Mode,
-    pub sink: Sink,
     /// Index of the UDP port this peer uses.
     pub port: usize,
     pub local: SocketAddr,
@@ -95,7 +94,6 @@ pub(crate) struct PeerSetup {
     pub user: UserId,
     pub conn: ConnId,
     pub mode: Mode,
-    pub sink: Sink,
     pub port: usize,
     pub local: SocketAddr,
     pub advertise: Vec<IpAddr>,
@@ -139,7 +137,6 @@ impl Peer {
             user: setup.user,
             conn: setup.conn,
             mode: setup.mode,
-            sink: setup.sink,
             port: setup.port,
             local: setup.local,
             ufrag: setup.ufrag,
@@ -327,13 +324,6 @@ impl Peer {
             .find(|(slot, _)| *slot == id)
             .map(|(_, kind)| *kind)
     }
-}
-
-/// An offer ready to send, with what the client needs to map its m-lines.
-pub(crate) struct Offer {
-    pub sdp: String,
-    pub publish: Vec<PublishSlot>,
-    pub tracks: Vec<TrackInfo>,
 }
 
 fn codec_kind(kind: MediaKind) -> RtpCodecKind {

@@ -275,17 +275,6 @@ pub enum UnloadError {
     StillOnDisk(String),
 }
 
-impl From<UnloadError> for crate::status::Failure {
-    fn from(e: UnloadError) -> Self {
-        use crate::status::{Failure, Status};
-        let status = match e {
-            UnloadError::NoSuchPlugin(_) => Status::NotFound,
-            UnloadError::StillOnDisk(_) => Status::Conflict,
-        };
-        Failure::new(status, e.to_string())
-    }
-}
-
 /// What kind of file a path is, for the watcher.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -599,18 +588,22 @@ impl Catalog {
 
     /// The policy a room gets: the first matching rule's, else the one its
     /// creator named, else the default. A creator may not override a rule:
-    /// naming another policy for a room a rule covers is an error.
-    pub fn policy_for(&self, room: &str, requested: Option<&str>) -> Result<String, String> {
+    /// naming another policy for a room a rule covers is refused with the
+    /// rule's pattern and policy.
+    pub fn policy_for(
+        &self,
+        room: &str,
+        requested: Option<&str>,
+    ) -> Result<String, (String, String)> {
         let ruled = self
             .config
             .rules
             .iter()
             .find(|r| glob_match(&r.rooms, room));
         match (ruled, requested) {
-            (Some(rule), Some(name)) if rule.policy != name => Err(format!(
-                "rooms named like `{}` use the policy `{}`",
-                rule.rooms, rule.policy
-            )),
+            (Some(rule), Some(name)) if rule.policy != name => {
+                Err((rule.rooms.clone(), rule.policy.clone()))
+            }
             (Some(rule), _) => Ok(rule.policy.clone()),
             (None, Some(name)) => Ok(name.to_owned()),
             (None, None) => Ok(self.config.default.clone()),

@@ -1,25 +1,30 @@
 //! Room policies (Lua) and permission plugins (wasm): how operators shape
 //! rooms without recompiling.
 //!
-//! Decision order for every action a member attempts:
-//! 1. built-in rules: the token's grants (checked by the connection) and the
-//!    room's own rules (checked by the state machine);
+//! Decision order for every action a member attempts, run in one place
+//! ([`authz`]):
+//! 1. built-in rules: the token's grants and, in a media channel, the
+//!    community's permission keys;
 //! 2. wasm permission plugins ([`wasm`]): each answers allow, deny or
 //!    abstain; any deny wins;
 //! 3. the room's Lua policy ([`lua`]): its decide hook may allow, deny, or
 //!    change the outcome (join as audience instead, say).
+//!
+//! The room's state machine then applies only the room's own invariants.
 //!
 //! A deny at any step carries a status code and a reason that reach the
 //! client. A script or plugin that fails (error, budget, memory, trap)
 //! decides by its configured failure mode, deny unless told otherwise.
 //!
 //! [`catalog`] holds the compiled, versioned scripts and plugins;
-//! [`reload`] watches the directories and swaps new versions in.
+//! [`reload`] watches the directories and swaps new versions in;
+//! [`runtime`] is one room's share of them.
 
+pub mod authz;
 pub mod catalog;
 pub mod lua;
 pub mod reload;
-pub mod room;
+pub mod runtime;
 pub mod wasm;
 
 use serde::{Deserialize, Serialize};

@@ -11,34 +11,45 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{self, RoomContext, RoomHandle, RoomSummary};
+use super::error::Error;
 use super::state::{Room, RoomSettings};
+use super::task::{self, RoomContext, RoomHandle, RoomSummary};
 use crate::auth::Identity;
-use crate::community::channel::ChannelBinding;
+use crate::clock::Clock;
+use crate::community::channel::{ChannelBinding, ROOM_PREFIX};
 use crate::ids::{ChannelId, RoomName};
 use crate::media::Media;
+use crate::policy::FailureMode;
+use crate::policy::authz::{self, Access, Ask};
 use crate::policy::catalog::Catalog;
-use crate::policy::lua::{Decision, HookError, HookErrorKind, RoomIdentity, RoomView};
-use crate::policy::room::RoomPolicy;
-use crate::policy::{Action, Check, FailureMode};
-use crate::status::{Failure, Status};
+use crate::policy::lua::{RoomIdentity, RoomView};
+use crate::policy::runtime::RoomPolicy;
 use crate::store::StoreHandle;
 use crate::store::kv::KvStore;
-use crate::telemetry::Metrics;
+
+/// What rooms are made of: their settings and the services they use.
+pub struct RoomServices {
+    pub settings: RoomSettings,
+    /// Most rooms open at once; creates beyond it answer 503.
+    pub max_rooms: usize,
+    /// Commands queued per room before senders wait.
+    pub command_queue: usize,
+    pub store: StoreHandle,
+    pub metrics: Arc<super::RoomMetrics>,
+    /// Scripts and plugins; [`Catalog::empty`] for rooms without either.
+    pub catalog: Arc<Catalog>,
+    /// The store behind the scripts' `store` API; `None`: no such store.
+    pub kv: Option<Arc<dyn KvStore>>,
+    /// The WebRTC media plane; `None`: signaling only.
+    pub media: Option<Media>,
+    pub clock: Clock,
+}
 
 pub(crate) struct RoomsInner {
     map: Mutex<HashMap<RoomName, RoomHandle>>,
-    settings: RoomSettings,
-    max_rooms: usize,
-    command_queue: usize,
-    store: StoreHandle,
-    metrics: Arc<Metrics>,
+    services: RoomServices,
     shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
-    catalog: Arc<Catalog>,
-    kv: Option<Arc<dyn KvStore>>,
-    media: Option<Media>,
-    clock: crate::clock::Clock,
 }
 
 impl RoomsInner {
@@ -58,90 +69,40 @@ pub struct Rooms {
 }
 
 impl Rooms {
-    /// A registry whose rooms run no scripts and no plugins.
-    pub fn new(
-        settings: RoomSettings,
-        max_rooms: usize,
-        command_queue: usize,
-        store: StoreHandle,
-        metrics: Arc<Metrics>,
-    ) -> Rooms {
-        let catalog = Catalog::empty().expect("an empty catalog needs nothing from outside");
-        Self::with_policies(
-            settings,
-            max_rooms,
-            command_queue,
-            store,
-            metrics,
-            catalog,
-            None,
-        )
-    }
-
-    /// A registry whose rooms run the catalog's scripts and plugins.
-    pub fn with_policies(
-        settings: RoomSettings,
-        max_rooms: usize,
-        command_queue: usize,
-        store: StoreHandle,
-        metrics: Arc<Metrics>,
-        catalog: Arc<Catalog>,
-        kv: Option<Arc<dyn KvStore>>,
-    ) -> Rooms {
+    pub fn new(services: RoomServices) -> Rooms {
         Rooms {
             inner: Arc::new(RoomsInner {
                 map: Mutex::new(HashMap::new()),
-                settings,
-                max_rooms,
-                command_queue,
-                store,
-                metrics,
+                services,
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
-                catalog,
-                kv,
-                media: None,
-                clock: crate::clock::Clock::new(),
             }),
         }
     }
 
-    /// Gives rooms created from now on a media plane. Call before the
-    /// registry is cloned.
-    pub fn with_media(mut self, media: Media) -> Rooms {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.media = Some(media),
-            None => tracing::error!("Rooms::with_media called on a shared registry; ignored"),
-        }
-        self
-    }
-
     pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.inner.catalog
+        &self.inner.services.catalog
     }
 
     /// Creates a room bound to a policy (`policy`, else the catalog's rules).
     /// 417 if the name is taken, 503 at capacity or in shutdown, 400 for an
-    /// unknown policy; plugins and the policy's `can_create` may refuse.
-    /// `creator` is `None` for the admin API, which no policy checks.
+    /// unknown policy; the token, plugins and the policy's `can_create` may
+    /// refuse. `creator` is `None` for the admin API, which no policy checks.
     pub fn create(
         &self,
         name: RoomName,
         custom_info: String,
         policy: Option<&str>,
         creator: Option<&Identity>,
-    ) -> Result<RoomHandle, Failure> {
-        if name
-            .as_str()
-            .starts_with(crate::community::channel::ROOM_PREFIX)
-        {
-            return Err(Failure::new(
-                Status::Forbidden,
-                format!(
-                    "room names starting with `{}` belong to community media channels; connect to the channel instead",
-                    crate::community::channel::ROOM_PREFIX
-                ),
-            ));
+    ) -> Result<RoomHandle, Error> {
+        if let Some(creator) = creator {
+            // The token answers first: a name it does not cover is refused
+            // before anything is said about the room or the server.
+            let access = create_access(&name, &custom_info, creator, "");
+            authz::grants(&access, false)?;
+        }
+        if name.as_str().starts_with(ROOM_PREFIX) {
+            return Err(Error::Reserved(ROOM_PREFIX));
         }
         self.open(name, custom_info, policy, creator, None)
     }
@@ -152,7 +113,7 @@ impl Rooms {
         &self,
         name: RoomName,
         binding: ChannelBinding,
-    ) -> Result<RoomHandle, Failure> {
+    ) -> Result<RoomHandle, Error> {
         self.open(name, String::new(), None, None, Some(binding))
     }
 
@@ -163,21 +124,19 @@ impl Rooms {
         policy: Option<&str>,
         creator: Option<&Identity>,
         binding: Option<ChannelBinding>,
-    ) -> Result<RoomHandle, Failure> {
+    ) -> Result<RoomHandle, Error> {
         if self.inner.shutdown.is_cancelled() {
-            return Err(Failure::new(
-                Status::Unavailable,
-                "the server is shutting down",
-            ));
+            return Err(Error::ShuttingDown);
         }
         self.check_free(&name)?;
 
         // Build the room's policy state outside the lock: running a script
         // takes microseconds, and other rooms should not wait for it.
-        let catalog = &self.inner.catalog;
+        let services = &self.inner.services;
+        let catalog = &services.catalog;
         let policy_name = catalog
             .policy_for(name.as_str(), policy)
-            .map_err(|why| Failure::new(Status::Forbidden, why))?;
+            .map_err(|(pattern, policy)| Error::RuleBinds { pattern, policy })?;
         let channel_id = ChannelId::generate();
         let lua = catalog.instantiate(
             &policy_name,
@@ -186,28 +145,20 @@ impl Rooms {
                 channel_id: channel_id.0,
                 custom_info: &custom_info,
             },
-            self.inner.kv.clone(),
+            services.kv.clone(),
         );
         // A script that exists but never loaded is a failure (decided by
         // the failure mode), not a missing policy: the author should look at
         // the log, not at the name they typed.
         let lua = match lua {
             Ok(None) => match catalog.script_error(&policy_name) {
-                Some(message) => Err(HookError {
+                Some(message) => Err(crate::script::ScriptError {
                     script: policy_name.clone(),
                     hook: "load".into(),
-                    kind: HookErrorKind::Error,
+                    kind: crate::script::ErrorKind::Error,
                     message,
                 }),
-                None if policy.is_some() => {
-                    return Err(Failure::new(
-                        Status::BadRequest,
-                        format!(
-                            "no room policy named `{policy_name}` (no {}.lua in the scripts directory)",
-                            policy_name
-                        ),
-                    ));
-                }
+                None if policy.is_some() => return Err(Error::NoSuchPolicy(policy_name)),
                 None => Ok(None),
             },
             other => other,
@@ -220,13 +171,7 @@ impl Rooms {
                 // the log and (when the room opens anyway) the admin API.
                 tracing::warn!(room = %name, error = %e, "room policy failed to load");
                 if catalog.config().failure_mode == FailureMode::Deny {
-                    return Err(Failure::new(
-                        Status::Internal,
-                        format!(
-                            "the room policy `{policy_name}` failed to load; \
-                             the server log and GET /api/policies say why"
-                        ),
-                    ));
+                    return Err(Error::PolicyBroken(policy_name));
                 }
                 load_error = Some(e);
                 None
@@ -237,80 +182,53 @@ impl Rooms {
             room_policy.load_failed(e);
         }
         if let Some(creator) = creator {
-            let attrs = crate::auth::attr_lines(&creator.attrs);
-            let mut check = Check::new(Action::CreateRoom, name.as_str(), creator.user.as_str());
-            check.admin = creator.grants.admin;
-            check.attrs = &attrs;
-            room_policy.check_plugins(&check)?;
-            #[derive(serde::Serialize)]
-            struct CreateRequest<'a> {
-                user: &'a str,
-                room: &'a str,
-                custom_info: &'a str,
-                attrs: &'a serde_json::Value,
-                admin: bool,
-            }
-            let request = CreateRequest {
-                user: creator.user.as_str(),
-                room: name.as_str(),
-                custom_info: &custom_info,
-                attrs: &creator.attrs,
-                admin: creator.grants.admin,
-            };
+            let attr_lines = crate::auth::attr_lines(&creator.attrs);
+            let access = create_access(&name, &custom_info, creator, &attr_lines);
             // Effects make no sense before the room exists; they are dropped.
             let mut effects = Vec::new();
             let view = Arc::new(RoomView::default());
-            if let Decision::Deny(failure) =
-                room_policy.decide("can_create", &view, &request, &mut effects)?
-            {
-                return Err(failure);
-            }
+            room_policy.authorize(&access, None, &view, &mut effects)?;
         }
 
         let mut map = self.inner.map.lock().expect("room map lock poisoned");
         // Checked again: another create may have won while the lock was free.
         if map.contains_key(&name) {
-            return Err(taken(&name));
+            return Err(Error::Taken(name));
         }
         let room = Room::new(
             name.clone(),
             channel_id,
             custom_info,
-            self.inner.settings.clone(),
-            self.inner.clock.now(),
+            services.settings.clone(),
+            services.clock.now(),
         );
-        let handle = actor::spawn(
+        let handle = task::spawn(
             room,
             room_policy,
-            self.inner.command_queue,
+            services.command_queue,
             RoomContext {
-                store: self.inner.store.clone(),
-                metrics: self.inner.metrics.clone(),
+                store: services.store.clone(),
+                metrics: services.metrics.clone(),
                 shutdown: self.inner.shutdown.clone(),
                 registry: self.inner.clone(),
-                versions: self.inner.catalog.subscribe(),
-                media: self.inner.media.clone(),
+                versions: catalog.subscribe(),
+                media: services.media.clone(),
                 binding,
-                clock: self.inner.clock,
+                clock: services.clock,
             },
         );
         map.insert(name, handle.clone());
         Ok(handle)
     }
 
-    fn check_free(&self, name: &RoomName) -> Result<(), Failure> {
+    fn check_free(&self, name: &RoomName) -> Result<(), Error> {
         let map = self.inner.map.lock().expect("room map lock poisoned");
         if map.contains_key(name) {
-            return Err(taken(name));
+            return Err(Error::Taken(name.clone()));
         }
-        if map.len() >= self.inner.max_rooms {
-            return Err(Failure::new(
-                Status::Unavailable,
-                format!(
-                    "the server holds its limit of {} rooms",
-                    self.inner.max_rooms
-                ),
-            ));
+        let limit = self.inner.services.max_rooms;
+        if map.len() >= limit {
+            return Err(Error::AtCapacity(limit));
         }
         Ok(())
     }
@@ -331,9 +249,9 @@ impl Rooms {
     }
 
     /// Looks a room up, or answers 404.
-    pub fn find(&self, name: &RoomName) -> Result<RoomHandle, Failure> {
+    pub fn find(&self, name: &RoomName) -> Result<RoomHandle, Error> {
         self.get(name)
-            .ok_or_else(|| Failure::new(Status::NotFound, format!("no room named `{name}`")))
+            .ok_or_else(|| Error::NoSuchRoom(name.clone()))
     }
 
     /// Every open room, sorted by name.
@@ -362,9 +280,17 @@ impl Rooms {
     }
 }
 
-fn taken(name: &RoomName) -> Failure {
-    Failure::new(
-        Status::Conflict,
-        format!("a room named `{name}` already exists"),
-    )
+fn create_access<'a>(
+    name: &'a RoomName,
+    custom_info: &'a str,
+    creator: &'a Identity,
+    attr_lines: &'a str,
+) -> Access<'a> {
+    Access {
+        room: name.as_str(),
+        identity: creator,
+        community: None,
+        attr_lines,
+        ask: Ask::Create { custom_info },
+    }
 }

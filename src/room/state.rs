@@ -6,6 +6,13 @@
 //! The room never reads a clock, spawns, or touches a socket, so every rule is
 //! tested here with synthetic time and benchmarked without a network.
 //!
+//! It holds the room's own invariants (an audience member cannot unmute, a
+//! member in audio mode has no video, nobody starts a screen share for
+//! someone else) and nothing about who may do what: tokens, community keys,
+//! plugins and policies decide that before a request gets here
+//! (`policy::authz`), and what they decided arrives as the [`Operator`] and
+//! the [`Joiner`]'s terms.
+//!
 //! Invariants:
 //! - `conns` maps exactly the connections of members that are connected; a
 //!   member in its reconnect grace window has `conn == None` and a deadline.
@@ -16,13 +23,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::auth::Identity;
 pub use crate::clock::Now;
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
 use crate::model::{LeaveReason, MediaKind, MemberInfo, Mode, Role};
-use crate::policy::lua::{MemberView, RoomView};
 use crate::protocol::{JoinOk, ServerMessage};
-use crate::status::{Failure, Status};
+use crate::status::Status;
 use crate::store::RecordOp;
 
 /// Timeouts a room runs with; from `[rooms]` in the config.
@@ -44,13 +49,14 @@ impl Default for RoomSettings {
     }
 }
 
-/// Who performs an operation.
+/// Who performs an operation, as authorization resolved it: the
+/// `operate_by` of what it causes.
 #[derive(Clone, Debug)]
-pub enum Actor {
-    /// A member through its connection: on itself, or on others with the
-    /// token's admin grant.
+pub enum Operator {
+    /// A member through its connection, acting on itself only.
     Member(ConnId),
-    /// A member whose action on others the room's policy explicitly allowed.
+    /// A member allowed to act on others for this one request (the token's
+    /// admin grant, a community key, or the room policy's explicit allow).
     Moderator(ConnId),
     /// An operator through the admin API.
     Admin(UserId),
@@ -58,12 +64,15 @@ pub enum Actor {
     Policy(String),
 }
 
-/// How a join is to be applied, as the room's policy decided.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct JoinOptions {
-    /// The policy chose the role: the token's roles are not consulted.
-    pub role_decided: bool,
-    /// Start with audio and video muted.
+/// A new member, with the terms authorization set.
+#[derive(Clone, Debug)]
+pub struct Joiner<'a> {
+    pub user: &'a UserId,
+    /// Display name (from the token).
+    pub name: &'a str,
+    pub mode: Mode,
+    pub role: Role,
+    /// Start with audio and video muted, whatever the role.
     pub muted: bool,
 }
 
@@ -130,8 +139,6 @@ pub enum RoomError {
     NotMember(RoomName),
     #[error("no member `{0}` in this room")]
     NoSuchMember(UserId),
-    #[error("this token may not take the {} role", .0.as_str())]
-    RoleNotAllowed(Role),
     #[error("an audience member cannot unmute; switch to interactor first")]
     AudienceCannotUnmute,
     #[error("joined in audio mode: there is no video to unmute")]
@@ -146,28 +153,6 @@ pub enum RoomError {
     NotPermitted,
     #[error("kicking needs the admin grant; to go, send `leave`")]
     KickNotPermitted,
-    #[error("this token allows no role")]
-    NoRoleAllowed,
-}
-
-impl From<RoomError> for Failure {
-    fn from(e: RoomError) -> Self {
-        let status = match &e {
-            RoomError::Closed(_) | RoomError::NoSuchMember(_) | RoomError::NotMember(_) => {
-                Status::NotFound
-            }
-            RoomError::NoVideoInAudioMode
-            | RoomError::NoScreenInAudioMode
-            | RoomError::CannotStartForOthers => Status::BadRequest,
-            RoomError::AudienceCannotShare => Status::Forbidden,
-            RoomError::RoleNotAllowed(_)
-            | RoomError::AudienceCannotUnmute
-            | RoomError::NotPermitted
-            | RoomError::KickNotPermitted
-            | RoomError::NoRoleAllowed => Status::Forbidden,
-        };
-        Failure::new(status, e.to_string())
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -178,14 +163,6 @@ struct Member {
     /// The current connection; `None` while waiting out the grace window.
     conn: Option<ConnId>,
     grace_until: Option<Instant>,
-    /// May act on other members.
-    admin: bool,
-    /// The token's `attrs`, for policies to read.
-    attrs: serde_json::Value,
-    /// The same as plugins receive them ([`crate::auth::attr_lines`]).
-    attr_lines: std::sync::Arc<str>,
-    /// Roles the member's token lets it take for itself.
-    roles: Vec<Role>,
 }
 
 /// One room instance.
@@ -313,32 +290,24 @@ impl Room {
         self.close_if_empty(now);
     }
 
-    /// A connection joins as `who`. A join by a user who is already a member
-    /// (a reconnect, or a second device) takes the membership over silently.
+    /// A connection joins. A join by a user who is already a member (a
+    /// reconnect, or a second device) takes the membership over silently,
+    /// keeping its role and mode; only the name is taken from `joiner`.
     pub fn join(
         &mut self,
         now: Now,
         conn: ConnId,
-        who: &Identity,
-        mode: Mode,
-        role: Option<Role>,
-        options: JoinOptions,
+        joiner: Joiner<'_>,
     ) -> Result<JoinOk, RoomError> {
         if self.closed {
             return Err(RoomError::Closed(self.name.clone()));
         }
-        if let Some(member) = self.members.get_mut(&who.user) {
+        if let Some(member) = self.members.get_mut(joiner.user) {
             let previous = member.conn.replace(conn);
             member.grace_until = None;
-            // A resume keeps the membership's role and mode (the request's are
-            // ignored) but takes the new token's name and grants.
-            member.admin = who.grants.admin;
-            member.roles.clone_from(&who.grants.roles);
-            member.info.name.clone_from(&who.name);
-            member.attrs.clone_from(&who.attrs);
-            member.attr_lines = crate::auth::attr_lines(&who.attrs).into();
+            member.info.name = joiner.name.to_owned();
             let (role, mode) = (member.info.role, member.info.mode);
-            self.conns.insert(conn, who.user.clone());
+            self.conns.insert(conn, joiner.user.clone());
             if let Some(old) = previous.filter(|old| *old != conn) {
                 self.conns.remove(&old);
                 self.out.push_back(Output::Remove {
@@ -349,15 +318,17 @@ impl Room {
             return Ok(self.join_ok(role, mode, true));
         }
 
-        let role = match role {
-            Some(role) if options.role_decided || who.may_take_role(role) => role,
-            Some(role) => return Err(RoomError::RoleNotAllowed(role)),
-            None => who.default_role().ok_or(RoomError::NoRoleAllowed)?,
-        };
-        let audience = role == Role::Audience || options.muted;
+        let Joiner {
+            user,
+            name,
+            mode,
+            role,
+            muted,
+        } = joiner;
+        let audience = role == Role::Audience || muted;
         let info = MemberInfo {
-            user: who.user.clone(),
-            name: who.name.clone(),
+            user: user.clone(),
+            name: name.to_owned(),
             role,
             mode,
             audio_muted: audience,
@@ -395,19 +366,15 @@ impl Room {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.members.insert(
-            who.user.clone(),
+            user.clone(),
             Member {
                 info,
                 seq,
                 conn: Some(conn),
                 grace_until: None,
-                admin: who.grants.admin,
-                roles: who.grants.roles.clone(),
-                attrs: who.attrs.clone(),
-                attr_lines: crate::auth::attr_lines(&who.attrs).into(),
             },
         );
-        self.conns.insert(conn, who.user.clone());
+        self.conns.insert(conn, user.clone());
         Ok(self.join_ok(role, mode, false))
     }
 
@@ -459,11 +426,10 @@ impl Room {
         }
     }
 
-    /// Switches a member's role: one's own within the token's roles, anyone's
-    /// (to any role) with the admin grant. Becoming audience mutes audio and video.
+    /// Switches a member's role. Becoming audience mutes audio and video.
     pub fn set_role(
         &mut self,
-        actor: &Actor,
+        actor: &Operator,
         target: Option<&UserId>,
         role: Role,
     ) -> Result<(), RoomError> {
@@ -474,11 +440,6 @@ impl Room {
             .ok_or_else(|| RoomError::NoSuchMember(target.clone()))?;
         if member.info.role == role {
             return Ok(());
-        }
-        let for_itself =
-            matches!(actor, Actor::Member(_) | Actor::Moderator(_)) && operator == target;
-        if for_itself && !member.roles.contains(&role) {
-            return Err(RoomError::RoleNotAllowed(role));
         }
         member.info.role = role;
         let mut forced = Vec::new();
@@ -521,7 +482,7 @@ impl Room {
     /// to act on others.
     pub fn share_screen(
         &mut self,
-        actor: &Actor,
+        actor: &Operator,
         target: Option<&UserId>,
         on: bool,
     ) -> Result<(), RoomError> {
@@ -576,7 +537,7 @@ impl Room {
     /// Mutes or unmutes a member's audio or video.
     pub fn set_mute(
         &mut self,
-        actor: &Actor,
+        actor: &Operator,
         target: Option<&UserId>,
         kind: MediaKind,
         muted: bool,
@@ -605,13 +566,11 @@ impl Room {
     }
 
     /// Removes a member; others see `member_left` with reason `kicked`.
-    /// Always needs the admin grant, even on oneself.
-    pub fn kick(&mut self, now: Now, actor: &Actor, target: &UserId) -> Result<(), RoomError> {
-        if let Actor::Member(conn) = actor {
-            let me = self.member_on(*conn)?;
-            if !self.members.get(me).is_some_and(|m| m.admin) {
-                return Err(RoomError::KickNotPermitted);
-            }
+    /// Never for a plain member, even on itself (that is `leave`).
+    pub fn kick(&mut self, now: Now, actor: &Operator, target: &UserId) -> Result<(), RoomError> {
+        if let Operator::Member(conn) = actor {
+            self.member_on(*conn)?;
+            return Err(RoomError::KickNotPermitted);
         }
         let (target, _) = self.resolve(actor, Some(target))?;
         if !self.members.contains_key(&target) {
@@ -639,17 +598,6 @@ impl Room {
         Ok(())
     }
 
-    /// Members in join order, each with whether its token holds the admin
-    /// grant.
-    pub fn members_with_grants(&self) -> Vec<(MemberInfo, bool)> {
-        let mut members: Vec<&Member> = self.members.values().collect();
-        members.sort_by_key(|m| m.seq);
-        members
-            .into_iter()
-            .map(|m| (m.info.clone(), m.admin))
-            .collect()
-    }
-
     /// Closes the room with everyone still in it.
     pub fn close(&mut self, now: Now, reason: CloseReason) {
         if self.closed {
@@ -672,11 +620,11 @@ impl Room {
     }
 
     /// Who an actor is, as `operate_by` and `from` name it.
-    fn operator(&self, actor: &Actor) -> Result<UserId, RoomError> {
+    fn operator(&self, actor: &Operator) -> Result<UserId, RoomError> {
         match actor {
-            Actor::Member(conn) | Actor::Moderator(conn) => self.member_on(*conn).cloned(),
-            Actor::Admin(op) => Ok(op.clone()),
-            Actor::Policy(name) => Ok(UserId(format!("policy:{name}"))),
+            Operator::Member(conn) | Operator::Moderator(conn) => self.member_on(*conn).cloned(),
+            Operator::Admin(op) => Ok(op.clone()),
+            Operator::Policy(name) => Ok(UserId(format!("policy:{name}"))),
         }
     }
 
@@ -685,56 +633,26 @@ impl Room {
         &self.metadata
     }
 
+    /// A member's role, if `user` is a member.
+    pub fn role_of(&self, user: &UserId) -> Option<Role> {
+        self.members.get(user).map(|m| m.info.role)
+    }
+
     /// Whether `user` holds a membership (connected or in its grace window).
     pub fn is_member(&self, user: &UserId) -> bool {
         self.members.contains_key(user)
-    }
-
-    /// The token attributes of the member on `conn`, as plugins receive them.
-    pub fn attr_lines(&self, conn: ConnId) -> std::sync::Arc<str> {
-        self.conns
-            .get(&conn)
-            .and_then(|u| self.members.get(u))
-            .map_or_else(|| "".into(), |m| m.attr_lines.clone())
-    }
-
-    /// Whether `conn` is allowed to act on others by its token alone.
-    pub fn is_admin(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .and_then(|u| self.members.get(u))
-            .is_some_and(|m| m.admin)
-    }
-
-    /// The room as a policy script reads it.
-    pub fn view(&self) -> RoomView {
-        let mut members: Vec<&Member> = self.members.values().collect();
-        members.sort_by_key(|m| m.seq);
-        RoomView {
-            generation: 0,
-            members: members
-                .into_iter()
-                .map(|m| MemberView {
-                    info: m.info.clone(),
-                    attrs: m.attrs.clone(),
-                })
-                .collect(),
-            metadata: self.metadata.clone(),
-        }
     }
 
     /// Mutes (or unmutes) every member but the one acting. Needs the right
     /// to act on others. Unmuting skips members who cannot publish.
     pub fn mute_all(
         &mut self,
-        actor: &Actor,
+        actor: &Operator,
         kind: MediaKind,
         muted: bool,
     ) -> Result<(), RoomError> {
         let operator = self.operator(actor)?;
-        if let Actor::Member(conn) = actor
-            && !self.is_admin(*conn)
-        {
+        if let Operator::Member(_) = actor {
             return Err(RoomError::NotPermitted);
         }
         let mut targets: Vec<(u64, UserId)> = self
@@ -770,7 +688,7 @@ impl Room {
     /// message is not echoed back to it).
     pub fn send_data(
         &mut self,
-        actor: &Actor,
+        actor: &Operator,
         to: Option<&UserId>,
         payload: serde_json::Value,
     ) -> Result<(), RoomError> {
@@ -794,7 +712,7 @@ impl Room {
                 }
             }
             None => match actor {
-                Actor::Member(conn) | Actor::Moderator(conn) => Recipients::AllExcept(*conn),
+                Operator::Member(conn) | Operator::Moderator(conn) => Recipients::AllExcept(*conn),
                 _ => Recipients::All,
             },
         };
@@ -829,33 +747,26 @@ impl Room {
             .ok_or_else(|| RoomError::NotMember(self.name.clone()))
     }
 
-    /// Works out whom an operation targets and who is doing it, enforcing that
-    /// only admins act on others.
+    /// Works out whom an operation targets and who is doing it; a plain
+    /// member only ever acts on itself.
     fn resolve(
         &self,
-        actor: &Actor,
+        actor: &Operator,
         target: Option<&UserId>,
     ) -> Result<(UserId, UserId), RoomError> {
         match actor {
-            Actor::Admin(_) | Actor::Policy(_) => {
+            Operator::Admin(_) | Operator::Policy(_) => {
                 let operator = self.operator(actor)?;
                 let target = target.ok_or_else(|| RoomError::NoSuchMember(operator.clone()))?;
                 Ok((target.clone(), operator))
             }
-            Actor::Member(conn) | Actor::Moderator(conn) => {
+            Operator::Member(conn) | Operator::Moderator(conn) => {
                 let me = self.member_on(*conn)?.clone();
                 match target {
                     None => Ok((me.clone(), me)),
                     Some(t) if *t == me => Ok((me.clone(), me)),
-                    Some(t) => {
-                        // `member_on` succeeded, so the member exists.
-                        let moderator = matches!(actor, Actor::Moderator(_));
-                        if moderator || self.members.get(&me).is_some_and(|m| m.admin) {
-                            Ok((t.clone(), me))
-                        } else {
-                            Err(RoomError::NotPermitted)
-                        }
-                    }
+                    Some(t) if matches!(actor, Operator::Moderator(_)) => Ok((t.clone(), me)),
+                    Some(_) => Err(RoomError::NotPermitted),
                 }
             }
         }

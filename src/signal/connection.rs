@@ -22,16 +22,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ratelimit::TokenBucket;
+use crate::app::AppState;
 use crate::auth::Identity;
 use crate::ids::{ChannelId, ConnId};
 use crate::model::Mode;
+use crate::policy::authz::{self, Access, Ask};
 use crate::protocol::{
     ChannelMembersOk, CreateOk, HelloOk, PROTOCOL_VERSION, Request, ServerMessage, parse_request,
 };
-use crate::room::{Actor, Outbound, RoomHandle, Sink};
-use crate::server::AppState;
+use crate::room::{Act, By, Outbound, RoomHandle, Sink};
 use crate::status::{Failure, Status};
-use crate::telemetry::ReasonLabel;
 
 /// WebSocket close codes used by the server (RFC 6455 section 7.4.1).
 pub mod close_code {
@@ -181,11 +181,7 @@ impl Connection {
     }
 
     fn reject_frame(&self, reason: &'static str) {
-        self.state
-            .metrics
-            .rejected_frames
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.state.metrics.rejected_frame(reason);
     }
 
     /// Handles one data frame (`None` for a binary one); returns how to end
@@ -277,18 +273,16 @@ impl Connection {
                 "send `hello` with a token first",
             ));
         };
-        let me = Actor::Member(self.conn);
-        match request {
+        let act = match request {
             Request::Hello { .. } => {
-                Err(Failure::new(Status::Conflict, "hello was already accepted"))
+                return Err(Failure::new(Status::Conflict, "hello was already accepted"));
             }
-            Request::Ping {} => Ok(serde_json::Value::Null),
+            Request::Ping {} => return Ok(serde_json::Value::Null),
             Request::Create {
                 room,
                 custom_info,
                 policy,
             } => {
-                identity.check_create(&room)?;
                 let handle = self.state.rooms.create(
                     room.clone(),
                     custom_info,
@@ -296,10 +290,10 @@ impl Connection {
                     Some(&identity),
                 )?;
                 tracing::info!(room = %room, channel_id = %handle.channel_id(), "room created");
-                to_value(CreateOk {
+                return to_value(CreateOk {
                     room,
                     channel_id: handle.channel_id(),
-                })
+                });
             }
             Request::Join { room, mode, role } => {
                 if let Some(joined) = &self.room {
@@ -311,7 +305,20 @@ impl Connection {
                         ),
                     ));
                 }
-                identity.check_room(&room)?;
+                // The token's room patterns answer before the room is looked
+                // up: a name it does not cover tells nothing about the room.
+                let access = Access {
+                    room: room.as_str(),
+                    identity: &identity,
+                    community: None,
+                    attr_lines: "",
+                    ask: Ask::Join {
+                        mode,
+                        role,
+                        members: 0,
+                    },
+                };
+                authz::grants(&access, false)?;
                 let handle = self.state.rooms.find(&room)?;
                 let ok = handle
                     .join(self.conn, identity, mode, role, self.sink.clone())
@@ -320,54 +327,35 @@ impl Connection {
                     channel_id: ok.channel_id,
                     handle,
                 });
-                to_value(ok)
+                return to_value(ok);
             }
             Request::Leave {} => {
                 let joined = self.current_room()?;
                 joined.handle.leave(self.conn).await?;
                 self.room = None;
-                Ok(serde_json::Value::Null)
+                return Ok(serde_json::Value::Null);
             }
-            Request::SetRole { role, user } => {
-                self.current_room()?.handle.set_role(me, user, role).await?;
-                Ok(serde_json::Value::Null)
-            }
-            Request::Mute { kind, muted, user } => {
-                self.current_room()?
-                    .handle
-                    .mute(me, user, kind, muted)
-                    .await?;
-                Ok(serde_json::Value::Null)
-            }
-            Request::Kick { user } => {
-                self.current_room()?.handle.kick(me, user).await?;
-                Ok(serde_json::Value::Null)
-            }
-            Request::MuteAll { kind, muted } => {
-                self.current_room()?
-                    .handle
-                    .mute_all(me, kind, muted)
-                    .await?;
-                Ok(serde_json::Value::Null)
-            }
-            Request::ShareScreen { on, user } => {
-                self.current_room()?
-                    .handle
-                    .share_screen(me, user, on)
-                    .await?;
-                Ok(serde_json::Value::Null)
-            }
+            Request::SetRole { role, user } => Act::SetRole { target: user, role },
+            Request::Mute { kind, muted, user } => Act::Mute {
+                target: user,
+                kind,
+                muted,
+            },
+            Request::Kick { user } => Act::Kick { target: user },
+            Request::MuteAll { kind, muted } => Act::MuteAll { kind, muted },
+            Request::ShareScreen { on, user } => Act::ShareScreen { target: user, on },
+            Request::Data { payload, to } => Act::Data { to, payload },
             Request::MediaStart {} => {
                 let conn = self.conn;
                 self.current_room()?.handle.media_start(conn).await?;
-                Ok(serde_json::json!({
+                return Ok(serde_json::json!({
                     "ice_servers": self.state.config.media.ice_servers,
-                }))
+                }));
             }
             Request::MediaAnswer { sdp } => {
                 let conn = self.conn;
                 self.current_room()?.handle.media_answer(conn, sdp).await?;
-                Ok(serde_json::Value::Null)
+                return Ok(serde_json::Value::Null);
             }
             Request::IceCandidate {
                 candidate,
@@ -385,7 +373,7 @@ impl Connection {
                     .handle
                     .ice_candidate(conn, candidate)
                     .await?;
-                Ok(serde_json::Value::Null)
+                return Ok(serde_json::Value::Null);
             }
             Request::Connect {
                 server,
@@ -402,7 +390,7 @@ impl Connection {
                     ));
                 }
                 // The community decides who connects, not the token's rooms.
-                let (handle, ok) = crate::community::channel::connect(
+                let (handle, ok) = crate::app::channels::connect(
                     &self.state.rooms,
                     &self.state.community,
                     (server, channel),
@@ -417,10 +405,10 @@ impl Connection {
                     handle,
                 });
                 tracing::info!(%server, %channel, "connected to media channel");
-                to_value(ok)
+                return to_value(ok);
             }
             Request::ChannelMembers { server, channel } => {
-                let members = crate::community::channel::online_members(
+                let members = crate::app::channels::online_members(
                     &self.state.rooms,
                     &self.state.community,
                     server,
@@ -429,20 +417,18 @@ impl Connection {
                     identity.grants.admin,
                 )
                 .await?;
-                to_value(ChannelMembersOk {
+                return to_value(ChannelMembersOk {
                     server,
                     channel,
                     members,
-                })
+                });
             }
-            Request::Data { payload, to } => {
-                self.current_room()?
-                    .handle
-                    .send_data(me, to, payload)
-                    .await?;
-                Ok(serde_json::Value::Null)
-            }
-        }
+        };
+        self.current_room()?
+            .handle
+            .act(By::Member(self.conn), act)
+            .await?;
+        Ok(serde_json::Value::Null)
     }
 
     fn hello(&mut self, version: u32, token: &str) -> Result<serde_json::Value, Failure> {

@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::{ChannelId, RoomName, UserId};
 use crate::model::{LeaveReason, Role};
-use crate::status::{Failure, Status};
 
 /// One change to the call records, emitted by a room.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,12 +100,6 @@ pub enum StoreError {
     },
     #[error("the store has stopped")]
     Stopped,
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        Failure::new(Status::Internal, e.to_string())
-    }
 }
 
 /// One change to the stored community servers. A server is stored whole, as

@@ -9,9 +9,9 @@ pub mod media;
 use std::future::Future;
 use std::time::Duration;
 
+use conclave::app::config::Config;
 use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::{ClientOptions, SignalClient};
-use conclave::config::Config;
 use conclave::protocol::ServerMessage;
 use conclave::server::Server;
 use serde_json::Value;
@@ -59,7 +59,7 @@ impl TestServer {
     }
 
     /// The running server's shared state (rooms, catalog, config).
-    pub fn state(&self) -> &std::sync::Arc<conclave::server::AppState> {
+    pub fn state(&self) -> &std::sync::Arc<conclave::app::AppState> {
         self.server.as_ref().expect("server running").state()
     }
 

@@ -132,7 +132,7 @@ enum Check {
     },
     Authorize {
         user: &'static str,
-        action: Action,
+        action: Manage,
         expect: Result<(), Refusal>,
     },
 }
@@ -212,7 +212,7 @@ fn grant(
     }
 }
 
-fn authorize(user: &'static str, action: Action, expect: Result<(), Refusal>) -> Check {
+fn authorize(user: &'static str, action: Manage, expect: Result<(), Refusal>) -> Check {
     Check::Authorize {
         user,
         action,
@@ -742,7 +742,7 @@ fn cases() -> Vec<Case> {
         case(
             "authorize: server settings need manageServer",
             none,
-            authorize("alice", Action::EditServer, Err(Refusal::Missing(M_SERVER))),
+            authorize("alice", Manage::EditServer, Err(Refusal::Missing(M_SERVER))),
         ),
         case(
             "authorize: server settings with manageServer",
@@ -750,14 +750,14 @@ fn cases() -> Vec<Case> {
                 role_perms(s, A, allow(&[M_SERVER]));
                 give(s, "alice", A);
             },
-            authorize("alice", Action::EditServer, Ok(())),
+            authorize("alice", Manage::EditServer, Ok(())),
         ),
         case(
             "authorize: creating a channel needs manageChannel",
             none,
             authorize(
                 "alice",
-                Action::CreateChannel,
+                Manage::CreateChannel,
                 Err(Refusal::Missing(M_CHANNEL)),
             ),
         ),
@@ -767,7 +767,7 @@ fn cases() -> Vec<Case> {
                 role_over(s, MEDIA, A, allow(&[M_LISTS]));
                 give(s, "alice", A);
             },
-            authorize("alice", Action::EditLists(MEDIA), Ok(())),
+            authorize("alice", Manage::EditLists(MEDIA), Ok(())),
         ),
         case(
             "authorize: ... which another channel does not give",
@@ -777,7 +777,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::EditLists(MEDIA2),
+                Manage::EditLists(MEDIA2),
                 Err(Refusal::Missing(M_LISTS)),
             ),
         ),
@@ -789,7 +789,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::EditRole {
+                Manage::EditRole {
                     role: B,
                     grants: KeySet::of(&[MIC]),
                     priority: None,
@@ -805,7 +805,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::EditRole {
+                Manage::EditRole {
                     role: B,
                     grants: KeySet::of(&[CAM, M_ROLE]),
                     priority: None,
@@ -821,7 +821,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::EditRole {
+                Manage::EditRole {
                     role: A,
                     grants: KeySet::EMPTY,
                     priority: None,
@@ -835,7 +835,7 @@ fn cases() -> Vec<Case> {
                 role_perms(s, B, allow(&[M_ROLE]));
                 give(s, "alice", B);
             },
-            authorize("alice", Action::DeleteRole(A), Err(Refusal::Outranked(A))),
+            authorize("alice", Manage::DeleteRole(A), Err(Refusal::Outranked(A))),
         ),
         case(
             "authorize: a lower role may not be raised above the member",
@@ -845,7 +845,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::EditRole {
+                Manage::EditRole {
                     role: C,
                     grants: KeySet::EMPTY,
                     priority: Some(5),
@@ -861,7 +861,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::CreateRole {
+                Manage::CreateRole {
                     priority: 20,
                     grants: KeySet::EMPTY,
                 },
@@ -877,7 +877,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::AssignRole(B),
+                Manage::AssignRole(B),
                 Err(Refusal::NotHeld(KeySet::of(&[CAM]))),
             ),
         ),
@@ -886,7 +886,7 @@ fn cases() -> Vec<Case> {
             |s| role_perms(s, EVERYONE, allow(&[M_ROLE])),
             authorize(
                 "alice",
-                Action::UnassignRole(EVERYONE),
+                Manage::UnassignRole(EVERYONE),
                 Err(Refusal::Outranked(EVERYONE)),
             ),
         ),
@@ -899,7 +899,7 @@ fn cases() -> Vec<Case> {
             },
             authorize(
                 "alice",
-                Action::MemberOverride {
+                Manage::MemberOverride {
                     channel: MEDIA,
                     grants: KeySet::EMPTY,
                 },
@@ -911,7 +911,7 @@ fn cases() -> Vec<Case> {
             none,
             authorize(
                 "owner",
-                Action::EditRole {
+                Manage::EditRole {
                     role: A,
                     grants: KeySet::ALL,
                     priority: Some(i64::MIN),
@@ -924,14 +924,14 @@ fn cases() -> Vec<Case> {
             none,
             authorize(
                 "owner",
-                Action::EditChannel(GONE),
+                Manage::EditChannel(GONE),
                 Err(Refusal::NoSuchChannel(GONE)),
             ),
         ),
         case(
             "authorize: a non-member may change nothing",
             none,
-            authorize("stranger", Action::EditServer, Err(Refusal::NotAMember)),
+            authorize("stranger", Manage::EditServer, Err(Refusal::NotAMember)),
         ),
         // The cache follows every change.
         after(
@@ -1618,9 +1618,9 @@ fn the_documented_example_holds() {
     assert_eq!(at(Some(LOBBY), "olivia").permissions, KeySet::MANAGE);
     assert!(s.may_grant(stage, &u("carol"), KeySet::of(&[RtcChannelDisconnectOther])));
     assert!(!s.may_grant(stage, &u("carol"), KeySet::of(&[RtcChannelOpenMicrophone])));
-    assert_eq!(s.authorize(&u("carol"), Action::EditLists(STAGE)), Ok(()));
+    assert_eq!(s.authorize(&u("carol"), Manage::EditLists(STAGE)), Ok(()));
     assert_eq!(
-        s.authorize(&u("carol"), Action::AssignRole(SPEAKER)),
+        s.authorize(&u("carol"), Manage::AssignRole(SPEAKER)),
         Err(Refusal::Missing(ManageRole))
     );
 }

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::auth::Grants;
 
 struct Clock {
     start: Instant,
@@ -29,22 +28,42 @@ impl Clock {
     }
 }
 
-fn who(user: &str) -> Identity {
-    Identity {
-        user: user.into(),
-        name: format!("{user}'s name"),
-        grants: Grants {
-            rooms: vec!["*".into()],
-            ..Grants::default()
-        },
-        attrs: serde_json::json!({}),
-    }
+/// Joins as authorization would let `user` in: with the role asked for,
+/// else as an interactor.
+trait JoinAs {
+    fn join_as(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        user: &str,
+        mode: Mode,
+        role: Option<Role>,
+    ) -> Result<JoinOk, RoomError>;
 }
 
-fn admin(user: &str) -> Identity {
-    let mut id = who(user);
-    id.grants.admin = true;
-    id
+impl JoinAs for Room {
+    fn join_as(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        user: &str,
+        mode: Mode,
+        role: Option<Role>,
+    ) -> Result<JoinOk, RoomError> {
+        let user = UserId::from(user);
+        let name = format!("{user}'s name");
+        self.join(
+            now,
+            conn,
+            Joiner {
+                user: &user,
+                name: &name,
+                mode,
+                role: role.unwrap_or(Role::Interactor),
+                muted: false,
+            },
+        )
+    }
 }
 
 fn settings() -> RoomSettings {
@@ -97,16 +116,7 @@ const C: ConnId = ConnId(3);
 fn first_join_starts_the_record_and_returns_custom_info() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    let ok = r
-        .join(
-            clock.now(),
-            A,
-            &who("a"),
-            Mode::Video,
-            None,
-            JoinOptions::default(),
-        )
-        .unwrap();
+    let ok = r.join_as(clock.now(), A, "a", Mode::Video, None).unwrap();
     assert_eq!(ok.channel_id, ChannelId(77));
     assert_eq!(ok.custom_info, "hello all");
     assert_eq!(ok.role, Role::Interactor);
@@ -135,25 +145,10 @@ fn first_join_starts_the_record_and_returns_custom_info() {
 fn others_see_member_joined_and_the_joiner_gets_everyone() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
     drain(&mut r);
     let ok = r
-        .join(
-            clock.now(),
-            B,
-            &who("b"),
-            Mode::Audio,
-            Some(Role::Audience),
-            JoinOptions::default(),
-        )
+        .join_as(clock.now(), B, "b", Mode::Audio, Some(Role::Audience))
         .unwrap();
     let users: Vec<_> = ok.members.iter().map(|m| m.user.as_str()).collect();
     assert_eq!(users, ["a", "b"]);
@@ -181,93 +176,20 @@ fn others_see_member_joined_and_the_joiner_gets_everyone() {
 fn audio_mode_has_no_video_to_unmute() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    let ok = r
-        .join(
-            clock.now(),
-            A,
-            &who("a"),
-            Mode::Audio,
-            None,
-            JoinOptions::default(),
-        )
-        .unwrap();
+    let ok = r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
     assert!(ok.members[0].video_muted);
     assert_eq!(
-        r.set_mute(&Actor::Member(A), None, MediaKind::Video, false),
+        r.set_mute(&Operator::Member(A), None, MediaKind::Video, false),
         Err(RoomError::NoVideoInAudioMode)
     );
-}
-
-#[test]
-fn a_role_outside_the_token_is_refused() {
-    let clock = Clock::new();
-    let mut r = room(&clock);
-    let mut only_audience = who("a");
-    only_audience.grants.roles = vec![Role::Audience];
-    assert_eq!(
-        r.join(
-            clock.now(),
-            A,
-            &only_audience,
-            Mode::Audio,
-            Some(Role::Interactor),
-            JoinOptions::default(),
-        )
-        .unwrap_err(),
-        RoomError::RoleNotAllowed(Role::Interactor)
-    );
-    assert!(drain(&mut r).is_empty(), "a refused join changes nothing");
-    let ok = r
-        .join(
-            clock.now(),
-            A,
-            &only_audience,
-            Mode::Audio,
-            None,
-            JoinOptions::default(),
-        )
-        .unwrap();
-    assert_eq!(
-        ok.role,
-        Role::Audience,
-        "the default is the first allowed role"
-    );
-    assert_eq!(
-        r.set_role(&Actor::Member(A), None, Role::Interactor),
-        Err(RoomError::RoleNotAllowed(Role::Interactor)),
-        "switching oneself is held to the token too"
-    );
-    assert!(drain(&mut r).iter().all(|o| !matches!(
-        o,
-        Output::Broadcast {
-            msg: ServerMessage::RoleChanged { .. },
-            ..
-        }
-    )));
 }
 
 #[test]
 fn leave_tells_others_and_the_last_leave_closes() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &who("b"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
+    r.join_as(clock.now(), B, "b", Mode::Audio, None).unwrap();
     drain(&mut r);
 
     r.leave(clock.advance(Duration::from_secs(3)), A).unwrap();
@@ -300,17 +222,7 @@ fn leave_tells_others_and_the_last_leave_closes() {
             .iter()
             .any(|op| matches!(op, RecordOp::End { reason, .. } if reason == "all_left"))
     );
-    assert!(
-        r.join(
-            clock.now(),
-            C,
-            &who("c"),
-            Mode::Audio,
-            None,
-            JoinOptions::default()
-        )
-        .is_err()
-    );
+    assert!(r.join_as(clock.now(), C, "c", Mode::Audio, None).is_err());
 }
 
 #[test]
@@ -333,15 +245,7 @@ fn a_room_never_joined_expires_without_a_record() {
 fn a_joined_room_does_not_expire() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
     assert_eq!(r.poll_timeout(), None);
     r.handle_timeout(clock.advance(Duration::from_secs(3600)));
     assert!(!r.is_closed());
@@ -351,24 +255,8 @@ fn a_joined_room_does_not_expire() {
 fn lost_connection_leaves_with_timeout_after_the_grace_window() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &who("b"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
+    r.join_as(clock.now(), B, "b", Mode::Audio, None).unwrap();
     drain(&mut r);
 
     r.disconnected(clock.now(), A);
@@ -406,35 +294,19 @@ fn lost_connection_leaves_with_timeout_after_the_grace_window() {
 fn reconnect_inside_the_grace_window_resumes_silently() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Video,
-        Some(Role::Audience),
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &who("b"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Video, Some(Role::Audience))
+        .unwrap();
+    r.join_as(clock.now(), B, "b", Mode::Audio, None).unwrap();
     drain(&mut r);
 
     r.disconnected(clock.now(), A);
     let ok = r
-        .join(
+        .join_as(
             clock.advance(Duration::from_secs(9)),
             C,
-            &who("a"),
+            "a",
             Mode::Audio,
             None,
-            JoinOptions::default(),
         )
         .unwrap();
     assert!(ok.resumed);
@@ -451,26 +323,9 @@ fn reconnect_inside_the_grace_window_resumes_silently() {
 fn a_second_connection_of_the_same_user_replaces_the_first() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
     drain(&mut r);
-    let ok = r
-        .join(
-            clock.now(),
-            B,
-            &who("a"),
-            Mode::Audio,
-            None,
-            JoinOptions::default(),
-        )
-        .unwrap();
+    let ok = r.join_as(clock.now(), B, "a", Mode::Audio, None).unwrap();
     assert!(ok.resumed);
     let out = drain(&mut r);
     assert_eq!(out.len(), 1);
@@ -496,27 +351,11 @@ fn a_second_connection_of_the_same_user_replaces_the_first() {
 fn mute_changes_reach_everyone_with_the_operator() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Video,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &who("b"),
-        Mode::Video,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Video, None).unwrap();
+    r.join_as(clock.now(), B, "b", Mode::Video, None).unwrap();
     drain(&mut r);
 
-    r.set_mute(&Actor::Member(A), None, MediaKind::Video, true)
+    r.set_mute(&Operator::Member(A), None, MediaKind::Video, true)
         .unwrap();
     let out = drain(&mut r);
     assert_eq!(
@@ -534,59 +373,50 @@ fn mute_changes_reach_everyone_with_the_operator() {
         )]
     );
     // Muting what is already muted is accepted and says nothing.
-    r.set_mute(&Actor::Member(A), None, MediaKind::Video, true)
+    r.set_mute(&Operator::Member(A), None, MediaKind::Video, true)
         .unwrap();
     assert!(drain(&mut r).is_empty());
     assert!(r.members()[0].video_muted);
 }
 
 #[test]
-fn only_admins_act_on_others() {
+fn a_member_acts_on_others_only_as_a_moderator() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &admin("boss"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
+    r.join_as(clock.now(), B, "boss", Mode::Audio, None)
+        .unwrap();
     drain(&mut r);
     let a: UserId = "a".into();
     let boss: UserId = "boss".into();
 
     assert_eq!(
-        r.set_mute(&Actor::Member(A), Some(&boss), MediaKind::Audio, true),
+        r.set_mute(&Operator::Member(A), Some(&boss), MediaKind::Audio, true),
         Err(RoomError::NotPermitted)
     );
     assert_eq!(
-        r.kick(clock.now(), &Actor::Member(A), &boss),
+        r.kick(clock.now(), &Operator::Member(A), &boss),
         Err(RoomError::KickNotPermitted)
     );
     let a_id: UserId = "a".into();
     assert_eq!(
-        r.kick(clock.now(), &Actor::Member(A), &a_id),
+        r.kick(clock.now(), &Operator::Member(A), &a_id),
         Err(RoomError::KickNotPermitted),
         "not even oneself"
     );
     assert_eq!(
-        r.set_role(&Actor::Member(A), Some(&boss), Role::Audience),
+        r.set_role(&Operator::Member(A), Some(&boss), Role::Audience),
         Err(RoomError::NotPermitted)
     );
     assert!(drain(&mut r).is_empty());
 
-    r.set_mute(&Actor::Member(B), Some(&a), MediaKind::Audio, true)
+    // Authorization let B act on others (its admin grant, say): a moderator.
+    assert_eq!(
+        r.set_mute(&Operator::Member(B), Some(&a), MediaKind::Audio, true),
+        Err(RoomError::NotPermitted),
+        "a plain member never acts on others, whoever it is"
+    );
+    r.set_mute(&Operator::Moderator(B), Some(&a), MediaKind::Audio, true)
         .unwrap();
     let out = drain(&mut r);
     assert!(
@@ -595,7 +425,12 @@ fn only_admins_act_on_others() {
 
     let nobody: UserId = "nobody".into();
     assert_eq!(
-        r.set_mute(&Actor::Member(B), Some(&nobody), MediaKind::Audio, true),
+        r.set_mute(
+            &Operator::Moderator(B),
+            Some(&nobody),
+            MediaKind::Audio,
+            true
+        ),
         Err(RoomError::NoSuchMember(nobody))
     );
 }
@@ -604,18 +439,11 @@ fn only_admins_act_on_others() {
 fn audience_cannot_unmute_and_becoming_audience_mutes() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Video,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Video, None).unwrap();
     drain(&mut r);
 
-    r.set_role(&Actor::Member(A), None, Role::Audience).unwrap();
+    r.set_role(&Operator::Member(A), None, Role::Audience)
+        .unwrap();
     let out = drain(&mut r);
     let kinds: Vec<_> = broadcasts(&out)
         .into_iter()
@@ -640,14 +468,14 @@ fn audience_cannot_unmute_and_becoming_audience_mutes() {
     )));
 
     assert_eq!(
-        r.set_mute(&Actor::Member(A), None, MediaKind::Audio, false),
+        r.set_mute(&Operator::Member(A), None, MediaKind::Audio, false),
         Err(RoomError::AudienceCannotUnmute)
     );
     // Back to interactor: still muted until the member unmutes.
-    r.set_role(&Actor::Member(A), None, Role::Interactor)
+    r.set_role(&Operator::Member(A), None, Role::Interactor)
         .unwrap();
     assert!(r.members()[0].audio_muted);
-    r.set_mute(&Actor::Member(A), None, MediaKind::Audio, false)
+    r.set_mute(&Operator::Member(A), None, MediaKind::Audio, false)
         .unwrap();
     assert!(!r.members()[0].audio_muted);
 }
@@ -656,29 +484,13 @@ fn audience_cannot_unmute_and_becoming_audience_mutes() {
 fn kick_removes_with_its_own_message_to_the_kicked() {
     let mut clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &who("b"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
+    r.join_as(clock.now(), B, "b", Mode::Audio, None).unwrap();
     drain(&mut r);
 
     r.kick(
         clock.advance(Duration::from_secs(1)),
-        &Actor::Admin("ops".into()),
+        &Operator::Admin("ops".into()),
         &"a".into(),
     )
     .unwrap();
@@ -708,24 +520,8 @@ fn kick_removes_with_its_own_message_to_the_kicked() {
 fn close_evicts_everyone_and_ends_the_record() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &who("b"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
+    r.join_as(clock.now(), B, "b", Mode::Audio, None).unwrap();
     drain(&mut r);
     r.close(clock.now(), CloseReason::Shutdown);
     let out = drain(&mut r);
@@ -769,36 +565,11 @@ fn close_evicts_everyone_and_ends_the_record() {
 fn rejoining_after_leaving_is_a_new_membership() {
     let clock = Clock::new();
     let mut r = room(&clock);
-    r.join(
-        clock.now(),
-        A,
-        &who("a"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
-    r.join(
-        clock.now(),
-        B,
-        &who("b"),
-        Mode::Audio,
-        None,
-        JoinOptions::default(),
-    )
-    .unwrap();
+    r.join_as(clock.now(), A, "a", Mode::Audio, None).unwrap();
+    r.join_as(clock.now(), B, "b", Mode::Audio, None).unwrap();
     r.leave(clock.now(), A).unwrap();
     drain(&mut r);
-    let ok = r
-        .join(
-            clock.now(),
-            C,
-            &who("a"),
-            Mode::Audio,
-            None,
-            JoinOptions::default(),
-        )
-        .unwrap();
+    let ok = r.join_as(clock.now(), C, "a", Mode::Audio, None).unwrap();
     assert!(!ok.resumed);
     let out = drain(&mut r);
     assert!(matches!(

@@ -6,6 +6,10 @@
 //! never queued between members, and nothing here waits on the room's
 //! signaling task or its scripts: the room task sends a snapshot of who may
 //! publish what ([`Gate`]) after every change, and this task applies it.
+//!
+//! What the room should know comes back as [`MediaEvent`]s (an offer is
+//! ready, a member's media is lost, who speaks): the media plane knows
+//! nothing of rooms' commands or of signaling messages.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::codec::AUDIO_LEVEL_URI;
 use super::level::LevelMeter;
@@ -27,11 +31,7 @@ use super::peer::{Peer, PeerSetup};
 use super::udp::{Inbound, PeerKey, Route, RouteCmd};
 use super::{MediaError, Shared, ice_token};
 use crate::ids::{ConnId, UserId};
-use crate::model::{MediaKind, Mode, VolumeLevel};
-use crate::protocol::ServerMessage;
-use crate::room::actor::Command;
-use crate::room::{Outbound, Sink};
-use crate::status::{Failure, Status};
+use crate::model::{MediaKind, Mode, PublishSlot, TrackInfo, VolumeLevel};
 
 /// How often peer timers (DTLS retransmits, RTCP reports, NACKs) and the
 /// media timeout are looked at.
@@ -55,25 +55,51 @@ pub struct Gate {
     pub video: bool,
 }
 
-pub(crate) enum MediaCommand {
+/// Where the answer to a command goes: called once, from the media task.
+pub type MediaReply = Box<dyn FnOnce(Result<(), MediaError>) + Send>;
+
+/// What the room task asks of its media task.
+pub enum MediaCommand {
+    /// Start (or restart) the member's peer connection; its offer follows
+    /// as [`MediaEvent::Offer`].
     Start {
         conn: ConnId,
         user: UserId,
         mode: Mode,
-        sink: Sink,
-        reply: oneshot::Sender<Result<(), Failure>>,
+        reply: MediaReply,
     },
     Answer {
         conn: ConnId,
         sdp: String,
-        reply: oneshot::Sender<Result<(), Failure>>,
+        reply: MediaReply,
     },
     Candidate {
         conn: ConnId,
         candidate: RTCIceCandidateInit,
-        reply: oneshot::Sender<Result<(), Failure>>,
+        reply: MediaReply,
     },
     Gates(Vec<Gate>),
+}
+
+/// An offer for a member's client, with what it needs to map its m-lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub sdp: String,
+    /// Where the member publishes its own media (none for the audience).
+    pub publish: Vec<PublishSlot>,
+    /// Other members' tracks in this offer.
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// What the media task tells its room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A (re)negotiation offer for the member on `conn`, to deliver as is.
+    Offer { conn: ConnId, offer: Offer },
+    /// The member's peer failed or went silent past the media timeout.
+    Lost { conn: ConnId },
+    /// Speaking levels of the last interval (speakers, and who just stopped).
+    Volume { levels: Vec<VolumeLevel> },
 }
 
 /// The room task's end of its media task. Dropping it ends the media task
@@ -83,13 +109,16 @@ pub struct RoomMedia {
 }
 
 impl RoomMedia {
-    pub(crate) fn spawn(media: &super::Media, room: mpsc::WeakSender<Command>) -> RoomMedia {
+    /// Starts the room's media task; what it has to say arrives on `events`.
+    /// Unbounded: offers must not be lost, and the task sends a handful per
+    /// change plus a volume report per interval, never one per packet.
+    pub fn spawn(media: &super::Media, events: mpsc::UnboundedSender<MediaEvent>) -> RoomMedia {
         let (tx, rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let shared = media.shared().clone();
         let task = MediaTask {
             shared: shared.clone(),
-            room,
+            events,
             inbound_tx,
             peers: HashMap::new(),
             by_conn: HashMap::new(),
@@ -104,7 +133,7 @@ impl RoomMedia {
         RoomMedia { tx }
     }
 
-    pub(crate) fn send(&self, cmd: MediaCommand) {
+    pub fn send(&self, cmd: MediaCommand) {
         // The task only ends when this handle is dropped.
         let _ = self.tx.send(cmd);
     }
@@ -112,7 +141,7 @@ impl RoomMedia {
 
 struct MediaTask {
     shared: Arc<Shared>,
-    room: mpsc::WeakSender<Command>,
+    events: mpsc::UnboundedSender<MediaEvent>,
     inbound_tx: mpsc::Sender<Inbound>,
     peers: HashMap<PeerKey, Peer>,
     by_conn: HashMap<ConnId, PeerKey>,
@@ -169,13 +198,12 @@ impl MediaTask {
                 conn,
                 user,
                 mode,
-                sink,
                 reply,
             } => {
-                let _ = reply.send(self.start(conn, user, mode, sink));
+                reply(self.start(conn, user, mode));
             }
             MediaCommand::Answer { conn, sdp, reply } => {
-                let _ = reply.send(self.answer(conn, sdp));
+                reply(self.answer(conn, sdp));
             }
             MediaCommand::Candidate {
                 conn,
@@ -186,23 +214,23 @@ impl MediaTask {
                     Ok(peer) => peer
                         .pc
                         .add_remote_candidate(candidate)
-                        .map_err(|e| Failure::new(Status::BadRequest, format!("candidate: {e}"))),
+                        .map_err(|e| MediaError::Negotiation(format!("candidate: {e}"))),
                     Err(e) => Err(e),
                 };
-                let _ = reply.send(result);
+                reply(result);
             }
             MediaCommand::Gates(gates) => self.set_gates(gates),
         }
     }
 
-    fn peer_on(&mut self, conn: ConnId) -> Result<&mut Peer, Failure> {
+    fn peer_on(&mut self, conn: ConnId) -> Result<&mut Peer, MediaError> {
         self.by_conn
             .get(&conn)
             .and_then(|key| self.peers.get_mut(key))
-            .ok_or_else(|| Failure::new(Status::BadRequest, "send media_start first"))
+            .ok_or(MediaError::NotStarted)
     }
 
-    fn start(&mut self, conn: ConnId, user: UserId, mode: Mode, sink: Sink) -> Result<(), Failure> {
+    fn start(&mut self, conn: ConnId, user: UserId, mode: Mode) -> Result<(), MediaError> {
         // A restart (page reload, reconnect) replaces the member's old peer.
         let old: Vec<PeerKey> = self
             .peers
@@ -222,7 +250,6 @@ impl MediaTask {
             user: user.clone(),
             conn,
             mode,
-            sink,
             port,
             local: shared.ports[port].local,
             advertise: shared.advertise.clone(),
@@ -230,7 +257,7 @@ impl MediaTask {
             pwd: ice_token(32),
             metrics: shared.metrics.clone(),
         };
-        let peer = Peer::new(setup, Instant::now()).map_err(Failure::from)?;
+        let peer = Peer::new(setup, Instant::now())?;
         let _ = shared.ports[port].routes.send(RouteCmd::Add {
             ufrag,
             route: Route {
@@ -248,15 +275,12 @@ impl MediaTask {
         Ok(())
     }
 
-    fn answer(&mut self, conn: ConnId, sdp: String) -> Result<(), Failure> {
-        let key = *self
-            .by_conn
-            .get(&conn)
-            .ok_or_else(|| Failure::new(Status::BadRequest, "send media_start first"))?;
+    fn answer(&mut self, conn: ConnId, sdp: String) -> Result<(), MediaError> {
+        let key = *self.by_conn.get(&conn).ok_or(MediaError::NotStarted)?;
         let now = Instant::now();
         {
             let peer = self.peers.get_mut(&key).expect("indexed by conn");
-            peer.answer(now, sdp).map_err(Failure::from)?;
+            peer.answer(now, sdp)?;
         }
         self.flush(key);
         // New subscriptions start on a keyframe.
@@ -371,7 +395,6 @@ impl MediaTask {
 
     /// Sends a new offer to `key`, or defers it until the outstanding one is answered.
     fn offer(&mut self, key: PeerKey) {
-        let ice_servers = self.shared.config.ice_servers.clone();
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -382,13 +405,8 @@ impl MediaTask {
         let may_publish = self.gates.get(&peer.user).is_some_and(|g| g.interactor);
         match peer.offer(Instant::now(), may_publish) {
             Ok(offer) => {
-                let msg = ServerMessage::MediaOffer {
-                    sdp: offer.sdp,
-                    publish: offer.publish,
-                    tracks: offer.tracks,
-                    ice_servers,
-                };
-                peer.sink.push(Outbound::Text(msg.to_json().into()));
+                let conn = peer.conn;
+                let _ = self.events.send(MediaEvent::Offer { conn, offer });
             }
             Err(e) => tracing::warn!(user = %peer.user, error = %e, "cannot create an offer"),
         }
@@ -687,9 +705,7 @@ impl MediaTask {
                 tracing::info!(user = %peer.user, failed = peer.failed, "media lost; ending the membership");
             }
             self.close_peer(key);
-            if let Some(room) = self.room.upgrade() {
-                let _ = room.try_send(Command::MediaLost { conn });
-            }
+            let _ = self.events.send(MediaEvent::Lost { conn });
         }
         if now >= self.next_volume {
             self.next_volume = now + self.shared.config.volume_interval;
@@ -717,9 +733,7 @@ impl MediaTask {
             return;
         }
         levels.sort_by(|a, b| a.user.cmp(&b.user));
-        if let Some(room) = self.room.upgrade() {
-            let _ = room.try_send(Command::Volume { levels });
-        }
+        let _ = self.events.send(MediaEvent::Volume { levels });
     }
 
     fn flush(&mut self, key: PeerKey) {

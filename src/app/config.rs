@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn the_annotated_example_parses() {
-        let text = include_str!("../examples/conclave.toml");
+        let text = include_str!("../../examples/conclave.toml");
         Config::from_toml(text).unwrap();
     }
 }

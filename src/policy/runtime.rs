@@ -1,5 +1,6 @@
 //! One room's share of the policy runtime: its Lua state, its plugin
-//! instances, its timers, and which versions it runs.
+//! instances, its timers, and which versions it runs. The authorization
+//! pipeline that asks them is `authz`.
 //!
 //! Owned by the room's task, so nothing here locks. Failures are turned into
 //! decisions here, in one place: a script or plugin that errors, runs out of
@@ -12,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::authz::{Decider, Denial};
 use super::catalog::{Catalog, Script};
 use super::lua::{Decision, Effect, HookError, LuaPolicy, RoomView};
 use super::wasm::{Plugin, PluginInstance, Verdict};
 use super::{Check, FailureMode};
-use crate::status::{Failure, Status};
+use crate::status::Status;
 
 /// What the admin API shows about a room's policy.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -145,7 +147,7 @@ impl RoomPolicy {
 
     /// Asks every plugin; the first deny wins. A failing plugin decides by
     /// its own failure mode.
-    pub fn check_plugins(&mut self, check: &Check<'_>) -> Result<(), Failure> {
+    pub fn check_plugins(&mut self, check: &Check<'_>) -> Result<(), Denial> {
         for i in 0..self.plugins.len() {
             let plugin = self.plugins[i].clone();
             if self.instances[i].is_none() {
@@ -155,7 +157,13 @@ impl RoomPolicy {
                         let error = format!("plugin {}: {e}", plugin.label());
                         self.failed(error.clone());
                         if plugin.failure_mode == FailureMode::Deny {
-                            return Err(Failure::new(Status::Internal, error));
+                            return Err(Denial::new(
+                                Status::Internal,
+                                error,
+                                Decider::Plugin {
+                                    plugin: plugin.label(),
+                                },
+                            ));
                         }
                         continue;
                     }
@@ -166,16 +174,27 @@ impl RoomPolicy {
             };
             match instance.check(check) {
                 Verdict::Abstain | Verdict::Allow => {}
-                Verdict::Deny(failure) => return Err(failure),
+                Verdict::Deny(refusal) => {
+                    return Err(Denial::new(
+                        refusal.status,
+                        refusal.message,
+                        Decider::Plugin {
+                            plugin: plugin.label(),
+                        },
+                    ));
+                }
                 Verdict::Failed(why) => {
                     // A trapped instance may hold broken state: start over.
                     self.instances[i] = None;
                     let error = format!("plugin {}: {why}", plugin.label());
                     self.failed(error.clone());
                     if plugin.failure_mode == FailureMode::Deny {
-                        return Err(Failure::new(
+                        return Err(Denial::new(
                             Status::Forbidden,
                             format!("permission check failed ({error})"),
+                            Decider::Plugin {
+                                plugin: plugin.label(),
+                            },
                         ));
                     }
                 }
@@ -188,14 +207,16 @@ impl RoomPolicy {
         self.lua.is_some()
     }
 
-    /// Runs a decide hook. A failing hook decides by the policy failure mode.
+    /// Runs a decide hook. A failing hook decides by the policy failure
+    /// mode: a denial, or `Pass`. A refusal the hook returns is its answer,
+    /// turned into a denial by the pipeline (`authz`).
     pub fn decide(
         &mut self,
         hook: &str,
         view: &Arc<RoomView>,
         request: &impl Serialize,
         effects: &mut Vec<Effect>,
-    ) -> Result<Decision, Failure> {
+    ) -> Result<Decision, Denial> {
         let Some(lua) = &mut self.lua else {
             return Ok(Decision::Pass);
         };
@@ -211,9 +232,13 @@ impl RoomPolicy {
                 };
                 self.failed(e.to_string());
                 match self.catalog.config().failure_mode {
-                    FailureMode::Deny => Err(Failure::new(
+                    FailureMode::Deny => Err(Denial::new(
                         Status::Forbidden,
                         format!("the room policy `{}` failed ({kind})", self.name),
+                        Decider::Policy {
+                            script: e.script,
+                            hook: hook.to_owned(),
+                        },
                     )),
                     FailureMode::Allow => Ok(Decision::Pass),
                 }
