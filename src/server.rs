@@ -91,13 +91,13 @@ impl Server {
         }
         let communities = store.community_servers()?;
         let (store, store_worker) = StoreHandle::spawn(store);
-        let community = CommunityHub::load(&communities, Some(store.clone()))?;
+        let community = CommunityHub::load(&communities, Some(Arc::new(store.clone())))?;
         tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
 
         let kv = SqliteKv::open(&config.server.data_dir.join(crate::store::sqlite::DB_FILE))?;
         let metrics = Metrics::new();
-        let catalog = Catalog::open_with(config.policy.clone(), metrics.catalog.clone())
+        let catalog = Catalog::open_with(config.policy.clone(), metrics.catalog.clone(), clock)
             .map_err(|e| ServerError::Policy(e.to_string()))?;
         let watcher = if config.policy.watch {
             let watcher = crate::policy::reload::watch(catalog.clone(), stop_accepting.clone())
@@ -107,7 +107,7 @@ impl Server {
             None
         };
         let media = if config.media.enabled {
-            Some(Media::bind(config.media.clone(), metrics.media.clone()).await?)
+            Some(Media::bind(config.media.clone(), metrics.media.clone(), clock).await?)
         } else {
             None
         };

@@ -22,7 +22,6 @@ use super::permissions::Refusal;
 use super::{Community, CommunityChannelId, CommunityError, Effective, RoleId, Server, ServerId};
 use super::{KeySet, ServerSnapshot};
 use crate::ids::UserId;
-use crate::store::{CommunityOp, StoreHandle};
 
 /// Why a community request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +34,26 @@ pub enum HubError {
     Corrupt(String),
     #[error("{0}")]
     Forbidden(String),
+}
+
+/// One change to the stored community servers. A server is stored whole, as
+/// the JSON of its [`crate::community::ServerSnapshot`]: changes are rare
+/// (people editing roles and channels) and the model is read from memory,
+/// never from storage, so one row per server keeps writes atomic and simple.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommunityOp {
+    Save { server: u64, snapshot: String },
+    Delete { server: u64 },
+}
+
+/// Where the hub writes changed servers: queued in the order of the changes
+/// and never waited on, except through [`CommunityWriter::flush`]. The
+/// store thread is one; a shared database can be another.
+#[async_trait::async_trait]
+pub trait CommunityWriter: Send + Sync {
+    fn write(&self, op: CommunityOp);
+    /// Resolves once every write queued before it is durable.
+    async fn flush(&self) -> Result<(), String>;
 }
 
 /// The last change, as rooms see it: which server, and who made it (the
@@ -86,7 +105,7 @@ struct HubState {
 /// the connections and the rooms.
 pub struct CommunityHub {
     state: Mutex<HubState>,
-    store: Option<StoreHandle>,
+    store: Option<Arc<dyn CommunityWriter>>,
     changes: watch::Sender<Change>,
 }
 
@@ -101,7 +120,7 @@ impl CommunityHub {
     /// to `store` (`None`: kept in memory only, for tests and benches).
     pub fn load(
         snapshots: &[String],
-        store: Option<StoreHandle>,
+        store: Option<Arc<dyn CommunityWriter>>,
     ) -> Result<Arc<CommunityHub>, HubError> {
         let mut community = Community::new();
         let mut highest = 0;
@@ -226,7 +245,7 @@ impl CommunityHub {
             .remove(id)
             .ok_or(CommunityError::NoSuchServer(id))?;
         if let Some(store) = &self.store {
-            store.community(CommunityOp::Delete { server: id.0 });
+            store.write(CommunityOp::Delete { server: id.0 });
         }
         drop(state);
         self.notify(id, by);
@@ -262,7 +281,7 @@ impl CommunityHub {
             return;
         };
         match serde_json::to_string(snapshot) {
-            Ok(json) => store.community(CommunityOp::Save {
+            Ok(json) => store.write(CommunityOp::Save {
                 server: snapshot.id.0,
                 snapshot: json,
             }),

@@ -125,7 +125,7 @@ impl RoomMedia {
             gates: HashMap::new(),
             meters: HashMap::new(),
             last_keyframe: HashMap::new(),
-            next_volume: Instant::now(),
+            next_volume: shared.clock.now().at,
         };
         shared.tracker.spawn(tracing::Instrument::in_current_span(
             task.run(rx, inbound_rx),
@@ -257,7 +257,7 @@ impl MediaTask {
             pwd: ice_token(32),
             metrics: shared.metrics.clone(),
         };
-        let peer = Peer::new(setup, Instant::now())?;
+        let peer = Peer::new(setup, self.shared.clock.now().at)?;
         let _ = shared.ports[port].routes.send(RouteCmd::Add {
             ufrag,
             route: Route {
@@ -277,7 +277,7 @@ impl MediaTask {
 
     fn answer(&mut self, conn: ConnId, sdp: String) -> Result<(), MediaError> {
         let key = *self.by_conn.get(&conn).ok_or(MediaError::NotStarted)?;
-        let now = Instant::now();
+        let now = self.shared.clock.now().at;
         {
             let peer = self.peers.get_mut(&key).expect("indexed by conn");
             peer.answer(now, sdp)?;
@@ -319,7 +319,7 @@ impl MediaTask {
         for key in stale {
             self.close_peer(key);
         }
-        let now = Instant::now();
+        let now = self.shared.clock.now().at;
         let mut keyframes = Vec::new();
         for (user, gate) in &gates {
             let before = self.gates.get(user);
@@ -403,7 +403,7 @@ impl MediaTask {
             return;
         }
         let may_publish = self.gates.get(&peer.user).is_some_and(|g| g.interactor);
-        match peer.offer(Instant::now(), may_publish) {
+        match peer.offer(self.shared.clock.now().at, may_publish) {
             Ok(offer) => {
                 let conn = peer.conn;
                 let _ = self.events.send(MediaEvent::Offer { conn, offer });
@@ -663,7 +663,7 @@ impl MediaTask {
     }
 
     fn on_tick(&mut self) {
-        let now = Instant::now();
+        let now = self.shared.clock.now().at;
         let timeout = self.shared.config.timeout;
         let mut lost = Vec::new();
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();

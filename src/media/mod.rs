@@ -35,6 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::telemetry::ReasonLabel;
 
 pub use config::{MediaConfig, PortRange};
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     /// Addresses put into candidates.
     pub advertise: Vec<IpAddr>,
     pub metrics: Arc<MediaMetrics>,
+    /// The server's clock: every peer timer and timeout counts in it.
+    pub clock: Clock,
     next_port: AtomicUsize,
     next_peer: AtomicU64,
     pub tracker: TaskTracker,
@@ -121,12 +124,13 @@ impl Media {
     pub async fn bind(
         config: MediaConfig,
         metrics: Arc<MediaMetrics>,
+        clock: Clock,
     ) -> Result<Media, MediaError> {
         let tracker = TaskTracker::new();
         let mut ports = Vec::new();
         for port in config.udp_port.ports() {
             let addr = SocketAddr::new(config.bind_ip, port);
-            let bound = udp::Port::bind(addr, metrics.clone(), &tracker)
+            let bound = udp::Port::bind(addr, metrics.clone(), clock, &tracker)
                 .await
                 .map_err(|source| MediaError::Bind { addr, source })?;
             ports.push(bound);
@@ -143,6 +147,7 @@ impl Media {
                 ports,
                 advertise,
                 metrics,
+                clock,
                 next_port: AtomicUsize::new(0),
                 next_peer: AtomicU64::new(1),
                 tracker,

@@ -19,6 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::MediaMetrics;
+use crate::clock::Clock;
 
 /// Largest datagram accepted; WebRTC packets stay under a 1500-byte MTU.
 pub(crate) const MAX_DATAGRAM: usize = 1500;
@@ -59,6 +60,7 @@ impl Port {
     pub(crate) async fn bind(
         addr: SocketAddr,
         metrics: Arc<MediaMetrics>,
+        clock: Clock,
         tracker: &tokio_util::task::TaskTracker,
     ) -> std::io::Result<Port> {
         let socket = Arc::new(UdpSocket::bind(addr).await?);
@@ -70,6 +72,7 @@ impl Port {
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             metrics,
+            clock,
         };
         tracker.spawn(reader.run());
         Ok(Port {
@@ -86,6 +89,7 @@ struct Reader {
     by_ufrag: HashMap<String, Route>,
     by_addr: HashMap<SocketAddr, (String, Route)>,
     metrics: Arc<MediaMetrics>,
+    clock: Clock,
 }
 
 impl Reader {
@@ -147,7 +151,7 @@ impl Reader {
         let inbound = Inbound {
             peer: route.peer,
             from,
-            at: Instant::now(),
+            at: self.clock.now().at,
             data: BytesMut::from(data),
         };
         if route.to.try_send(inbound).is_err() {

@@ -286,13 +286,15 @@ impl Catalog {
     /// Loads every script and plugin found. Broken files are recorded, not
     /// fatal: the server starts and reports them.
     pub fn open(config: PolicyConfig) -> Result<Arc<Catalog>, super::wasm::PluginError> {
-        Self::open_with(config, Arc::default())
+        Self::open_with(config, Arc::default(), crate::clock::Clock::new())
     }
 
-    /// [`Catalog::open`], counting into `metrics` (the server's).
+    /// [`Catalog::open`], counting into `metrics` (the server's) and
+    /// stamping versions with `clock`.
     pub fn open_with(
         config: PolicyConfig,
         metrics: Arc<CatalogMetrics>,
+        clock: crate::clock::Clock,
     ) -> Result<Arc<Catalog>, super::wasm::PluginError> {
         let host = PluginHost::new(config.wasm.clone())?;
         let catalog = Arc::new(Catalog {
@@ -301,7 +303,7 @@ impl Catalog {
             generation: watch::channel(0).0,
             config,
             metrics,
-            clock: crate::clock::Clock::new(),
+            clock,
         });
         let scripts = &catalog.config.scripts_dir;
         if !scripts.as_os_str().is_empty() && !scripts.is_dir() {

@@ -12,7 +12,7 @@
 //! then later events.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -80,7 +80,7 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemapho
         let (ws, stream) = socket.split();
         let (tx, outbox) = mpsc::channel(state.config.signal.outbound_queue.max(1));
         let kill = CancellationToken::new();
-        let now = Instant::now();
+        let now = state.clock.instant();
         let mut connection = Connection {
             conn,
             identity: None,
@@ -112,7 +112,7 @@ impl Connection {
     async fn run(&mut self, mut stream: SplitStream<WebSocket>, kill: CancellationToken) {
         let shutdown = self.state.connections_closing.clone();
         let end = loop {
-            let idle = tokio::time::Instant::from_std(self.idle_deadline());
+            let idle = self.idle_deadline();
             tokio::select! {
                 biased;
                 _ = kill.cancelled() => break End::Close(close_code::POLICY, "too slow: event queue full"),
@@ -142,7 +142,7 @@ impl Connection {
                         break End::Gone;
                     }
                     Some(Ok(msg)) => {
-                        self.last_heard = Instant::now();
+                        self.last_heard = self.state.clock.instant();
                         let text = match msg {
                             Message::Text(text) => Some(text),
                             Message::Binary(_) => None,
@@ -188,7 +188,7 @@ impl Connection {
     /// the connection if it must end. Every data frame counts against the
     /// rate limit, whatever it holds.
     async fn on_frame(&mut self, text: Option<&str>) -> Option<End> {
-        let started = Instant::now();
+        let started = self.state.clock.instant();
         let Some(text) = text else {
             if !self.bucket.try_take(started) {
                 return self.rate_limited(None).await;

@@ -1,7 +1,7 @@
 //! A token bucket per connection: `rate` requests per second sustained, up to
 //! `burst` at once. Time is passed in, so it is tested without sleeping.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct TokenBucket {

@@ -102,15 +102,7 @@ pub enum StoreError {
     Stopped,
 }
 
-/// One change to the stored community servers. A server is stored whole, as
-/// the JSON of its [`crate::community::ServerSnapshot`]: changes are rare
-/// (people editing roles and channels) and the model is read from memory,
-/// never from here, so one row per server keeps writes atomic and simple.
-#[derive(Clone, Debug, PartialEq)]
-pub enum CommunityOp {
-    Save { server: u64, snapshot: String },
-    Delete { server: u64 },
-}
+pub use crate::community::hub::CommunityOp;
 
 /// The durable store's contract. Methods take `&mut self`: a store is owned by
 /// one worker thread and never shared.
@@ -228,5 +220,17 @@ impl StoreHandle {
             .send(Job::Flush(reply))
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)
+    }
+}
+
+/// The store thread keeps the community's servers.
+#[async_trait::async_trait]
+impl crate::community::hub::CommunityWriter for StoreHandle {
+    fn write(&self, op: CommunityOp) {
+        self.community(op);
+    }
+
+    async fn flush(&self) -> Result<(), String> {
+        StoreHandle::flush(self).await.map_err(|e| e.to_string())
     }
 }
