@@ -23,6 +23,7 @@ use serde_json::json;
 
 use super::admin::ApiError;
 use crate::app::AppState;
+use crate::policy::authz;
 use crate::auth::Identity;
 use crate::community::hub::{CommunityHub, HubError};
 use crate::community::snapshot::{ChannelSnapshot, RoleSnapshot, channel_snapshot};
@@ -126,21 +127,15 @@ impl Caller {
         &self.0.user
     }
 
-    /// May this caller make `action` on `server`? Operators may do anything.
+    /// May this caller make `action` on `server`? (`policy::authz`: an
+    /// operator may do anything, anyone else by the community's rules.)
     fn authorize(&self, server: &Server, action: Manage) -> Result<(), HubError> {
-        if self.admin() {
-            return Ok(());
-        }
-        Ok(server.authorize(self.user(), action)?)
+        Ok(authz::authorize_management(&self.0, server, action)?)
     }
 
     /// May this caller read `server`? Members and operators may.
     fn may_read(&self, server: &Server) -> Result<(), HubError> {
-        if self.admin() || server.is_member(self.user()) {
-            Ok(())
-        } else {
-            Err(HubError::Refused(crate::community::Refusal::NotAMember))
-        }
+        Ok(authz::authorize_read(&self.0, server)?)
     }
 
     /// Whether this caller sees `channel` (operators see all).

@@ -547,39 +547,27 @@ fn join_terms(
 /// Steps 1 and 2 for managing a community server over the REST API: an
 /// operator (the admin grant) may do anything; anyone else needs what
 /// `server.authorize` asks (the manage key, the rank rule for roles, and
-/// granting only keys they hold).
+/// granting only keys they hold). The refusal is the community's own
+/// (`Refusal`): these changes happen inside the community's edit, which
+/// speaks its errors.
 pub fn authorize_management(
     identity: &Identity,
     server: &Server,
     action: Manage,
-) -> Result<(), Denial> {
+) -> Result<(), Refusal> {
     if identity.grants.admin {
         return Ok(());
     }
-    server
-        .authorize(&identity.user, action)
-        .map_err(management_denial)
+    server.authorize(&identity.user, action)
 }
 
 /// Whether `identity` may read `server`: members and operators may.
-pub fn authorize_read(identity: &Identity, server: &Server) -> Result<(), Denial> {
+pub fn authorize_read(identity: &Identity, server: &Server) -> Result<(), Refusal> {
     if identity.grants.admin || server.is_member(&identity.user) {
         Ok(())
     } else {
-        Err(management_denial(Refusal::NotAMember))
+        Err(Refusal::NotAMember)
     }
-}
-
-fn management_denial(refusal: Refusal) -> Denial {
-    let status = match refusal {
-        Refusal::NoSuchRole(_) | Refusal::NoSuchChannel(_) => Status::NotFound,
-        Refusal::NotAMember
-        | Refusal::Missing(_)
-        | Refusal::NotHeld(_)
-        | Refusal::Outranked(_)
-        | Refusal::RankTooHigh(_) => Status::Forbidden,
-    };
-    Denial::new(status, refusal.to_string(), Decider::Community)
 }
 
 #[cfg(test)]
