@@ -23,7 +23,6 @@ use serde_json::json;
 
 use super::admin::ApiError;
 use crate::app::AppState;
-use crate::policy::authz;
 use crate::auth::Identity;
 use crate::community::hub::{CommunityHub, HubError};
 use crate::community::snapshot::{ChannelSnapshot, RoleSnapshot, channel_snapshot};
@@ -32,6 +31,7 @@ use crate::community::{
     MediaSettingsUpdate, PermissionChanges, Permissions, RoleId, Server, ServerId, Visibility,
 };
 use crate::ids::UserId;
+use crate::policy::authz;
 use crate::status::{Failure, Status};
 
 pub fn routes() -> Router<Arc<AppState>> {
