@@ -33,6 +33,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabel, Counter>,
     pub request_seconds: Family<RequestLabel, Histogram>,
     pub rejected_frames: Family<ReasonLabel, Counter>,
+    pub connections_closed: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -59,6 +60,7 @@ impl Metrics {
             ))
         });
         let rejected_frames = Family::<ReasonLabel, Counter>::default();
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections",
             "Open signaling connections",
@@ -79,6 +81,11 @@ impl Metrics {
             "Signaling frames refused without being applied: too_big, binary, malformed, rate",
             rejected_frames.clone(),
         );
+        registry.register(
+            "connections_closed",
+            "Signaling connections ended, by why: gone (the client left or the socket failed), too_slow, write_timeout, no_hello, heartbeat, too_big, rate, shutdown",
+            connections_closed.clone(),
+        );
         let media = Arc::new(MediaMetrics::default());
         media.register(registry);
         let catalog = Arc::new(CatalogMetrics::default());
@@ -86,6 +93,11 @@ impl Metrics {
             "policy_loads",
             "Reads of script and plugin files, by kind and outcome: loaded, failed, unchanged, deleted",
             catalog.loads.clone(),
+        );
+        registry.register(
+            "policy_failures",
+            "Failed hook calls and plugin checks in rooms, by hook (or load, plugin) and kind: error, budget, memory, plugin",
+            catalog.failures.clone(),
         );
         Arc::new(Metrics {
             registry: root,
@@ -96,6 +108,7 @@ impl Metrics {
             requests,
             request_seconds,
             rejected_frames,
+            connections_closed,
         })
     }
 
@@ -107,6 +120,12 @@ impl Metrics {
 
     pub fn rejected_frame(&self, reason: &'static str) {
         self.rejected_frames
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }

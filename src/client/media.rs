@@ -74,7 +74,7 @@ impl Default for MediaOptions {
 }
 
 /// One RTP packet received from another member.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Received {
     /// The member whose track it is (the server names streams by user id).
     pub user: UserId,

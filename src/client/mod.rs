@@ -71,7 +71,10 @@ impl ClientError {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
+/// Requests waiting for their response, by id; `None` once the connection
+/// is closed, so a request made after that fails at once instead of waiting
+/// for an answer that cannot come.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ServerMessage>>>>>;
 
 /// How the client behaves on its own.
 #[derive(Clone, Debug)]
@@ -116,7 +119,7 @@ impl SignalClient {
         let (mut write, mut read) = socket.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let close: Arc<Mutex<Option<(u16, String)>>> = Arc::default();
 
         let writer = tokio::spawn(async move {
@@ -149,7 +152,11 @@ impl SignalClient {
                     continue;
                 };
                 if let ServerMessage::Response { id: Some(id), .. } = &msg {
-                    let waiter = reader_pending.lock().expect("pending map").remove(id);
+                    let waiter = reader_pending
+                        .lock()
+                        .expect("pending map")
+                        .as_mut()
+                        .and_then(|p| p.remove(id));
                     if let Some(waiter) = waiter {
                         let _ = waiter.send(msg);
                         continue;
@@ -159,8 +166,8 @@ impl SignalClient {
                     break;
                 }
             }
-            // Fail every request still waiting.
-            reader_pending.lock().expect("pending map").clear();
+            // Fail every request still waiting, and every one made later.
+            reader_pending.lock().expect("pending map").take();
         });
 
         Ok(SignalClient {
@@ -409,11 +416,16 @@ async fn request_on(
 ) -> Result<Value, ClientError> {
     let id = next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
-    pending.lock().expect("pending map").insert(id, tx);
+    match pending.lock().expect("pending map").as_mut() {
+        Some(waiting) => waiting.insert(id, tx),
+        None => return Err(ClientError::Closed(None)),
+    };
     let text = serde_json::to_string(&Envelope { id, request })
         .map_err(|e| ClientError::Invalid(e.to_string()))?;
     if out.send(Message::Text(text.into())).is_err() {
-        pending.lock().expect("pending map").remove(&id);
+        if let Some(waiting) = pending.lock().expect("pending map").as_mut() {
+            waiting.remove(&id);
+        }
         return Err(ClientError::Closed(None));
     }
     match rx.await {

@@ -291,7 +291,7 @@ impl MediaTask {
             .map(|(user, _)| user.clone())
             .collect();
         for source in sources {
-            self.request_keyframe(&source, now);
+            let _ = self.request_keyframe(&source, now);
         }
         // The first answer lets the other members' tracks in.
         self.sync_tracks();
@@ -339,7 +339,7 @@ impl MediaTask {
             .retain(|user, _| gates.get(user).is_some_and(|g| g.audio));
         self.gates = gates;
         for user in keyframes {
-            self.request_keyframe(&user, now);
+            let _ = self.request_keyframe(&user, now);
         }
         self.sync_tracks();
     }
@@ -455,7 +455,7 @@ impl MediaTask {
             self.forward(key, forward, inbound.at);
         }
         for source in keyframes {
-            self.request_keyframe(&source, inbound.at);
+            self.subscriber_asks_keyframe(&source, inbound.at);
         }
     }
 
@@ -620,14 +620,24 @@ impl MediaTask {
     }
 
     /// Asks `source` for a keyframe on its video, at most once per interval.
-    fn request_keyframe(&mut self, source: &UserId, now: Instant) {
+    /// A subscriber's keyframe request for `source`: relayed, or absorbed by
+    /// the throttle (and counted as `keyframe_throttled`).
+    fn subscriber_asks_keyframe(&mut self, source: &UserId, now: Instant) {
+        if !self.request_keyframe(source, now) {
+            self.shared.metrics.dropped("keyframe_throttled");
+        }
+    }
+
+    /// Asks `source` for a keyframe, unless it was asked less than
+    /// `keyframe_interval` ago; false when the throttle held it back.
+    fn request_keyframe(&mut self, source: &UserId, now: Instant) -> bool {
         let interval = self.shared.config.keyframe_interval;
         if self
             .last_keyframe
             .get(source)
             .is_some_and(|t| now.duration_since(*t) < interval)
         {
-            return;
+            return false;
         }
         let Some(key) = self
             .peers
@@ -635,7 +645,7 @@ impl MediaTask {
             .find(|p| p.user == *source)
             .map(|p| p.key)
         else {
-            return;
+            return true;
         };
         let peer = self.peers.get_mut(&key).expect("found above");
         let video: Vec<(rtc::rtp_transceiver::RTCRtpReceiverId, u32)> = peer
@@ -645,7 +655,7 @@ impl MediaTask {
             .map(|i| (i.receiver, i.ssrc))
             .collect();
         if video.is_empty() {
-            return;
+            return true;
         }
         for (receiver, ssrc) in video {
             if let Some(mut r) = peer.pc.rtp_receiver(receiver) {
@@ -660,6 +670,7 @@ impl MediaTask {
         }
         self.last_keyframe.insert(source.clone(), now);
         self.flush(key);
+        true
     }
 
     fn on_tick(&mut self) {
@@ -681,7 +692,7 @@ impl MediaTask {
                 self.forward(key, forward, now);
             }
             for source in keyframes {
-                self.request_keyframe(&source, now);
+                self.subscriber_asks_keyframe(&source, now);
             }
             let peer = self.peers.get_mut(&key).expect("listed above");
             let mut wanted = Vec::new();
@@ -693,7 +704,7 @@ impl MediaTask {
                 }
             }
             for source in wanted {
-                self.request_keyframe(&source, now);
+                let _ = self.request_keyframe(&source, now);
             }
             let peer = &self.peers[&key];
             if peer.failed || now.duration_since(peer.last_heard) > timeout {

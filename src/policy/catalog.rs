@@ -203,15 +203,36 @@ pub struct LoadLabel {
     pub outcome: &'static str,
 }
 
-/// The catalog's counters; registered with the server's metrics.
+/// Which hook failed, and how, for `conclave_policy_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabel {
+    /// A hook name, `load`, or `plugin`.
+    pub hook: String,
+    /// `error`, `budget`, `memory` or `plugin`.
+    pub kind: &'static str,
+}
+
+/// The catalog's counters, and its rooms' policy failures; registered with
+/// the server's metrics.
 #[derive(Debug, Default)]
 pub struct CatalogMetrics {
     pub loads: Family<LoadLabel, Counter>,
+    pub failures: Family<FailureLabel, Counter>,
 }
 
 impl CatalogMetrics {
     fn count(&self, kind: &'static str, outcome: &'static str) {
         self.loads.get_or_create(&LoadLabel { kind, outcome }).inc();
+    }
+
+    /// One failed hook or plugin check in some room.
+    pub fn failed(&self, hook: &str, kind: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabel {
+                hook: hook.to_owned(),
+                kind,
+            })
+            .inc();
     }
 }
 
@@ -339,6 +360,10 @@ impl Catalog {
             watch: false,
             ..PolicyConfig::default()
         })
+    }
+
+    pub fn metrics(&self) -> &CatalogMetrics {
+        &self.metrics
     }
 
     /// The clock versions are stamped with, and rooms' policies read.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::authz::{Decider, Denial};
 use super::catalog::{Catalog, Script};
-use super::lua::{Decision, Effect, HookError, LuaPolicy, RoomView};
+use super::lua::{Decision, Effect, HookError, HookErrorKind, LuaPolicy, RoomView};
 use super::wasm::{Plugin, PluginInstance, Verdict};
 use super::{Check, FailureMode};
 use crate::status::Status;
@@ -94,8 +94,11 @@ impl RoomPolicy {
         self.status.plugins = self.plugins.iter().map(|p| p.label()).collect();
     }
 
-    fn failed(&mut self, error: String) {
-        tracing::warn!(policy = %self.name, %error, "policy failure");
+    /// Records a failure of `hook` (or `plugin`, or `load`) of the given
+    /// kind: the log, the room's status and `conclave_policy_failures_total`.
+    fn failed(&mut self, hook: &str, kind: &'static str, error: String) {
+        tracing::warn!(policy = %self.name, hook, kind, %error, "policy failure");
+        self.catalog.metrics().failed(hook, kind);
         self.status.errors += 1;
         self.status.last_error = Some(error);
     }
@@ -135,7 +138,7 @@ impl RoomPolicy {
                 Ok(()) => reloaded = Some(old),
                 // Validated by the catalog, so this is rare (the room's state
                 // differs from the probe's: memory already near its cap, say).
-                Err(e) => self.failed(e.to_string()),
+                Err(e) => self.failed("load", kind_label(e.kind), e.to_string()),
             }
         }
         self.refresh_labels();
@@ -155,7 +158,7 @@ impl RoomPolicy {
                     Ok(instance) => self.instances[i] = Some(instance),
                     Err(e) => {
                         let error = format!("plugin {}: {e}", plugin.label());
-                        self.failed(error.clone());
+                        self.failed("plugin", "plugin", error.clone());
                         if plugin.failure_mode == FailureMode::Deny {
                             return Err(Denial::new(
                                 Status::Internal,
@@ -187,7 +190,7 @@ impl RoomPolicy {
                     // A trapped instance may hold broken state: start over.
                     self.instances[i] = None;
                     let error = format!("plugin {}: {why}", plugin.label());
-                    self.failed(error.clone());
+                    self.failed("plugin", "plugin", error.clone());
                     if plugin.failure_mode == FailureMode::Deny {
                         return Err(Denial::new(
                             Status::Forbidden,
@@ -230,7 +233,7 @@ impl RoomPolicy {
                     super::lua::HookErrorKind::Budget => "its time budget ran out",
                     super::lua::HookErrorKind::Memory => "its memory limit was hit",
                 };
-                self.failed(e.to_string());
+                self.failed(hook, kind_label(e.kind), e.to_string());
                 match self.catalog.config().failure_mode {
                     FailureMode::Deny => Err(Denial::new(
                         Status::Forbidden,
@@ -261,7 +264,7 @@ impl RoomPolicy {
             return;
         }
         if let Err(e) = lua.react(hook, view, args, effects) {
-            self.failed(e.to_string());
+            self.failed(hook, kind_label(e.kind), e.to_string());
         }
     }
 
@@ -318,6 +321,14 @@ impl RoomPolicy {
 
     /// The script's load failure, when a room could not get its state.
     pub fn load_failed(&mut self, error: &HookError) {
-        self.failed(error.to_string());
+        self.failed("load", kind_label(error.kind), error.to_string());
+    }
+}
+
+fn kind_label(kind: HookErrorKind) -> &'static str {
+    match kind {
+        HookErrorKind::Error => "error",
+        HookErrorKind::Budget => "budget",
+        HookErrorKind::Memory => "memory",
     }
 }

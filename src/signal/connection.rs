@@ -10,6 +10,11 @@
 //! task first writes everything already queued. A client therefore sees the
 //! events that happened before its request was applied, then the response,
 //! then later events.
+//!
+//! No write waits for ever: a client that stops reading fills its TCP window,
+//! and a write to it would block the task where it cannot see that its room
+//! gave up on it. Every write races the kill signal (a room found the
+//! outbox full) and the heartbeat timeout; either ends the connection.
 
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -54,8 +59,53 @@ struct Joined {
 enum End {
     /// The client closed or the socket failed; nothing to send.
     Gone,
-    Close(u16, &'static str),
+    /// A close frame with this code and reason; `why` labels the
+    /// `connections_closed` metric.
+    Close {
+        code: u16,
+        reason: &'static str,
+        why: &'static str,
+    },
 }
+
+impl End {
+    fn close(code: u16, reason: &'static str, why: &'static str) -> End {
+        End::Close { code, reason, why }
+    }
+
+    fn why(&self) -> &'static str {
+        match self {
+            End::Gone => "gone",
+            End::Close { why, .. } => why,
+        }
+    }
+}
+
+/// Why a write did not finish.
+enum Stalled {
+    /// The socket failed or closed.
+    Gone,
+    /// A room found this connection's outbox full.
+    Killed,
+    /// One write took longer than the heartbeat timeout.
+    TimedOut,
+}
+
+impl From<Stalled> for End {
+    fn from(s: Stalled) -> End {
+        match s {
+            Stalled::Gone => End::Gone,
+            Stalled::Killed => End::close(close_code::POLICY, TOO_SLOW, "too_slow"),
+            Stalled::TimedOut => End::close(
+                close_code::POLICY,
+                "too slow: a write timed out",
+                "write_timeout",
+            ),
+        }
+    }
+}
+
+const TOO_SLOW: &str = "too slow: event queue full";
 
 struct Connection {
     conn: ConnId,
@@ -65,6 +115,8 @@ struct Connection {
     ws: SplitSink<WebSocket, Message>,
     outbox: mpsc::Receiver<Outbound>,
     sink: Sink,
+    /// Cancelled by a room that found the outbox full (see [`Sink::push`]).
+    kill: CancellationToken,
     bucket: TokenBucket,
     rejected_in_a_row: u32,
     last_heard: Instant,
@@ -88,6 +140,7 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemapho
             ws,
             outbox,
             sink: Sink::new(tx, kill.clone()),
+            kill: kill.clone(),
             bucket: TokenBucket::new(
                 state.config.signal.rate_per_second,
                 state.config.signal.rate_burst,
@@ -115,28 +168,34 @@ impl Connection {
             let idle = self.idle_deadline();
             tokio::select! {
                 biased;
-                _ = kill.cancelled() => break End::Close(close_code::POLICY, "too slow: event queue full"),
+                _ = kill.cancelled() => break End::close(close_code::POLICY, TOO_SLOW, "too_slow"),
                 _ = shutdown.cancelled() => {
                     // Rooms have already told members why; pass on anything queued.
-                    self.flush_outbox().await;
-                    break End::Close(close_code::GOING_AWAY, "server shutting down");
+                    if let Err(stalled) = self.flush_outbox().await {
+                        break stalled.into();
+                    }
+                    break End::close(close_code::GOING_AWAY, "server shutting down", "shutdown");
                 }
                 Some(out) = self.outbox.recv() => {
-                    if self.deliver(out).await.is_err() {
-                        break End::Gone;
+                    if let Err(stalled) = self.deliver(out).await {
+                        break stalled.into();
                     }
                 }
                 _ = tokio::time::sleep_until(idle) => {
-                    let why = if self.identity.is_none() { "no hello in time" } else { "heartbeat timeout" };
-                    tracing::info!(why, "closing idle connection");
-                    break End::Close(close_code::IDLE_TIMEOUT, why);
+                    let (reason, why) = if self.identity.is_none() {
+                        ("no hello in time", "no_hello")
+                    } else {
+                        ("heartbeat timeout", "heartbeat")
+                    };
+                    tracing::info!(why = reason, "closing idle connection");
+                    break End::close(close_code::IDLE_TIMEOUT, reason, why);
                 }
                 frame = stream.next() => match frame {
                     None => break End::Gone,
                     Some(Err(e)) => {
                         if is_too_big(&e) {
                             self.reject_frame("too_big");
-                            break End::Close(close_code::TOO_BIG, "frame exceeds the size limit");
+                            break End::close(close_code::TOO_BIG, "frame exceeds the size limit", "too_big");
                         }
                         tracing::debug!(error = %e, "socket error");
                         break End::Gone;
@@ -157,17 +216,25 @@ impl Connection {
                 },
             }
         };
-        if let End::Close(code, reason) = end {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            let _ = self.ws.send(Message::Close(Some(frame))).await;
-        }
-        let _ = self.ws.close().await;
+        self.state.metrics.connection_closed(end.why());
+        // The room learns first: the goodbye below can take a while.
         if let Some(joined) = self.room.take() {
             joined.handle.disconnected(self.conn).await;
         }
+        // A goodbye to a client that does not read could wait for ever; one
+        // that reads slowly gets as long as a silent client would.
+        let grace = self.state.config.signal.heartbeat_timeout;
+        let goodbye = async {
+            if let End::Close { code, reason, .. } = end {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let _ = self.ws.send(Message::Close(Some(frame))).await;
+            }
+            let _ = self.ws.close().await;
+        };
+        let _ = tokio::time::timeout(grace, goodbye).await;
         tracing::debug!("disconnected");
     }
 
@@ -202,7 +269,7 @@ impl Connection {
                     "binary frames are not part of the protocol; send JSON text",
                 ),
             );
-            return self.respond(reply).await.err().map(|_| End::Gone);
+            return self.respond(reply).await.err().map(End::from);
         };
         let parsed = parse_request(text);
         if !self.bucket.try_take(started) {
@@ -241,7 +308,7 @@ impl Connection {
         self.state
             .metrics
             .observe_request(kind, code, started.elapsed().as_secs_f64());
-        result.err().map(|_| End::Gone)
+        result.err().map(End::from)
     }
 
     /// Answers a frame over the rate with 429, or closes the connection once
@@ -251,13 +318,17 @@ impl Connection {
         self.reject_frame("rate");
         if self.rejected_in_a_row > self.state.config.signal.rate_abuse_limit {
             tracing::warn!("closing connection for rate abuse");
-            return Some(End::Close(close_code::POLICY, "rate limit exceeded"));
+            return Some(End::close(
+                close_code::POLICY,
+                "rate limit exceeded",
+                "rate",
+            ));
         }
         let reply = ServerMessage::error(
             id,
             Failure::new(Status::RateLimited, "too many requests; slow down"),
         );
-        self.respond(reply).await.err().map(|_| End::Gone)
+        self.respond(reply).await.err().map(End::from)
     }
 
     async fn handle(&mut self, request: Request) -> Result<serde_json::Value, Failure> {
@@ -463,8 +534,23 @@ impl Connection {
             .ok_or_else(|| Failure::new(Status::NotFound, "not in a room"))
     }
 
+    /// Writes one frame, unless the connection is killed or the write takes
+    /// longer than the heartbeat timeout first.
+    async fn write(&mut self, msg: Message) -> Result<(), Stalled> {
+        let limit = self.state.config.signal.heartbeat_timeout;
+        tokio::select! {
+            biased;
+            _ = self.kill.cancelled() => Err(Stalled::Killed),
+            sent = tokio::time::timeout(limit, self.ws.send(msg)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Stalled::Gone),
+                Err(_) => Err(Stalled::TimedOut),
+            },
+        }
+    }
+
     /// Writes a room's message; a removal also ends our membership.
-    async fn deliver(&mut self, out: Outbound) -> Result<(), axum::Error> {
+    async fn deliver(&mut self, out: Outbound) -> Result<(), Stalled> {
         let text = match out {
             Outbound::Text(text) => text,
             Outbound::Removed { channel_id, text } => {
@@ -478,22 +564,20 @@ impl Connection {
                 text
             }
         };
-        self.ws.send(Message::Text(Utf8Bytes::from(&*text))).await
+        self.write(Message::Text(Utf8Bytes::from(&*text))).await
     }
 
-    async fn flush_outbox(&mut self) {
+    async fn flush_outbox(&mut self) -> Result<(), Stalled> {
         while let Ok(out) = self.outbox.try_recv() {
-            if self.deliver(out).await.is_err() {
-                return;
-            }
+            self.deliver(out).await?;
         }
+        Ok(())
     }
 
     /// Writes a response after everything rooms queued before it.
-    async fn respond(&mut self, msg: ServerMessage) -> Result<(), axum::Error> {
-        self.flush_outbox().await;
-        self.ws
-            .send(Message::Text(Utf8Bytes::from(msg.to_json())))
+    async fn respond(&mut self, msg: ServerMessage) -> Result<(), Stalled> {
+        self.flush_outbox().await?;
+        self.write(Message::Text(Utf8Bytes::from(msg.to_json())))
             .await
     }
 }
