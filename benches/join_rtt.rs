@@ -391,6 +391,8 @@ fn main() {
     let data = tempfile::tempdir().expect("a temporary data directory");
     let mut config = Config::default();
     config.server.bind.set_port(0);
+    // Any free UDP port: a server may already hold the default.
+    config.media.udp_port = "0".parse().expect("literal port");
     config.server.data_dir = data.path().to_owned();
     config.server.shutdown_grace = Duration::from_secs(2);
     config.signal.max_connections = (options.clients + options.rooms) * 2;

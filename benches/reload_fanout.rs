@@ -81,6 +81,8 @@ fn main() {
 
         let mut config = Config::default();
         config.server.bind = "127.0.0.1:0".parse().expect("address");
+        // Any free UDP port: a server may already hold the default.
+        config.media.udp_port = "0".parse().expect("literal port");
         config.server.data_dir = dir.path().join("data");
         config.policy.scripts_dir = scripts.clone();
         config.policy.plugins_dir = dir.path().join("plugins");

@@ -158,3 +158,40 @@ impl ParseRoom for str {
         conclave::ids::RoomName::new(self).expect("valid test room name")
     }
 }
+
+#[tokio::test]
+async fn a_server_with_its_own_secret_takes_its_tokens_and_no_others() {
+    let secret = "a-deployment-secret-of-at-least-32-bytes!";
+    let srv = TestServer::start_for_real(|c| c.auth.secret = Some(secret.into())).await;
+    let grants = Grants {
+        create: true,
+        rooms: vec!["*".into()],
+        ..Grants::default()
+    };
+    let token = Auth::new(secret)
+        .unwrap()
+        .mint(&claims_for(
+            "alice",
+            "Alice",
+            grants.clone(),
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+    let alice = srv.client_with_token(&token).await;
+    alice.create("r", "").await.unwrap();
+    alice
+        .join("r", conclave::protocol::Mode::Audio, None)
+        .await
+        .unwrap();
+    // The dev key means nothing here.
+    let dev = Auth::dev()
+        .mint(&claims_for("eve", "", grants, Duration::from_secs(60)))
+        .unwrap();
+    let (status, message) = hello_fails(&srv, &dev).await;
+    assert_eq!(status, Status::Unauthorized);
+    assert!(message.contains("signature"), "{message}");
+    // Nor is there a dev token endpoint.
+    let (status, _) = srv.get("/dev/token?user=eve", None).await;
+    assert_eq!(status, 404);
+    srv.shutdown().await;
+}

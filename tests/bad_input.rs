@@ -170,8 +170,12 @@ async fn a_client_that_stops_reading_is_cut_off_alone() {
     let (mut a, mut b) = bystanders(&srv).await;
     still_fine(&mut a, &mut b).await;
 
-    // Raw tungstenite so that nothing reads the socket.
-    let (mut slow, _) = tokio_tungstenite::connect_async(srv.ws_url())
+    // Raw tungstenite so that nothing reads the socket, over a socket with
+    // a small receive buffer so that the kernel stops absorbing soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(srv.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(srv.ws_url(), tcp)
         .await
         .unwrap();
     use futures_util::SinkExt;
@@ -186,21 +190,45 @@ async fn a_client_that_stops_reading_is_cut_off_alone() {
 
     // Make events until the server gives up on the reader. Kernel socket
     // buffers absorb many first, so the number needed is not fixed.
-    let mut muted = false;
-    common::eventually("the non-reading connection to be closed", || {
-        muted = !muted;
-        let b = &b;
-        let url = srv.url("/metrics");
-        async move {
-            for _ in 0..200 {
-                b.mute(MediaKind::Audio, muted, None).await.unwrap();
-                muted = !muted;
-            }
-            let metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
-            metrics.contains("conclave_connections 3")
+    let blob = serde_json::json!({ "blob": "x".repeat(32 * 1024) });
+    let closed = r#"conclave_connections_closed_total{reason="too_slow"}"#;
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while srv.metric(closed).await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the non-reading connection to be closed"
+        );
+        for _ in 0..20 {
+            b.send_data(blob.clone(), None).await.unwrap();
         }
+    }
+    // What the server queued was delivered, then the close: 1008.
+    use futures_util::StreamExt;
+    let close = tokio::time::timeout(common::PATIENCE, async {
+        while let Some(Ok(frame)) = slow.next().await {
+            if let Message::Close(close) = frame {
+                return close;
+            }
+        }
+        None
     })
-    .await;
+    .await
+    .expect("the close frame arrives");
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("too slow"), "{close:?}");
+    // The membership waits out its grace window, like any lost connection:
+    // still listed, and nobody was told it left.
+    let (_, members) = srv
+        .get("/api/rooms/calm/members", Some(&srv.admin_token()))
+        .await;
+    let users: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["user"].as_str())
+        .collect();
+    assert!(users.contains(&"slow"), "{members}");
     drop(slow);
     // a and b are unaffected.
     b.ping().await.unwrap();

@@ -441,14 +441,16 @@ async fn a_reload_resumes_the_membership_unseen() {
     // Whatever the reload caused in the room was queued before the answer to
     // this ping: the watcher saw no member leave or join.
     watcher.ping().await.unwrap();
-    let seen = tokio::time::timeout(Duration::ZERO, watcher.next_event()).await;
+    // Every event queued so far, not just the first.
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, watcher.next_event()).await {
+        seen.push(event);
+    }
     assert!(
-        !matches!(
-            seen,
-            Ok(Some(
-                ServerMessage::MemberLeft { .. } | ServerMessage::MemberJoined { .. }
-            ))
-        ),
+        !seen.iter().any(|e| matches!(
+            e,
+            ServerMessage::MemberLeft { .. } | ServerMessage::MemberJoined { .. }
+        )),
         "the watcher saw {seen:?}"
     );
     bob.close().await;
@@ -554,7 +556,7 @@ fn stat_sent(outbound: &Value, kind: &str) -> f64 {
 }
 
 #[tokio::test]
-async fn muting_stops_the_other_sides_inbound_packets_within_a_second() {
+async fn muting_stops_the_other_sides_inbound_packets() {
     let _one = ONE_AT_A_TIME.lock().await;
     let srv = TestServer::start().await;
     let (alice, bob) = two_publishers(&srv, "hush").await;
@@ -568,15 +570,24 @@ async fn muting_stops_the_other_sides_inbound_packets_within_a_second() {
         a["audio_muted"] == true && a["video_muted"] == true
     })
     .await;
-    let muted_at = tokio::time::Instant::now();
-
-    // Within a second of the mute, nothing more arrives from alice, though
-    // her browser keeps sending (a disabled track still sends silence and
-    // black frames): the server stops forwarding.
-    tokio::time::sleep_until(muted_at + Duration::from_secs(1)).await;
+    // Alice's browser keeps sending (a disabled track still sends silence
+    // and black frames) and the server drops it: wait until it has dropped
+    // a good run of her packets, once before the reading and once after.
+    let dropped = "conclave_media_dropped_packets_total{reason=\"not_publishing\"}";
+    let drops = |more: f64| {
+        let srv = &srv;
+        async move {
+            let from = srv.metric(dropped).await;
+            common::eventually("the server to drop alice's muted packets", || async {
+                srv.metric(dropped).await >= from + more
+            })
+            .await;
+        }
+    };
+    drops(50.0).await;
     let before = bob.stats().await;
     let sent_before = alice.outbound().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    drops(50.0).await;
     let after = bob.stats().await;
     let sent_after = alice.outbound().await;
     assert!(
@@ -587,7 +598,7 @@ async fn muting_stops_the_other_sides_inbound_packets_within_a_second() {
         assert_eq!(
             stat(&after, "alice", kind, "packetsReceived"),
             stat(&before, "alice", kind, "packetsReceived"),
-            "{kind} still flowing a second after the mute: {before} then {after}"
+            "{kind} still reaches bob while the server drops it: {before} then {after}"
         );
     }
     // Alice still hears bob: only her media stopped.

@@ -340,3 +340,31 @@ async fn anyone_may_found_a_server_and_its_owner_runs_it() {
     assert_eq!(status, 404);
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_corrupt_stored_server_is_refused_at_start_with_the_reason() {
+    let mut srv = TestServer::start().await;
+    srv.community("olivia", &["alice"]).await;
+    srv.stop().await;
+    let db = srv.data_dir.path().join("conclave.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("UPDATE community_servers SET snapshot = '{not json'", [])
+        .unwrap();
+    drop(conn);
+
+    let mut config = conclave::app::Config::default();
+    config.server.bind = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = srv.data_dir.path().to_path_buf();
+    config.media.udp_port = "0".parse().unwrap();
+    config.policy.scripts_dir = srv.data_dir.path().join("scripts");
+    config.policy.plugins_dir = srv.data_dir.path().join("plugins");
+    let err = conclave::server::Server::start(config, true)
+        .await
+        .err()
+        .expect("a corrupt server is not served");
+    let message = err.to_string();
+    assert!(
+        message.contains("stored community server is unreadable"),
+        "{message}"
+    );
+}

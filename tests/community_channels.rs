@@ -433,3 +433,57 @@ async fn every_rtc_key_is_enforced_and_named() {
     olivia.kick("bob").await.unwrap();
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_admin_token_skips_the_keys_but_not_the_member_limit() {
+    let srv = TestServer::start().await;
+    let server = srv.community("olivia", &["alice"]).await;
+    let channel = srv.media_channel(server, "stage").await;
+    // Nobody holds any key here, the operator included.
+    srv.everyone(server, set(&KEYS[..10], "deny")).await;
+    let path = format!("/servers/{server}/channels/{channel}/settings");
+    srv.op("PATCH", &path, json!({"member_limit": 1})).await;
+
+    let alice = srv.client("alice").await;
+    let (status, message) = refusal(
+        alice
+            .connect_channel(server, channel, None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, Status::Forbidden, "{message}");
+    let ops = srv.client_with_token(&srv.admin_token()).await;
+    ops.connect_channel(server, channel, None).await.unwrap();
+    // Keys are the operator's to skip: it opens its microphone without one.
+    ops.mute(MediaKind::Audio, false, None).await.unwrap();
+    // The limit is not: a second operator finds the channel full.
+    let second = srv.client_with_token(&srv.admin_token_for("ops2")).await;
+    let (status, _) = refusal(
+        second
+            .connect_channel(server, channel, None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, Status::ChannelFull);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_server_ends_its_live_channels() {
+    let srv = TestServer::start().await;
+    let server = srv.community("olivia", &["alice"]).await;
+    let channel = srv.media_channel(server, "stage").await;
+    let mut alice = srv.client("alice").await;
+    alice.connect_channel(server, channel, None).await.unwrap();
+    srv.op("DELETE", &format!("/servers/{server}"), Value::Null)
+        .await;
+    let reason = common::event_where(&mut alice, ended).await;
+    assert_eq!(
+        (reason.0, reason.1, reason.2),
+        (server, channel, ChannelEndReason::ClosedByServer)
+    );
+    // The channel's room is gone with it.
+    let (_, rooms) = srv.get("/api/rooms", Some(&srv.admin_token())).await;
+    assert_eq!(rooms["rooms"], json!([]), "{rooms}");
+    srv.shutdown().await;
+}

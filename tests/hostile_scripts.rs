@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::media::Participant;
 use common::{TestServer, next_event};
 use conclave::policy::FailureMode;
-use conclave::protocol::{MediaKind, Mode, ServerMessage};
+use conclave::protocol::{MediaKind, Mode, Role, ServerMessage};
 use conclave::status::Status;
 
 const HOSTILE: &[(&str, &str, &str)] = &[
@@ -22,8 +23,11 @@ const HOSTILE: &[(&str, &str, &str)] = &[
     ),
     (
         "deep",
-        "local function f(n) return f(n + 1) + 1 end return { can_join = function() return f(1) end }",
-        "",
+        // Each lookup re-enters the VM from C: the C-stack limit, reached
+        // long before the memory limit is.
+        "local t = setmetatable({}, { __index = function(t, k) return t[k] end }) \
+         return { can_join = function() return t.x end }",
+        "stack overflow",
     ),
     (
         "raises",
@@ -144,66 +148,86 @@ async fn fail_open_lets_the_action_through() {
     srv.shutdown().await;
 }
 
+/// `conclave_policy_failures_total` for `hook`, kind `error`.
+async fn failures(srv: &TestServer, hook: &str) -> u64 {
+    let name = format!("conclave_policy_failures_total{{hook=\"{hook}\",kind=\"error\"}}");
+    srv.metric(&name).await as u64
+}
+
 #[tokio::test]
 async fn errors_in_every_react_hook_are_contained() {
     let srv = TestServer::start().await;
-    std::fs::write(
-        srv.data_dir.path().join("scripts/grumpy.lua"),
+    srv.script(
+        "grumpy",
         r#"local p = {}
+        -- A decide hook's actions apply when its request succeeds: bob's
+        -- join sets the timer whose hook then fails.
+        function p.can_join(req) if req.user == "bob" then room.after(10, "t") end end
         for _, hook in ipairs({"on_joined", "on_left", "on_mute_changed", "on_role_changed",
-                               "on_closing", "on_timer", "on_speaking"}) do
+                               "on_screen_share_changed", "on_closing", "on_timer",
+                               "on_speaking"}) do
           p[hook] = function() error(hook .. " exploded") end
         end
         return p"#,
     )
-    .unwrap();
-    common::eventually("the script to load", || async {
-        let (_, body) = srv.get("/api/policies", Some(&srv.admin_token())).await;
-        body["scripts"][0]["version"].is_string()
-    })
     .await;
-    let mut alice = srv.client("alice").await;
-    let bob = srv.client("bob").await;
-    alice
+    srv.client("owner")
+        .await
         .create_with_policy("r", "", Some("grumpy"))
         .await
         .unwrap();
-    alice.join("r", Mode::Video, None).await.unwrap();
-    bob.join("r", Mode::Video, None).await.unwrap();
-    assert!(matches!(
-        next_event(&mut alice).await,
-        ServerMessage::MemberJoined { .. }
-    ));
-    bob.mute(MediaKind::Audio, true, None).await.unwrap();
-    assert!(matches!(
-        next_event(&mut alice).await,
-        ServerMessage::MuteChanged { .. }
-    ));
-    bob.set_role(conclave::protocol::Role::Audience, None)
-        .await
-        .unwrap();
-    assert!(matches!(
-        next_event(&mut alice).await,
-        ServerMessage::RoleChanged { .. }
-    ));
-    // Becoming audience also mutes bob's video; then he leaves.
-    assert!(matches!(
-        next_event(&mut alice).await,
-        ServerMessage::MuteChanged { .. }
-    ));
-    bob.leave().await.unwrap();
-    assert!(matches!(
-        next_event(&mut alice).await,
-        ServerMessage::MemberLeft { .. }
-    ));
+    let alice = Participant::join(&srv, "alice", "r", Mode::Video, Role::Interactor).await;
+    let bob = Participant::join(&srv, "bob", "r", Mode::Video, Role::Interactor).await;
+    let expect = |hook: &'static str, n: u64| {
+        let srv = &srv;
+        async move {
+            common::eventually(&format!("{n} failure(s) of {hook}"), || async {
+                failures(srv, hook).await >= n
+            })
+            .await;
+            assert_eq!(failures(srv, hook).await, n, "{hook}");
+        }
+    };
+    expect("on_joined", 2).await;
+    expect("on_timer", 1).await;
+    bob.client.share_screen(true, None).await.unwrap();
+    expect("on_screen_share_changed", 1).await;
+    bob.client.mute(MediaKind::Audio, true, None).await.unwrap();
+    expect("on_mute_changed", 1).await;
+    // Becoming audience also mutes bob's video and stops his share.
+    bob.client.set_role(Role::Audience, None).await.unwrap();
+    expect("on_role_changed", 1).await;
+    expect("on_mute_changed", 2).await;
+    expect("on_screen_share_changed", 2).await;
+    // Alice speaks (real media, real levels) until the hook has failed.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let mut n = 0u32;
+    while failures(&srv, "on_speaking").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "on_speaking never ran"
+        );
+        alice
+            .media
+            .send_audio(format!("loud:{n}").as_bytes(), n * 960, 10)
+            .await
+            .unwrap();
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    bob.client.leave().await.unwrap();
+    expect("on_left", 1).await;
+    // The room answered everything; its last error names the hook.
     let (_, room) = srv.get("/api/rooms/r", Some(&srv.admin_token())).await;
-    // joined x2, mute, role (+ the forced video mute), left: every one reported.
-    assert!(room["policy"]["errors"].as_u64().unwrap() >= 5, "{room}");
     assert!(
         room["policy"]["last_error"]
             .as_str()
             .unwrap()
-            .contains("exploded")
+            .contains("exploded"),
+        "{room}"
     );
+    let (status, _) = srv.delete("/api/rooms/r", Some(&srv.admin_token())).await;
+    assert_eq!(status, 200);
+    expect("on_closing", 1).await;
     srv.shutdown().await;
 }

@@ -10,12 +10,19 @@ use common::{TestServer, closed, next_event};
 use conclave::protocol::{LeaveReason, MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 
+/// A heartbeat timeout short enough to wait for in a test, with ten
+/// heartbeats in it, so a loaded machine never lets a live client miss it.
 fn fast_heartbeat(grace: Duration) -> impl FnOnce(&mut conclave::app::config::Config) {
     move |c| {
         c.signal.heartbeat_interval = Duration::from_millis(100);
-        c.signal.heartbeat_timeout = Duration::from_millis(400);
+        c.signal.heartbeat_timeout = Duration::from_millis(1000);
         c.rooms.reconnect_grace = grace;
     }
+}
+
+/// Open signaling connections, from `/metrics`.
+async fn connections(srv: &TestServer) -> u64 {
+    srv.metric("conclave_connections").await as u64
 }
 
 fn assert_left(event: ServerMessage, who: &str, why: LeaveReason) {
@@ -81,7 +88,7 @@ async fn a_lost_connection_ends_in_timeout_after_the_grace_window() {
 
 #[tokio::test]
 async fn reconnecting_inside_the_grace_window_resumes_silently() {
-    let srv = TestServer::start_with(fast_heartbeat(Duration::from_secs(30))).await;
+    let srv = TestServer::start_with(|c| c.rooms.reconnect_grace = Duration::from_secs(60)).await;
     let alice = srv.client("alice").await;
     let mut bob = srv.client("bob").await;
     alice.create("r", "").await.unwrap();
@@ -90,6 +97,12 @@ async fn reconnecting_inside_the_grace_window_resumes_silently() {
     next_event(&mut bob).await; // alice joined
 
     drop(alice);
+    // The server has seen the drop (the connection is gone, and its room
+    // was told before the count fell): alice is in her grace window now.
+    common::eventually("the server to see alice's connection go", || async {
+        connections(&srv).await == 1
+    })
+    .await;
     let again = srv.client("alice").await;
     let resumed = again.join("r", Mode::Audio, None).await.unwrap();
     assert!(resumed.resumed);

@@ -21,12 +21,14 @@ fn small(url: &str, duration: Duration) -> Config {
     config
 }
 
-/// A signaling URL with nothing listening behind it.
-fn dead_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("ws://127.0.0.1:{port}/ws")
+/// A signaling URL with nothing listening behind it: a port this test holds
+/// bound but never listens on, so connecting is refused and no other test
+/// can take the port meanwhile. Keep the socket alive while the URL is used.
+fn dead_url() -> (String, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (format!("ws://127.0.0.1:{port}/ws"), socket)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,9 +96,8 @@ async fn video_is_forwarded_alongside_audio() {
 async fn failed_joins_are_counted_and_name_the_participant_and_the_cause() {
     // Nothing listening: every participant fails to connect, and the run
     // still ends with a report.
-    let report = run(small(&dead_url(), Duration::from_millis(100)))
-        .await
-        .unwrap();
+    let (url, _held) = dead_url();
+    let report = run(small(&url, Duration::from_millis(100))).await.unwrap();
     assert_eq!((report.joins.attempted, report.joins.failed), (6, 6));
     let first = &report.errors[0];
     assert_eq!(
@@ -162,8 +163,11 @@ async fn the_binary_prints_a_summary_and_writes_a_json_report() {
 
 #[test]
 fn the_binary_fails_when_nobody_could_join_and_says_who_and_why() {
+    // A runtime for the socket that holds the port.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, _held) = rt.block_on(async { dead_url() });
     let out = conclave()
-        .args(["loadtest", "--url", &dead_url(), "--subscribers", "0"])
+        .args(["loadtest", "--url", &url, "--subscribers", "0"])
         .args(["--duration", "100ms"])
         .output()
         .unwrap();

@@ -20,28 +20,33 @@ async fn two_members_receive_each_others_audio_byte_for_byte() {
     let server = TestServer::start().await;
     let mut alice = Participant::join(&server, "alice", "r1", Mode::Audio, Role::Interactor).await;
     let mut bob = Participant::join(&server, "bob", "r1", Mode::Audio, Role::Interactor).await;
-    // Alice's track reaches bob only after the renegotiation bob's arrival caused.
-    alice.pump(Duration::from_millis(200)).await;
-    for n in 0..50u32 {
-        alice
-            .media
-            .send_audio(&marked("alice", n), n * 960, 30)
-            .await
-            .unwrap();
-        bob.media
-            .send_audio(&marked("bob", n), n * 960, 30)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        alice.pump(Duration::ZERO).await;
-        bob.pump(Duration::ZERO).await;
-    }
-    let got = bob
-        .packet_where(|p| p.packet.payload.starts_with(b"alice:"))
-        .await;
+    // Each side's track reaches the other once the renegotiation bob's
+    // arrival caused is through: `flow` answers offers until packets pass.
+    let from_alice = flow(&mut alice, &mut bob, "alice").await;
+    let from_bob = flow(&mut bob, &mut alice, "bob").await;
+    // Every payload arrives whole and unchanged, attributed to its sender.
+    let sent: Vec<u8> = marked("alice", from_alice + 1)
+        .into_iter()
+        .chain(std::iter::repeat_n(0xa5, 64))
+        .collect();
+    alice
+        .media
+        .send_audio(&sent, (from_alice + 1) * 960, 30)
+        .await
+        .unwrap();
+    let got = bob.packet_where(|p| p.packet.payload[..] == sent[..]).await;
     assert_eq!(got.user.as_str(), "alice");
+    assert_eq!(got.kind, MediaKind::Audio);
+    let sent: Vec<u8> = marked("bob", from_bob + 1)
+        .into_iter()
+        .chain((0..=255u8).rev())
+        .collect();
+    bob.media
+        .send_audio(&sent, (from_bob + 1) * 960, 30)
+        .await
+        .unwrap();
     let got = alice
-        .packet_where(|p| p.packet.payload.starts_with(b"bob:"))
+        .packet_where(|p| p.packet.payload[..] == sent[..])
         .await;
     assert_eq!(got.user.as_str(), "bob");
 }
@@ -57,7 +62,7 @@ async fn flow(from: &mut Participant, to: &mut Participant, tag: &str) -> u32 {
             .expect("send");
         from.pump(Duration::ZERO).await;
         to.pump(Duration::ZERO).await;
-        if let Some(p) = to.media.next_packet(Duration::from_millis(20)).await
+        if let Some(p) = to.next_packet(Duration::from_millis(20)).await
             && p.packet.payload.starts_with(prefix.as_bytes())
         {
             return n;
@@ -97,13 +102,12 @@ async fn a_muted_track_is_not_forwarded_even_if_the_client_keeps_sending() {
         .await
         .unwrap();
     flow(&mut alice, &mut bob, "after").await;
-    let seen = bob.media.drain().await;
-    let muted_seen = seen
-        .values()
-        .flatten()
-        .filter(|p| p.packet.payload.starts_with(b"muted:"))
-        .count();
-    assert_eq!(muted_seen, 0, "muted packets reached bob");
+    // Everything bob received, the packets `flow` read included.
+    assert_eq!(
+        bob.ever_received(b"muted:").await,
+        0,
+        "muted packets reached bob"
+    );
     let dropped = metric(
         &server,
         "conclave_media_dropped_packets_total{reason=\"not_publishing\"}",
@@ -146,6 +150,11 @@ async fn switching_to_audience_stops_forwarding_at_once() {
     let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
     flow(&mut alice, &mut bob, "speaking").await;
     alice.client.set_role(Role::Audience, None).await.unwrap();
+    let dropped_before = metric(
+        &server,
+        "conclave_media_dropped_packets_total{reason=\"not_publishing\"}",
+    )
+    .await;
     for n in 0..25u32 {
         alice
             .media
@@ -156,13 +165,20 @@ async fn switching_to_audience_stops_forwarding_at_once() {
     // Bob's own packets still reach alice: the room is alive, only alice's
     // media stopped.
     flow(&mut bob, &mut alice, "bob").await;
-    bob.pump(Duration::from_millis(100)).await;
-    let seen = bob.media.drain().await;
-    assert!(
-        !seen
-            .values()
-            .flatten()
-            .any(|p| p.packet.payload.starts_with(b"demoted:")),
+    // Every demoted packet reached the server and was dropped there...
+    common::eventually("the demoted packets to be dropped", || async {
+        metric(
+            &server,
+            "conclave_media_dropped_packets_total{reason=\"not_publishing\"}",
+        )
+        .await
+            >= dropped_before + 25.0
+    })
+    .await;
+    // ... and none of them reached bob.
+    assert_eq!(
+        bob.ever_received(b"demoted:").await,
+        0,
         "an audience member's packets were forwarded"
     );
 }
@@ -274,15 +290,7 @@ async fn garbage_and_oversized_datagrams_are_dropped_and_counted() {
 }
 
 async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    server.metric(name).await
 }
 
 #[tokio::test]
@@ -358,7 +366,7 @@ async fn video_flow(from: &mut Participant, to: &mut Participant, tag: &str) -> 
         from.media.send_video(video(tag, n)).await.expect("send");
         from.pump(Duration::ZERO).await;
         to.pump(Duration::ZERO).await;
-        if let Some(p) = to.media.next_packet(Duration::from_millis(20)).await
+        if let Some(p) = to.next_packet(Duration::from_millis(20)).await
             && p.kind == MediaKind::Video
             && p.packet.payload.starts_with(prefix.as_bytes())
         {
@@ -508,12 +516,9 @@ async fn rtp_on_an_ssrc_the_publisher_never_negotiated_is_dropped_and_counted() 
     .await;
     // The peer keeps working, and nothing forged was forwarded.
     flow(&mut alice, &mut bob, "after").await;
-    let seen = bob.media.drain().await;
-    assert!(
-        !seen
-            .values()
-            .flatten()
-            .any(|p| p.packet.payload.starts_with(b"forged:")),
+    assert_eq!(
+        bob.ever_received(b"forged:").await,
+        0,
         "a packet on an unnegotiated SSRC was forwarded"
     );
 }
@@ -533,4 +538,238 @@ async fn dev_mode_binds_media_to_loopback() {
         addrs.iter().all(|a| a.ip().is_loopback()),
         "media bound beyond loopback in dev mode: {addrs:?}"
     );
+}
+
+#[tokio::test]
+async fn sequence_numbers_run_on_across_a_mute() {
+    let server = TestServer::start().await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
+    flow(&mut alice, &mut bob, "before").await;
+    alice
+        .client
+        .mute(MediaKind::Audio, true, None)
+        .await
+        .unwrap();
+    // Alice's client goes on numbering while muted: 25 sequence numbers
+    // bob never sees.
+    for n in 0..25u32 {
+        alice
+            .media
+            .send_audio(&marked("muted", n), n * 960, 30)
+            .await
+            .unwrap();
+    }
+    alice
+        .client
+        .mute(MediaKind::Audio, false, None)
+        .await
+        .unwrap();
+    flow(&mut alice, &mut bob, "after").await;
+    for n in 0..10u32 {
+        alice
+            .media
+            .send_audio(&marked("tail", n), n * 960, 30)
+            .await
+            .unwrap();
+    }
+    bob.packet_where(|p| p.packet.payload.starts_with(b"tail:9"))
+        .await;
+    // What bob got from alice is one run, without the hole the mute left.
+    let seqs: Vec<u16> = bob
+        .all_received()
+        .await
+        .iter()
+        .filter(|p| p.user.as_str() == "alice")
+        .map(|p| p.packet.header.sequence_number)
+        .collect();
+    assert!(seqs.len() >= 12, "{seqs:?}");
+    for pair in seqs.windows(2) {
+        assert_eq!(pair[1], pair[0].wrapping_add(1), "a gap in {seqs:?}");
+    }
+}
+
+#[tokio::test]
+async fn keyframe_requests_reach_a_publisher_at_most_once_an_interval() {
+    let server =
+        TestServer::start_with(|c| c.media.keyframe_interval = Duration::from_secs(30)).await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Video, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Video, Role::Interactor).await;
+    video_flow(&mut alice, &mut bob, "warmup").await;
+    let throttled = "conclave_media_dropped_packets_total{reason=\"keyframe_throttled\"}";
+    let relayed = metric(&server, KEYFRAME_METRIC).await;
+    let absorbed = metric(&server, throttled).await;
+    // Ten requests inside one interval: the publisher is asked at most once
+    // (none at all when the subscription's warm-up already asked), and every
+    // other request is held back and counted.
+    for _ in 0..10 {
+        bob.media
+            .request_keyframe(&UserId::from("alice"))
+            .await
+            .expect("PLI sent");
+    }
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let passed = metric(&server, KEYFRAME_METRIC).await - relayed;
+        let held = metric(&server, throttled).await - absorbed;
+        assert!(passed <= 1.0, "{passed} relayed within one interval");
+        // (The client's own stack may add a request of its own.)
+        if passed + held >= 10.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server saw {passed} relayed and {held} held back of ten requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn loss_between_a_publisher_and_the_server_is_repaired_by_the_servers_nack() {
+    let server = TestServer::start().await;
+    let port = server
+        .state()
+        .media
+        .as_ref()
+        .expect("media on")
+        .local_addrs()[0];
+    let relay = LossyRelay::toward_server(port, conclave::media::codec::VP8_PT, 5).await;
+    let mut alice =
+        Participant::join_through(&server, "alice", "r", Mode::Video, Role::Interactor, &relay)
+            .await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Video, Role::Interactor).await;
+    let first = video_flow(&mut alice, &mut bob, "warmup").await;
+
+    // Every fifth video packet from alice is lost once on its way in.
+    relay.arm(true);
+    let sent: Vec<u32> = (first..first + 60).collect();
+    for &n in &sent {
+        alice.media.send_video(video("v", n)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        alice.pump(Duration::ZERO).await;
+    }
+    relay.arm(false);
+    assert!(relay.lost().len() >= 10, "the relay lost too little");
+
+    // The server saw the gaps, asked alice again (her client answered from
+    // its send buffer), and forwarded the repairs: bob has every packet.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let mut n = first + 60;
+    loop {
+        let got: std::collections::HashSet<Vec<u8>> = bob
+            .all_received()
+            .await
+            .iter()
+            .map(|p| p.packet.payload.to_vec())
+            .collect();
+        let missing: Vec<u32> = sent
+            .iter()
+            .copied()
+            .filter(|n| !got.contains(&marked("v", *n)))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never repaired: {missing:?}"
+        );
+        // Media goes on, as it does.
+        alice.media.send_video(video("v", n)).await.unwrap();
+        n += 1;
+        alice.pump(Duration::ZERO).await;
+        bob.pump(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn mute_all_and_kick_reach_the_media_plane_before_their_answer() {
+    let server = TestServer::start().await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
+    let mut carol = Participant::join(&server, "carol", "r", Mode::Audio, Role::Interactor).await;
+    let boss = server.client_with_token(&server.admin_token()).await;
+    boss.join("r", Mode::Audio, Some(Role::Audience))
+        .await
+        .unwrap();
+    flow(&mut alice, &mut carol, "before").await;
+
+    boss.mute_all(MediaKind::Audio, true).await.unwrap();
+    // Sent after the answer: the gates were already shut.
+    for n in 0..25u32 {
+        alice
+            .media
+            .send_audio(&marked("silenced", n), n * 960, 30)
+            .await
+            .unwrap();
+    }
+    boss.mute_all(MediaKind::Audio, false).await.unwrap();
+    flow(&mut alice, &mut carol, "again").await;
+    assert_eq!(carol.ever_received(b"silenced:").await, 0);
+
+    boss.kick("alice").await.unwrap();
+    for n in 0..25u32 {
+        // The kicked client may already have lost its peer: sending may fail.
+        let _ = alice
+            .media
+            .send_audio(&marked("kicked", n), n * 960, 30)
+            .await;
+    }
+    // The room goes on for the others...
+    let mut dave = Participant::join(&server, "dave", "r", Mode::Audio, Role::Interactor).await;
+    flow(&mut dave, &mut carol, "dave").await;
+    // ...and nothing alice sent after her kick was answered reached carol.
+    assert_eq!(carol.ever_received(b"kicked:").await, 0);
+}
+
+#[tokio::test]
+async fn an_audio_mode_member_is_offered_no_video() {
+    let server = TestServer::start().await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Video, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
+    flow(&mut alice, &mut bob, "voice").await;
+    for offer in &bob.offers {
+        let ServerMessage::MediaOffer {
+            sdp,
+            publish,
+            tracks,
+            ..
+        } = offer
+        else {
+            panic!("not an offer: {offer:?}");
+        };
+        assert!(
+            publish.iter().all(|p| p.kind == MediaKind::Audio),
+            "{publish:?}"
+        );
+        assert!(
+            tracks.iter().all(|t| t.kind == MediaKind::Audio),
+            "{tracks:?}"
+        );
+        assert!(!sdp.contains("m=video"), "{sdp}");
+    }
+    assert!(
+        bob.offers
+            .iter()
+            .any(|o| matches!(o, ServerMessage::MediaOffer { tracks, .. } if !tracks.is_empty())),
+        "alice's audio was offered"
+    );
+}
+
+#[tokio::test]
+async fn media_start_answers_503_without_a_media_plane() {
+    let server = TestServer::start_with(|c| c.media.enabled = false).await;
+    let alice = server.client("alice").await;
+    alice.create("r", "").await.unwrap();
+    alice.join("r", Mode::Audio, None).await.unwrap();
+    let err = alice
+        .request(conclave::protocol::Request::MediaStart {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(conclave::status::Status::Unavailable),
+        "{err}"
+    );
+    assert!(err.to_string().contains("without a media plane"), "{err}");
 }

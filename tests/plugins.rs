@@ -198,9 +198,12 @@ async fn misbehaving_plugins_fail_closed_and_the_server_carries_on() {
             "(loop $l (br $l)) i32.const 0",
             "time budget exceeded",
         ),
+        // Grows until refused; traps only if the refusal came at the cap
+        // (16 MiB, 256 pages): without a cap it would get more and allow.
         (
             "hog",
-            "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable",
+            "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) \
+             (if (i32.le_u (memory.size) (i32.const 256)) (then unreachable)) i32.const 1",
             "trapped",
         ),
         ("trap", "unreachable", "trapped"),
@@ -252,6 +255,17 @@ async fn fail_open_plugins_are_skipped_when_they_fail() {
     let alice = srv.client("alice").await;
     alice.create("r", "").await.unwrap();
     alice.join("r", Mode::Audio, None).await.unwrap();
+    // Skipped, not absent: the plugin ran for the create and the join, and
+    // each time ran out of time.
+    let (_, room) = srv.get("/api/rooms/r", Some(&srv.admin_token())).await;
+    assert_eq!(room["policy"]["errors"], 2, "{room}");
+    assert!(
+        room["policy"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("time budget exceeded"),
+        "{room}"
+    );
     srv.shutdown().await;
 }
 
@@ -339,7 +353,16 @@ async fn a_dropped_in_plugin_takes_effect_in_live_rooms() {
     );
     alice.mute(MediaKind::Video, true, None).await.unwrap();
     common::eventually("the new plugin to be enforced", || async {
-        alice.mute(MediaKind::Video, false, None).await.is_err()
+        match alice.mute(MediaKind::Video, false, None).await {
+            Ok(()) => false,
+            // The plugin's own refusal, nothing else (a dropped connection
+            // would be an error too).
+            Err(e) => {
+                assert_eq!(e.status(), Some(Status::Forbidden), "{e}");
+                assert!(e.to_string().contains("video is disabled"), "{e}");
+                true
+            }
+        }
     })
     .await;
     srv.shutdown().await;
@@ -359,7 +382,15 @@ async fn a_deleted_plugin_runs_until_an_admin_unloads_it() {
         let srv = &srv;
         async move { srv.client(user).await.join("r", Mode::Video, None).await }
     };
-    assert!(video_join("a").await.is_err());
+    let refused_by_the_plugin = |result: Result<_, conclave::client::ClientError>| match result {
+        Ok(_) => false,
+        Err(e) => {
+            assert_eq!(e.status(), Some(Status::Forbidden), "{e}");
+            assert!(e.to_string().contains("join in audio mode"), "{e}");
+            true
+        }
+    };
+    assert!(refused_by_the_plugin(video_join("a").await));
 
     // Unloading a plugin whose file is still there would not last: refused.
     let (status, body) = srv.delete("/api/plugins/audio_only", Some(&admin)).await;
@@ -378,7 +409,7 @@ async fn a_deleted_plugin_runs_until_an_admin_unloads_it() {
         body["plugins"][0]["deleted"] == true
     })
     .await;
-    assert!(video_join("b").await.is_err());
+    assert!(refused_by_the_plugin(video_join("b").await));
 
     // The admin confirms: the plugin is gone from every room.
     let (status, body) = srv.delete("/api/plugins/audio_only", Some(&admin)).await;
@@ -390,5 +421,149 @@ async fn a_deleted_plugin_runs_until_an_admin_unloads_it() {
         late.join("r", Mode::Video, None).await.is_ok()
     })
     .await;
+    srv.shutdown().await;
+}
+
+/// A plugin that denies, with `reason`, every `deny_on`th check of its
+/// instance (counting in a global), and traps on the `trap_on`th (0: never).
+fn counting(reason: &str, deny_on: i32, trap_on: i32) -> String {
+    format!(
+        r#"(module
+          (import "conclave" "deny_reason" (func $reason (param i32 i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "{reason}")
+          (global $n (mut i32) (i32.const 0))
+          (func (export "conclave_abi_version") (result i32) i32.const 1)
+          (func (export "conclave_alloc") (param i32) (result i32) i32.const 1024)
+          (func (export "conclave_check") (param i32 i32) (result i32)
+            global.get $n i32.const 1 i32.add global.set $n
+            global.get $n i32.const {trap_on} i32.eq
+            if unreachable end
+            global.get $n i32.const {deny_on} i32.eq
+            if (result i32) i32.const 16 i32.const {len} call $reason i32.const 403
+            else i32.const 0 end))"#,
+        len = reason.len()
+    )
+}
+
+/// A plugin that denies every check, with `reason`.
+fn denying(reason: &str) -> String {
+    format!(
+        r#"(module
+          (import "conclave" "deny_reason" (func $reason (param i32 i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "{reason}")
+          (func (export "conclave_abi_version") (result i32) i32.const 1)
+          (func (export "conclave_alloc") (param i32) (result i32) i32.const 1024)
+          (func (export "conclave_check") (param i32 i32) (result i32)
+            i32.const 16 i32.const {len} call $reason i32.const 403))"#,
+        len = reason.len()
+    )
+}
+
+/// Rooms made through the admin API, which asks no plugin.
+async fn admin_room(srv: &TestServer, room: &str) {
+    let (status, body) = srv
+        .post(
+            "/api/rooms",
+            Some(&srv.admin_token()),
+            serde_json::json!({ "room": room }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn every_plugin_is_asked_in_name_order_and_the_first_deny_wins() {
+    let srv = TestServer::start_with(|c| {
+        install_wat(c, "a_allow", &module(1, "i32.const 1"));
+        install_wat(c, "b_deny", &counting("b says no", 1, 0));
+        install_wat(c, "c_deny", &counting("c says no", 1, 0));
+    })
+    .await;
+    admin_room(&srv, "r").await;
+    // An allow does not end the asking: b's deny wins, c is not reached.
+    let (status, message) = join_error(&srv, "alice", "r").await;
+    assert_eq!(status, Status::Forbidden);
+    assert!(message.ends_with(": b says no"), "{message}");
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_room_has_its_own_instance_and_a_failed_one_starts_over() {
+    let srv = TestServer::start_with(|c| install_wat(c, "third", &counting("third", 3, 0))).await;
+    admin_room(&srv, "one").await;
+    admin_room(&srv, "two").await;
+    for user in ["a", "b"] {
+        srv.client(user)
+            .await
+            .join("one", Mode::Audio, None)
+            .await
+            .unwrap();
+    }
+    let (_, message) = join_error(&srv, "c", "one").await;
+    assert!(message.contains("third"), "{message}");
+    // Room two counts on its own: its first check is its instance's first.
+    srv.client("d")
+        .await
+        .join("two", Mode::Audio, None)
+        .await
+        .unwrap();
+    srv.shutdown().await;
+
+    // Traps on the second check; the third gets a fresh instance whose
+    // count starts again (the trapped one would deny it: its third).
+    let srv = TestServer::start_with(|c| install_wat(c, "fragile", &counting("third", 3, 2))).await;
+    admin_room(&srv, "r").await;
+    srv.client("a")
+        .await
+        .join("r", Mode::Audio, None)
+        .await
+        .unwrap();
+    let (_, message) = join_error(&srv, "b", "r").await;
+    assert!(message.contains("trapped"), "{message}");
+    srv.client("c")
+        .await
+        .join("r", Mode::Audio, None)
+        .await
+        .unwrap();
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replaced_plugin_takes_over_in_live_rooms() {
+    let srv = TestServer::start_with(|c| install_wat(c, "gate", &denying("v1"))).await;
+    admin_room(&srv, "r").await;
+    let (_, message) = join_error(&srv, "a", "r").await;
+    assert!(message.contains("v1"), "{message}");
+    common::save(
+        &srv.data_dir.path().join("plugins/gate.wat"),
+        &denying("v2"),
+    );
+    common::eventually("the room to ask the new version", || async {
+        join_error(&srv, "a", "r").await.1.contains("v2")
+    })
+    .await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_instance_left_answers_500() {
+    let srv = TestServer::start_with(|c| {
+        c.policy.wasm.max_instances = 1;
+        install_wat(c, "solo", &module(1, "i32.const 0"));
+    })
+    .await;
+    admin_room(&srv, "one").await;
+    admin_room(&srv, "two").await;
+    // Room one takes the only instance, and keeps it.
+    srv.client("a")
+        .await
+        .join("one", Mode::Audio, None)
+        .await
+        .unwrap();
+    let (status, message) = join_error(&srv, "b", "two").await;
+    assert_eq!(status, Status::Internal, "{message}");
+    assert!(message.contains("cannot instantiate"), "{message}");
     srv.shutdown().await;
 }

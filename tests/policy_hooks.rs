@@ -192,3 +192,132 @@ async fn an_explicit_allow_lets_a_member_act_on_others() {
     let _ = next_event(&mut mate).await;
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_store_survives_a_restart() {
+    let visits = r#"return { on_joined = function(m)
+         local n = (store.get("visits:" .. m.user) or 0) + 1
+         store.set("visits:" .. m.user, n)
+         room.send(m.user, { visits = n })
+       end }"#;
+    let mut srv = TestServer::start().await;
+    srv.script("visits", visits).await;
+    let mut alice = srv.client("alice").await;
+    alice
+        .create_with_policy("r", "", Some("visits"))
+        .await
+        .unwrap();
+    alice.join("r", Mode::Audio, None).await.unwrap();
+    assert_eq!(event_where(&mut alice, data).await, json!({ "visits": 1 }));
+    drop(alice);
+    srv.stop().await;
+
+    // The same data directory, a new process's worth of server.
+    let dir = srv.data_dir.path().to_path_buf();
+    let again = TestServer::start_with(|c| c.server.data_dir = dir.clone()).await;
+    again.script("visits", visits).await;
+    let mut alice = again.client("alice").await;
+    alice
+        .create_with_policy("r", "", Some("visits"))
+        .await
+        .unwrap();
+    alice.join("r", Mode::Audio, None).await.unwrap();
+    assert_eq!(event_where(&mut alice, data).await, json!({ "visits": 2 }));
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_decide_hooks_actions_are_dropped_when_a_later_rule_refuses() {
+    let srv = TestServer::start().await;
+    // The hook allows and queues a message; the room then refuses the
+    // request (an audience member cannot unmute): the message never goes.
+    srv.script(
+        "eager",
+        r#"return { can_mute = function(req) room.send(nil, { saw = req.user }) return true end }"#,
+    )
+    .await;
+    let mut alice = srv.client("alice").await;
+    alice
+        .create_with_policy("r", "", Some("eager"))
+        .await
+        .unwrap();
+    alice.join("r", Mode::Audio, None).await.unwrap();
+    let bob = srv.client("bob").await;
+    bob.join("r", Mode::Audio, Some(conclave::protocol::Role::Audience))
+        .await
+        .unwrap();
+    let err = bob.mute(MediaKind::Audio, false, None).await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::Forbidden), "{err}");
+    // A request that succeeds lets its hook's actions through: the first
+    // data event alice sees is about this one, not about the refused one.
+    alice.mute(MediaKind::Audio, true, None).await.unwrap();
+    assert_eq!(
+        event_where(&mut alice, data).await,
+        json!({ "saw": "alice" })
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn can_send_may_rewrite_handle_or_refuse_with_a_code() {
+    let srv = TestServer::start().await;
+    srv.script(
+        "editor",
+        r#"return { can_send = function(req)
+             if req.payload == "shout" then return { payload = "SHOUT" } end
+             if req.payload == "note" then room.send(req.user, "noted") return { handled = true } end
+             if req.payload == "spam" then return { allow = false, code = 429, reason = "slow down" } end
+           end }"#,
+    )
+    .await;
+    let mut alice = srv.client("alice").await;
+    let mut bob = srv.client("bob").await;
+    alice
+        .create_with_policy("r", "", Some("editor"))
+        .await
+        .unwrap();
+    alice.join("r", Mode::Audio, None).await.unwrap();
+    bob.join("r", Mode::Audio, None).await.unwrap();
+
+    alice.send_data(json!("shout"), None).await.unwrap();
+    assert_eq!(event_where(&mut bob, data).await, json!("SHOUT"));
+    // Handled: 200 for alice, the script's own answer to her, nothing to bob.
+    alice.send_data(json!("note"), None).await.unwrap();
+    assert_eq!(event_where(&mut alice, data).await, json!("noted"));
+    let err = alice.send_data(json!("spam"), None).await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::RateLimited), "{err}");
+    assert!(err.to_string().contains("slow down"), "{err}");
+    // As sent, when the hook says nothing; and it is the next bob gets.
+    alice.send_data(json!("plain"), None).await.unwrap();
+    assert_eq!(event_where(&mut bob, data).await, json!("plain"));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_screen_share_changed_hears_starts_and_stops() {
+    let srv = TestServer::start().await;
+    srv.script(
+        "shares",
+        r#"return { on_screen_share_changed = function(e)
+             room.send(nil, { user = e.user, sharing = e.sharing, by = e.operate_by })
+           end }"#,
+    )
+    .await;
+    let mut alice = srv.client("alice").await;
+    alice
+        .create_with_policy("r", "", Some("shares"))
+        .await
+        .unwrap();
+    alice.join("r", Mode::Video, None).await.unwrap();
+    alice.share_screen(true, None).await.unwrap();
+    assert_eq!(
+        event_where(&mut alice, data).await,
+        json!({ "user": "alice", "sharing": true, "by": "alice" })
+    );
+    alice.share_screen(false, None).await.unwrap();
+    assert_eq!(
+        event_where(&mut alice, data).await,
+        json!({ "user": "alice", "sharing": false, "by": "alice" })
+    );
+    srv.shutdown().await;
+}

@@ -191,3 +191,70 @@ async fn a_policy_timer_fires_on_time() {
     }
     assert_eq!(Instant::now() - joined, Duration::from_secs(60));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_of_the_same_name_replaces_the_old_and_none_outlive_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("clock.lua"),
+        r#"return {
+             on_joined = function()
+               room.after(60000, "once")
+               room.after(1000, "once")   -- replaces the one above
+               room.every(20000, "beat")
+             end,
+             on_timer = function(name) room.send(nil, { fired = name }) end,
+           }"#,
+    )
+    .unwrap();
+    let catalog = Catalog::open(PolicyConfig {
+        scripts_dir: dir.path().to_path_buf(),
+        plugins_dir: std::path::PathBuf::new(),
+        default: "clock".into(),
+        watch: false,
+        ..PolicyConfig::default()
+    })
+    .unwrap();
+    let rooms = rooms(catalog);
+    let room = rooms
+        .create(RoomName::new("r").unwrap(), String::new(), None, None)
+        .unwrap();
+    let mut alice = Member::new();
+    alice.join(&room, "alice").await;
+    let joined = Instant::now();
+    let mut fired = Vec::new();
+    // Up to 70 s of virtual time: `once` at 1 s (not 60 s), `beat` every 20 s.
+    while fired.len() < 4 {
+        match alice.next().await {
+            ServerMessage::Data { payload, .. } => {
+                let at = (Instant::now() - joined).as_secs();
+                fired.push((payload["fired"].as_str().unwrap().to_owned(), at));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected = [("once", 1), ("beat", 20), ("beat", 40), ("beat", 60)];
+    assert_eq!(
+        fired,
+        expected
+            .iter()
+            .map(|(n, s)| (n.to_string(), *s))
+            .collect::<Vec<_>>()
+    );
+    room.close(conclave::room::CloseReason::ClosedByAdmin)
+        .await
+        .unwrap();
+    // The room's last word, then nothing: its timers went with it.
+    assert!(matches!(
+        alice.next().await,
+        ServerMessage::Disconnected { .. }
+    ));
+    tokio::time::advance(Duration::from_secs(600)).await;
+    // Once our own copy of the sink goes, only the room could still send.
+    let Member { mut rx, sink, .. } = alice;
+    drop(sink);
+    assert!(
+        rx.recv().await.is_none(),
+        "the closed room let go of its sinks, and no timer fired"
+    );
+}

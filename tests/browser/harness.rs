@@ -6,7 +6,6 @@
 //! `chromium-driver`); tools/test installs them. Without them the tests fail
 //! and say so: a skipped browser test would read as a passing one.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -66,17 +65,35 @@ struct Driver {
 impl Driver {
     async fn start() -> Driver {
         require_binaries();
-        let port = free_port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
+        // Port 0: chromedriver binds a free port itself and says which, so
+        // no other process can take it between our choosing and its binding.
+        let mut child = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
             .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             // Its own process group, so Drop can end Chromium too even if the
             // session was never closed (a failed assertion, say).
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let port = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
+                line.strip_prefix("ChromeDriver was started successfully on port ")?
+                    .trim_end_matches('.')
+                    .parse::<u16>()
+                    .ok()
+            });
+            // Keep draining, so chromedriver never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            port
+        })
+        .await
+        .expect("reading chromedriver's output")
+        .expect("chromedriver says which port it took");
         let driver = Driver { child, port };
         let status = format!("http://127.0.0.1:{port}/status");
         let http = reqwest::Client::new();
@@ -117,11 +134,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("local address").port()
 }
 
 /// One headless Chromium showing one page.

@@ -27,6 +27,9 @@ pub struct Participant {
     stash: VecDeque<ServerMessage>,
     /// `media_offer` events seen, for tests about negotiation.
     pub offers: Vec<ServerMessage>,
+    /// Every packet read so far, by any helper: what this member received
+    /// is all here, so a test of what must never arrive misses nothing.
+    received: Vec<Received>,
     /// Media goes through a relay: the server's candidate port in each
     /// offer is replaced by the relay's (from, to).
     via: Option<(u16, u16)>,
@@ -97,6 +100,7 @@ impl Participant {
             media,
             stash: VecDeque::new(),
             offers: Vec::new(),
+            received: Vec::new(),
             via,
         };
         p.client
@@ -197,12 +201,37 @@ impl Participant {
                 self.user
             );
             self.pump(Duration::ZERO).await;
-            if let Some(p) = self.media.next_packet(Duration::from_millis(20)).await
+            if let Some(p) = self.next_packet(Duration::from_millis(20)).await
                 && pick(&p)
             {
                 return p;
             }
         }
+    }
+
+    /// The next packet within `within`, kept in the log too.
+    pub async fn next_packet(&mut self, within: Duration) -> Option<Received> {
+        let p = self.media.next_packet(within).await?;
+        self.received.push(p.clone());
+        Some(p)
+    }
+
+    /// Every packet received so far, read or not.
+    pub async fn all_received(&mut self) -> &[Received] {
+        for (_, packets) in self.media.drain().await {
+            self.received.extend(packets);
+        }
+        self.received.sort_by_key(|p| p.at);
+        &self.received
+    }
+
+    /// Whether any packet received so far has a payload starting with `prefix`.
+    pub async fn ever_received(&mut self, prefix: &[u8]) -> usize {
+        self.all_received()
+            .await
+            .iter()
+            .filter(|p| p.packet.payload.starts_with(prefix))
+            .count()
     }
 }
 
@@ -273,9 +302,9 @@ impl Interceptor for ForgeSsrc {
 }
 
 /// A UDP relay between one client and the server's media port that loses,
-/// while armed, the first copy of every video RTP packet whose sequence
-/// number is a multiple of `every`: loss on the wire, before SRTP, as a
-/// real path loses packets. (Lost after decryption, a retransmission would
+/// while armed, the first copy of every RTP packet of one payload type whose
+/// sequence number is a multiple of `every`, in one direction: loss on the
+/// wire, before SRTP, as a real path loses packets. (Lost after decryption, a retransmission would
 /// be rejected by the client's SRTP replay check as a duplicate.) RTP
 /// headers are readable under SRTP, so it picks by payload type and
 /// sequence number; everything else passes both ways.
@@ -289,7 +318,22 @@ pub struct LossyRelay {
 }
 
 impl LossyRelay {
+    /// Loses packets on their way from the server to the client.
     pub async fn start(server: SocketAddr, payload_type: u8, every: u16) -> LossyRelay {
+        Self::start_lossy(server, payload_type, every, false).await
+    }
+
+    /// Loses packets on their way from the client to the server.
+    pub async fn toward_server(server: SocketAddr, payload_type: u8, every: u16) -> LossyRelay {
+        Self::start_lossy(server, payload_type, every, true).await
+    }
+
+    async fn start_lossy(
+        server: SocketAddr,
+        payload_type: u8,
+        every: u16,
+        toward_server: bool,
+    ) -> LossyRelay {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
             .expect("relay socket");
@@ -303,15 +347,20 @@ impl LossyRelay {
             let mut seen = HashSet::new();
             while let Ok((n, from)) = socket.recv_from(&mut buf).await {
                 let data = &buf[..n];
-                if from != server {
+                let to_server = from != server;
+                let to = if to_server {
                     client = Some(from);
-                    let _ = socket.send_to(data, server).await;
-                    continue;
-                }
-                let Some(to) = client else { continue };
+                    server
+                } else {
+                    match client {
+                        Some(to) => to,
+                        None => continue,
+                    }
+                };
                 // RFC 7983: RTP and RTCP start with 128..=191; RTCP's types
                 // (200..) never equal a dynamic payload type with the marker.
-                if n >= 12
+                if to_server == toward_server
+                    && n >= 12
                     && (128..=191).contains(&data[0])
                     && data[1] & 0x7f == payload_type
                     && armed_in.load(Ordering::SeqCst)

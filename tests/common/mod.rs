@@ -34,6 +34,16 @@ impl TestServer {
 
     /// Starts with the test defaults, adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_in_mode(adjust, true).await
+    }
+
+    /// Starts as a deployment does, not in dev mode: `adjust` must set
+    /// `[auth] secret`.
+    pub async fn start_for_real(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_in_mode(adjust, false).await
+    }
+
+    async fn start_in_mode(adjust: impl FnOnce(&mut Config), dev: bool) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::default();
         config.server.bind = "127.0.0.1:0".parse().expect("literal address");
@@ -48,8 +58,14 @@ impl TestServer {
         // Media on loopback, any free port: tests run side by side.
         config.media.bind_ip = std::net::Ipv4Addr::LOCALHOST.into();
         config.media.udp_port = "0".parse().expect("literal port");
+        // Wall-clock budgets with room for two loaded cores: a hook or a
+        // check that does its job never runs into them. Tests about the
+        // budgets set their own (or meet the instruction budget, which
+        // counts work, not time).
+        config.policy.lua.time = Duration::from_secs(5);
+        config.policy.wasm.time = Duration::from_secs(1);
         adjust(&mut config);
-        let server = Server::start(config, true).await.expect("server starts");
+        let server = Server::start(config, dev).await.expect("server starts");
         TestServer {
             addr: server.addr(),
             server: Some(server),
@@ -124,8 +140,13 @@ impl TestServer {
     }
 
     pub fn admin_token(&self) -> String {
+        self.admin_token_for("ops")
+    }
+
+    /// An admin token for another operator.
+    pub fn admin_token_for(&self, user: &str) -> String {
         self.token(
-            "ops",
+            user,
             Grants {
                 create: true,
                 rooms: vec!["*".into()],
@@ -199,6 +220,20 @@ impl TestServer {
         let text = resp.text().await.expect("HTTP body");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, body)
+    }
+
+    /// A metric's value from `/metrics`, by its exposition name with labels
+    /// as they are printed (`conclave_connections`,
+    /// `conclave_policy_failures_total{hook="on_left",kind="error"}`); 0
+    /// when it is absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics", None).await;
+        let prefix = format!("{name} ");
+        body.as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Call records as the admin API lists them.
