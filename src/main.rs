@@ -85,8 +85,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { dev, config } => serve(dev, config),
-        Command::Bot(args) => runtime()?.block_on(conclave::bot::run_cli(args)),
-        Command::Loadtest(args) => runtime()?.block_on(conclave::loadtest::run_cli(args)),
+        Command::Bot(args) => Ok(runtime()?.block_on(conclave::bot::run_cli(args))?),
+        Command::Loadtest(args) => Ok(runtime()?.block_on(conclave::loadtest::run_cli(args))?),
         Command::Token {
             user,
             name,

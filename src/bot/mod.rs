@@ -113,6 +113,10 @@ pub enum BotError {
     Script(ScriptError),
     #[error("the bot cannot join: {0}")]
     Join(ClientError),
+    #[error("cannot mint a dev token: {0}")]
+    Token(#[from] crate::auth::AuthError),
+    #[error("--set: {0}")]
+    Options(String),
 }
 
 /// A bot the server starts with itself (`[[bots]]` in the configuration).
@@ -222,7 +226,7 @@ pub struct BotArgs {
 /// The binary's edge for `conclave bot`: runs until the bot ends or Ctrl-C.
 /// Logs go to stderr (`RUST_LOG` filters; `info` by default): that the bot
 /// joined, what its script logs (`bot.log`), hook errors and how it ended.
-pub async fn run_cli(args: BotArgs) -> anyhow::Result<()> {
+pub async fn run_cli(args: BotArgs) -> Result<(), BotError> {
     crate::telemetry::init_logging(
         crate::telemetry::LogFormat::Human,
         crate::telemetry::DEFAULT_LOG_FILTER,
@@ -248,7 +252,7 @@ pub async fn run_cli(args: BotArgs) -> anyhow::Result<()> {
     };
     let mut config = BotConfig::new(&args.url, &token, &args.room, &args.script);
     config.role = args.role;
-    config.options = script::parse_options(&args.set).map_err(anyhow::Error::msg)?;
+    config.options = script::parse_options(&args.set).map_err(BotError::Options)?;
     if let Some(dir) = args.media_dir {
         config.media_dir = dir;
     }

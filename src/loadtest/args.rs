@@ -4,10 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::progress::ProgressLine;
-use super::{Config, run_with_progress};
+use super::{Config, LoadtestError, run_with_progress};
 use crate::auth::Auth;
 
 /// `conclave loadtest` arguments.
@@ -61,9 +59,9 @@ pub struct LoadtestArgs {
 }
 
 impl LoadtestArgs {
-    fn config(self) -> anyhow::Result<Config> {
+    fn config(self) -> Result<Config, LoadtestError> {
         let auth = match (&self.secret, self.dev) {
-            (Some(secret), false) => Auth::new(secret).context("--secret")?,
+            (Some(secret), false) => Auth::new(secret).map_err(LoadtestError::Secret)?,
             _ => Auth::dev(),
         };
         let mut config = Config::new(&self.url);
@@ -83,7 +81,7 @@ impl LoadtestArgs {
 
 /// Runs `conclave loadtest`: progress on stderr, the summary on stdout, the
 /// JSON report if asked. Fails only when nothing could be tested.
-pub async fn run_cli(args: LoadtestArgs) -> anyhow::Result<()> {
+pub async fn run_cli(args: LoadtestArgs) -> Result<(), LoadtestError> {
     // The client libraries log through tracing; only errors belong beside
     // the progress line (RUST_LOG overrides).
     crate::telemetry::init_logging(crate::telemetry::LogFormat::Human, "error");
@@ -115,7 +113,7 @@ pub async fn run_cli(args: LoadtestArgs) -> anyhow::Result<()> {
             .first()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        anyhow::bail!("no participant joined; the first failure: {first}");
+        return Err(LoadtestError::NothingJoined { first });
     }
     Ok(())
 }

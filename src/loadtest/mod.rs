@@ -78,6 +78,10 @@ pub enum LoadtestError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--secret: {0}")]
+    Secret(AuthError),
+    #[error("no participant joined; the first failure: {first}")]
+    NothingJoined { first: String },
 }
 
 /// What to run.
