@@ -16,7 +16,7 @@
 //! <!-- layers:begin -->
 //! | layer | modules | what they are |
 //! |---|---|---|
-//! | 0 | `ids` `status` `clock` `telemetry` `audio` | identifiers, status codes, the clock, metric labels and logs, Opus and Ogg |
+//! | 0 | `ids` `status` `clock` `ticker` `telemetry` `audio` | identifiers, status codes, the clock, a thread that ticks only while there is work, metric labels and logs, Opus and Ogg |
 //! | 1 | `model` | the domain's vocabulary: roles, modes, media kinds, members |
 //! | 2 | `auth` `community` `script` | tokens and grants; the QChat model and its live hub; the one Lua host |
 //! | 3 | `protocol` `store` | the wire messages; durable records, community snapshots, the script store |
@@ -57,3 +57,4 @@ pub mod signal;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod ticker;

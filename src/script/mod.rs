@@ -12,6 +12,8 @@
 //! failure it was (an error, the budget, the memory cap) and Lua's message
 //! with file and line.
 
+mod pattern;
+pub mod pool;
 pub mod sandbox;
 
 use std::sync::Arc;

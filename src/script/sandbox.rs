@@ -9,6 +9,10 @@
 //!   every [`CHECK_EVERY`] instructions by a VM hook.
 //! - `pcall` is replaced by one that cannot catch a budget or memory error,
 //!   so `while true do pcall(spin) end` still stops.
+//! - No code outside the budget's sight: `setmetatable` refuses `__gc`
+//!   (finalizers run with hooks off), and the pattern functions of `string`
+//!   are [`super::pattern`]'s, which charge their steps to the budget.
+//!   docs/scripting.md has the audit of every function a script can reach.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -85,13 +89,20 @@ impl Budget {
 
     /// Called by the VM hook; `Err` stops the script.
     fn charge(&self) -> Result<(), &'static str> {
+        self.spend(CHECK_EVERY)
+    }
+
+    /// Charges `units` instructions' worth of work done outside the VM (a
+    /// pattern match's steps, say) and checks the deadline; `Err` once
+    /// either is exhausted, for the caller to raise.
+    pub fn spend(&self, units: u32) -> Result<(), &'static str> {
         if self.is_exhausted() {
             return Err("budget exhausted");
         }
         let left = self
             .remaining
-            .fetch_sub(i64::from(CHECK_EVERY), Ordering::Relaxed);
-        if left <= i64::from(CHECK_EVERY) {
+            .fetch_sub(i64::from(units), Ordering::Relaxed);
+        if left <= i64::from(units) {
             self.exhausted.store(true, Ordering::Relaxed);
             return Err("instruction budget exceeded");
         }
@@ -185,8 +196,37 @@ pub fn new_state(limits: &LuaLimits) -> mlua::Result<(Lua, Arc<Budget>)> {
     )?;
     globals.raw_set("os", os)?;
 
+    refuse_finalizers(&lua)?;
+    super::pattern::install(&lua, &budget, limits.memory_bytes)?;
+
     lua.set_memory_limit(limits.memory_bytes)?;
     Ok((lua, budget))
+}
+
+/// Wraps `setmetatable` so that a metatable holding `__gc` is refused.
+///
+/// Lua 5.4 runs finalizers with the VM's hooks off, so a `__gc` that loops
+/// would be out of the budget's reach. An object is marked for finalization
+/// only when `setmetatable` gives it a metatable that has a `__gc` field at
+/// that moment (manual §2.5.3): a `__gc` added to the metatable later is
+/// never called. Refusing the field here therefore means no script object
+/// is ever finalized. (The only other way, `debug.setmetatable`, is not in
+/// the sandbox.)
+fn refuse_finalizers(lua: &Lua) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let original: Function = globals.raw_get("setmetatable")?;
+    let guarded = lua.create_function(move |lua, args: MultiValue| {
+        if let Some(Value::Table(mt)) = args.get(1)
+            && !mt.raw_get::<Value>("__gc")?.is_nil()
+        {
+            return Err(super::located(
+                lua,
+                "setmetatable: `__gc` finalizers are not allowed in scripts (they would run outside the budget)",
+            ));
+        }
+        original.call::<MultiValue>(args)
+    })?;
+    globals.raw_set("setmetatable", guarded)
 }
 
 /// An error as a script author wants to read it: the innermost message,
@@ -200,5 +240,59 @@ pub fn error_text(error: &mlua::Error) -> String {
         }
         mlua::Error::MemoryError(_) => "memory limit exceeded".to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finalizers_are_refused_and_a_late_gc_field_is_never_called() {
+        let (lua, budget) = new_state(&LuaLimits::default()).unwrap();
+        budget.reset();
+        let err = lua
+            .load("setmetatable({}, { __gc = function() while true do end end })")
+            .set_name("@scripts/gc.lua")
+            .exec()
+            .unwrap_err();
+        let text = error_text(&err);
+        assert!(text.starts_with("scripts/gc.lua:1:"), "{text}");
+        assert!(text.contains("`__gc` finalizers are not allowed"), "{text}");
+        // Any value counts, since what is there at setmetatable time is what
+        // marks the object.
+        assert!(
+            lua.load("setmetatable({}, { __gc = true })")
+                .exec()
+                .is_err()
+        );
+
+        // Lua 5.4 marks an object for finalization only if its metatable had
+        // `__gc` when it was set: one added afterwards never runs.
+        lua.load(
+            "ran = false
+             local mt = {}
+             local t = setmetatable({}, mt)
+             mt.__gc = function() ran = true end
+             t = nil",
+        )
+        .exec()
+        .unwrap();
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+        assert!(!lua.globals().get::<bool>("ran").unwrap());
+
+        // Everything else about setmetatable is as before.
+        let v: i64 = lua
+            .load("return setmetatable({}, { __index = function() return 7 end }).x")
+            .eval()
+            .unwrap();
+        assert_eq!(v, 7);
+        assert!(
+            lua.load("setmetatable(setmetatable({}, { __metatable = 1 }), {})")
+                .exec()
+                .is_err(),
+            "a protected metatable stays protected"
+        );
     }
 }
