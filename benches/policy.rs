@@ -14,10 +14,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::Serialize;
 
 use conclave::policy::catalog::{Catalog, PolicyConfig};
-use conclave::policy::lua::{MemberView, RoomIdentity, RoomView};
+use conclave::policy::lua::{MemberView, OwnedIdentity, RoomView};
 use conclave::policy::runtime::RoomPolicy;
 use conclave::policy::{Action, Check};
 use conclave::protocol::{MemberInfo, Mode, Role};
+use conclave::script::pool::Pool;
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -77,7 +78,7 @@ fn view(members: usize) -> Arc<RoomView> {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct JoinRequest {
     user: &'static str,
     name: &'static str,
@@ -98,27 +99,37 @@ fn join_request() -> JoinRequest {
     }
 }
 
+fn identity(custom_info: &str) -> OwnedIdentity {
+    OwnedIdentity {
+        name: "bench".into(),
+        channel_id: 1,
+        custom_info: custom_info.into(),
+    }
+}
+
 /// A room's policy state running the shipped `capacity` script.
-fn capacity_room(catalog: &Arc<Catalog>) -> RoomPolicy {
+async fn capacity_room(catalog: &Arc<Catalog>) -> RoomPolicy {
+    let room = identity("seats=10 max_members=100 overflow=audience");
     let lua = catalog
-        .instantiate(
-            "capacity",
-            RoomIdentity {
-                name: "bench",
-                channel_id: 1,
-                custom_info: "seats=10 max_members=100 overflow=audience",
-            },
-            None,
-        )
+        .instantiate("capacity", room.clone(), None)
+        .await
         .expect("the script loads")
         .expect("capacity.lua exists");
-    RoomPolicy::new(catalog.clone(), "capacity".into(), Some(lua))
+    RoomPolicy::new(catalog.clone(), "capacity".into(), room, None, Some(lua))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }
 
 fn wasm_check(c: &mut Criterion) {
     let catalog = catalog();
     let plugins = catalog.plugins().len();
-    let mut room = RoomPolicy::new(catalog, "none".into(), None);
+    let mut room = RoomPolicy::new(catalog, "none".into(), identity(""), None, None);
     let mut check = Check::new(Action::Join, "vip-lounge", "alice");
     check.role = Some(Role::Interactor);
     // The first check instantiates the plugins; keep that out of the loop.
@@ -132,85 +143,124 @@ fn wasm_check(c: &mut Criterion) {
     group.finish();
 }
 
-fn lua_join_hook(c: &mut Criterion) {
-    let catalog = catalog();
-    let mut room = capacity_room(&catalog);
-    let view = view(10);
+/// `iters` decide calls awaited one after the other, as a room makes them.
+fn decide_loop(
+    rt: &tokio::runtime::Runtime,
+    room: &mut RoomPolicy,
+    view: &Arc<RoomView>,
+    iters: u64,
+) -> Duration {
     let request = join_request();
-    let mut effects = Vec::new();
+    rt.block_on(async {
+        let mut effects = Vec::new();
+        let start = Instant::now();
+        for _ in 0..iters {
+            let decision = room
+                .decide("can_join", view, request.clone(), &mut effects)
+                .await;
+            black_box(decision).expect("the hook runs");
+            effects.clear();
+        }
+        start.elapsed()
+    })
+}
+
+fn lua_join_hook(c: &mut Criterion) {
+    let rt = runtime();
+    let catalog = catalog();
+    let mut room = rt.block_on(capacity_room(&catalog));
+    let view = view(10);
     let mut group = c.benchmark_group("lua");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(4));
     // For reference: the host's share, with a hook that does almost nothing.
+    let minimal_script = Arc::new(conclave::policy::catalog::Script {
+        name: "minimal".into(),
+        source: "return { can_join = function(req) if req.user == 'x' then return false end end }"
+            .into(),
+        hash: "0".into(),
+        loaded_at_ms: 0,
+        path: "minimal.lua".into(),
+    });
+    let minimal_state = rt
+        .block_on(catalog.load(minimal_script, identity(""), None))
+        .expect("the minimal script loads");
     let mut minimal = RoomPolicy::new(
         catalog.clone(),
         "minimal".into(),
-        Some(
-            conclave::policy::lua::LuaPolicy::new(
-                Arc::new(conclave::policy::catalog::Script {
-                    name: "minimal".into(),
-                    source: "return { can_join = function(req) if req.user == 'x' then return false end end }".into(),
-                    hash: "0".into(),
-                    loaded_at_ms: 0,
-                    path: "minimal.lua".into(),
-                }),
-                RoomIdentity {
-                    name: "bench",
-                    channel_id: 1,
-                    custom_info: "",
-                },
-                &catalog.config().lua,
-                None,
-            )
-            .expect("the minimal script loads"),
-        ),
+        identity(""),
+        None,
+        Some(minimal_state),
     );
     group.bench_function("can_join_minimal", |b| {
-        b.iter(|| {
-            let decision = minimal.decide("can_join", &view, &request, &mut effects);
-            effects.clear();
-            black_box(decision)
-        })
+        b.iter_custom(|iters| decide_loop(&rt, &mut minimal, &view, iters))
     });
     group.bench_function("can_join_capacity_10_members", |b| {
-        b.iter(|| {
-            let decision = room.decide("can_join", &view, &request, &mut effects);
-            effects.clear();
-            black_box(decision)
-        })
+        b.iter_custom(|iters| decide_loop(&rt, &mut room, &view, iters))
+    });
+    // The same call run on the caller's own thread: what the script thread's
+    // hand-off adds is the difference.
+    let inline = Catalog::open_with(
+        catalog.config().clone(),
+        Arc::default(),
+        conclave::clock::Clock::new(),
+        Pool::inline(),
+    )
+    .expect("catalog opens");
+    let mut inline_room = rt.block_on(capacity_room(&inline));
+    group.bench_function("can_join_capacity_10_members_same_thread", |b| {
+        b.iter_custom(|iters| decide_loop(&rt, &mut inline_room, &view, iters))
     });
     group.finish();
 }
 
-/// Hook calls per second with `rooms` rooms each on its own thread, as room
-/// tasks run on a multi-thread runtime.
-fn hooks_per_second(catalog: &Arc<Catalog>, rooms: usize, calls: u64) -> f64 {
-    let start = Instant::now();
-    std::thread::scope(|scope| {
+/// Hook calls per second with `rooms` rooms each calling `calls` hooks in a
+/// row, as room tasks on the runtime do; the script threads run them.
+fn hooks_per_second(
+    rt: &tokio::runtime::Runtime,
+    catalog: &Arc<Catalog>,
+    rooms: usize,
+    calls: u64,
+) -> f64 {
+    rt.block_on(async {
+        let mut states = Vec::new();
         for _ in 0..rooms {
-            scope.spawn(|| {
-                let mut room = capacity_room(catalog);
-                let view = view(10);
-                let request = join_request();
-                let mut effects = Vec::new();
-                for _ in 0..calls {
-                    black_box(room.decide("can_join", &view, &request, &mut effects))
-                        .expect("the hook runs");
-                    effects.clear();
-                }
-            });
+            states.push(capacity_room(catalog).await);
         }
-    });
-    (rooms as u64 * calls) as f64 / start.elapsed().as_secs_f64()
+        let start = Instant::now();
+        let tasks: Vec<_> = states
+            .into_iter()
+            .map(|mut room| {
+                tokio::spawn(async move {
+                    let view = view(10);
+                    let request = join_request();
+                    let mut effects = Vec::new();
+                    for _ in 0..calls {
+                        black_box(
+                            room.decide("can_join", &view, request.clone(), &mut effects)
+                                .await,
+                        )
+                        .expect("the hook runs");
+                        effects.clear();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("the room task");
+        }
+        (rooms as u64 * calls) as f64 / start.elapsed().as_secs_f64()
+    })
 }
 
 fn parallel_rooms(c: &mut Criterion) {
+    let rt = runtime();
     let catalog = catalog();
     // Warm up both paths once, then report the ratio the target is about.
-    let calls = 200_000;
-    hooks_per_second(&catalog, 2, calls / 10);
-    let one = hooks_per_second(&catalog, 1, calls);
-    let two = hooks_per_second(&catalog, 2, calls);
+    let calls = 100_000;
+    hooks_per_second(&rt, &catalog, 2, calls / 10);
+    let one = hooks_per_second(&rt, &catalog, 1, calls);
+    let two = hooks_per_second(&rt, &catalog, 2, calls);
     println!(
         "lua/parallel: 1 room {one:.0} hooks/s, 2 rooms {two:.0} hooks/s, scaling {:.2}x",
         two / one
@@ -221,7 +271,7 @@ fn parallel_rooms(c: &mut Criterion) {
     for rooms in [1usize, 2] {
         group.throughput(Throughput::Elements(rooms as u64 * 20_000));
         group.bench_function(format!("{rooms}_rooms_x_20k_hooks"), |b| {
-            b.iter(|| hooks_per_second(&catalog, rooms, 20_000))
+            b.iter(|| hooks_per_second(&rt, &catalog, rooms, 20_000))
         });
     }
     group.finish();

@@ -96,6 +96,7 @@ fn main() {
             state
                 .rooms
                 .create(name, "seats=10".into(), Some("bench"), None)
+                .await
                 .expect("create");
         }
         let handles = state.rooms.handles();

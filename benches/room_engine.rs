@@ -149,6 +149,7 @@ fn room_actor(c: &mut Criterion) {
         let handle: RoomHandle = rt.block_on(async {
             let handle = rooms
                 .create(name, String::new(), None, None)
+                .await
                 .expect("room capacity covers every size");
             for i in 0..others {
                 let who = Arc::new(identity(&format!("member-{i}")));

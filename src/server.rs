@@ -25,6 +25,7 @@ use crate::community::hub::{CommunityHub, HubError};
 use crate::media::Media;
 use crate::policy::catalog::Catalog;
 use crate::room::{RoomServices, Rooms};
+use crate::script::pool::Pool;
 use crate::store::kv::SqliteKv;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError, StoreHandle, StoreWorker};
@@ -97,8 +98,15 @@ impl Server {
 
         let kv = SqliteKv::open(&config.server.data_dir.join(crate::store::sqlite::DB_FILE))?;
         let metrics = Metrics::new();
-        let catalog = Catalog::open_with(config.policy.clone(), metrics.catalog.clone(), clock)
-            .map_err(|e| ServerError::Policy(e.to_string()))?;
+        let pool = Pool::start(
+            "conclave-lua",
+            config.scripts.clone(),
+            metrics.scripts.clone(),
+        )
+        .map_err(|e| ServerError::Policy(format!("cannot start the script threads: {e}")))?;
+        let catalog =
+            Catalog::open_with(config.policy.clone(), metrics.catalog.clone(), clock, pool)
+                .map_err(|e| ServerError::Policy(e.to_string()))?;
         let watcher = if config.policy.watch {
             let watcher = crate::policy::reload::watch(catalog.clone(), stop_accepting.clone())
                 .map_err(|e| ServerError::Policy(format!("cannot watch for changes: {e}")))?;
@@ -302,6 +310,8 @@ fn start_bots(
         config.role = spec.role;
         config.options = spec.options.clone();
         config.bind = SocketAddr::new(host.ip(), 0);
+        // The server's own script threads, as its rooms have.
+        config.pool = Some(state.rooms.catalog().pool().clone());
         if let Some(dir) = &spec.media_dir {
             config.media_dir = dir.clone();
         }

@@ -14,6 +14,7 @@ use conclave::model::{LeaveReason, Mode};
 use conclave::policy::catalog::{Catalog, PolicyConfig};
 use conclave::protocol::ServerMessage;
 use conclave::room::{Outbound, RoomHandle, RoomMetrics, RoomServices, RoomSettings, Rooms, Sink};
+use conclave::script::pool::Pool;
 use conclave::store::StoreHandle;
 use conclave::store::sqlite::SqliteStore;
 use tokio::sync::mpsc;
@@ -22,6 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 const GRACE: Duration = Duration::from_secs(15);
 const EMPTY: Duration = Duration::from_secs(300);
+
+/// A catalog whose scripts run on the test's own thread: a script thread
+/// would let the paused clock jump while a hook runs.
+fn paused_catalog(config: PolicyConfig) -> Arc<Catalog> {
+    Catalog::open_with(config, Arc::default(), Clock::new(), Pool::inline()).unwrap()
+}
 
 fn rooms(catalog: Arc<Catalog>) -> Rooms {
     // Dropping the worker detaches its thread, which ends with the last handle.
@@ -98,6 +105,7 @@ async fn a_lost_connection_leaves_with_timeout_when_the_grace_window_ends() {
     let rooms = rooms(Catalog::empty().unwrap());
     let room = rooms
         .create(RoomName::new("r").unwrap(), String::new(), None, None)
+        .await
         .unwrap();
     let alice = Member::new();
     let mut bob = Member::new();
@@ -121,6 +129,7 @@ async fn a_reconnect_inside_the_grace_window_resumes_unseen() {
     let rooms = rooms(Catalog::empty().unwrap());
     let room = rooms
         .create(RoomName::new("r").unwrap(), String::new(), None, None)
+        .await
         .unwrap();
     let alice = Member::new();
     let mut bob = Member::new();
@@ -144,6 +153,7 @@ async fn a_room_nobody_joins_expires_after_the_empty_timeout() {
     let created = Instant::now();
     rooms
         .create(RoomName::new("quiet").unwrap(), String::new(), None, None)
+        .await
         .unwrap();
     // A second of virtual time per look; the room goes at its deadline.
     while rooms.get(&RoomName::new("quiet").unwrap()).is_some() {
@@ -167,17 +177,17 @@ async fn a_policy_timer_fires_on_time() {
            }"#,
     )
     .unwrap();
-    let catalog = Catalog::open(PolicyConfig {
+    let catalog = paused_catalog(PolicyConfig {
         scripts_dir: dir.path().to_path_buf(),
         plugins_dir: std::path::PathBuf::new(),
         default: "minute".into(),
         watch: false,
         ..PolicyConfig::default()
-    })
-    .unwrap();
+    });
     let rooms = rooms(catalog);
     let room = rooms
         .create(RoomName::new("r").unwrap(), String::new(), None, None)
+        .await
         .unwrap();
     let mut alice = Member::new();
     alice.join(&room, "alice").await;
@@ -207,17 +217,17 @@ async fn a_timer_of_the_same_name_replaces_the_old_and_none_outlive_the_room() {
            }"#,
     )
     .unwrap();
-    let catalog = Catalog::open(PolicyConfig {
+    let catalog = paused_catalog(PolicyConfig {
         scripts_dir: dir.path().to_path_buf(),
         plugins_dir: std::path::PathBuf::new(),
         default: "clock".into(),
         watch: false,
         ..PolicyConfig::default()
-    })
-    .unwrap();
+    });
     let rooms = rooms(catalog);
     let room = rooms
         .create(RoomName::new("r").unwrap(), String::new(), None, None)
+        .await
         .unwrap();
     let mut alice = Member::new();
     alice.join(&room, "alice").await;

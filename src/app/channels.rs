@@ -20,7 +20,7 @@ use crate::room::{Error, RoomHandle, Rooms, Sink};
 use crate::status::Status;
 
 /// The room of a media channel, opened if nobody is connected yet.
-fn open_room(
+async fn open_room(
     rooms: &Rooms,
     hub: &Arc<CommunityHub>,
     server: ServerId,
@@ -43,7 +43,7 @@ fn open_room(
     if let Some(handle) = rooms.get(&name) {
         return Ok((handle, settings));
     }
-    match rooms.create_for_channel(name.clone(), binding) {
+    match rooms.create_for_channel(name.clone(), binding).await {
         Ok(handle) => Ok((handle, settings)),
         // Another connect opened it meanwhile.
         Err(Error::Taken(_)) => Ok((rooms.find(&name)?, settings)),
@@ -75,7 +75,8 @@ pub async fn connect(
     let mut attempts = 2;
     loop {
         attempts -= 1;
-        let (handle, settings) = open_room(rooms, hub, server, channel, &identity.user, admin)?;
+        let (handle, settings) =
+            open_room(rooms, hub, server, channel, &identity.user, admin).await?;
         match handle
             .join(conn, identity.clone(), mode, None, sink.clone())
             .await

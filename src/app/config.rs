@@ -30,6 +30,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub signal: SignalConfig,
     pub policy: PolicyConfig,
+    /// The threads every Lua script (policies and bots) runs on.
+    pub scripts: crate::script::pool::PoolConfig,
     pub media: crate::media::MediaConfig,
     pub log: LogConfig,
     /// Bots started with the server (`[[bots]]`); see docs/bots.md.

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub rooms: Arc<RoomMetrics>,
     pub media: Arc<MediaMetrics>,
     pub catalog: Arc<CatalogMetrics>,
+    pub scripts: Arc<crate::script::pool::PoolMetrics>,
     /// Open signaling connections.
     pub connections: Gauge,
     pub requests: Family<RequestLabel, Counter>,
@@ -88,6 +89,8 @@ impl Metrics {
         );
         let media = Arc::new(MediaMetrics::default());
         media.register(registry);
+        let scripts = Arc::new(crate::script::pool::PoolMetrics::default());
+        scripts.register(registry);
         let catalog = Arc::new(CatalogMetrics::default());
         registry.register(
             "policy_loads",
@@ -104,6 +107,7 @@ impl Metrics {
             rooms,
             media,
             catalog,
+            scripts,
             connections,
             requests,
             request_seconds,

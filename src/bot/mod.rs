@@ -55,6 +55,9 @@ pub struct BotConfig {
     pub limits: LuaLimits,
     /// Local UDP address for media.
     pub bind: SocketAddr,
+    /// The script threads to run on (the server's, for its own bots); a
+    /// pool of one thread is started for the bot when `None`.
+    pub pool: Option<crate::script::pool::Pool>,
 }
 
 impl BotConfig {
@@ -79,6 +82,7 @@ impl BotConfig {
             record_dir: PathBuf::from("recordings"),
             limits: LuaLimits::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            pool: None,
         }
     }
 }
@@ -94,6 +98,9 @@ pub enum Ended {
     Removed(LeaveReason),
     /// The signaling connection dropped.
     ConnectionLost,
+    /// A hook of its script never returned (the watchdog gave up on it):
+    /// the bot left, since it has nothing left to act with.
+    ScriptStuck,
 }
 
 impl std::fmt::Display for Ended {
@@ -103,6 +110,7 @@ impl std::fmt::Display for Ended {
             Ended::Kicked => f.write_str("was kicked from the room"),
             Ended::Removed(reason) => write!(f, "was removed from the room ({})", reason.as_str()),
             Ended::ConnectionLost => f.write_str("lost its connection to the server"),
+            Ended::ScriptStuck => f.write_str("left because its script stopped answering"),
         }
     }
 }
@@ -117,6 +125,8 @@ pub enum BotError {
     Token(#[from] crate::auth::AuthError),
     #[error("--set: {0}")]
     Options(String),
+    #[error("cannot start the script thread: {0}")]
+    Threads(std::io::Error),
 }
 
 /// A bot the server starts with itself (`[[bots]]` in the configuration).

@@ -20,19 +20,34 @@ use crate::audio::Tone;
 use crate::client::{ClientError, Participant, ParticipantOptions};
 use crate::model::LeaveReason;
 use crate::protocol::ServerMessage;
+use crate::script::pool::Pool;
 use crate::script::{ScriptError, ToLua};
 
 /// Runs a bot until it leaves, is removed, loses its connection, or
 /// `shutdown` completes (then it leaves politely).
 pub async fn run(config: BotConfig, shutdown: impl Future<Output = ()>) -> Result<Ended, BotError> {
+    let pool = match &config.pool {
+        Some(pool) => pool.clone(),
+        None => Pool::standalone(1).map_err(BotError::Threads)?,
+    };
+    let limit = config.limits.time + pool.config().grace;
+    let label = config.script.display().to_string();
     let view = Arc::new(Mutex::new(View::default()));
-    let script = BotScript::load(
-        &config.script,
-        &config.limits,
-        &config.options,
-        view.clone(),
-    )
-    .map_err(BotError::Script)?;
+    let script = {
+        let (path, limits, options, view) = (
+            config.script.clone(),
+            config.limits.clone(),
+            config.options.clone(),
+            view.clone(),
+        );
+        pool.run(limit, move || {
+            BotScript::load(&path, &limits, &options, view)
+        })
+        .await
+        .map_err(|overrun| ScriptError::overran(&label, "load", overrun, limit))
+        .and_then(|script| script)
+        .map_err(BotError::Script)?
+    };
     let mut options = ParticipantOptions::new(&config.url, &config.token, &config.room);
     options.role = config.role;
     options.mode = config.mode;
@@ -58,7 +73,12 @@ pub async fn run(config: BotConfig, shutdown: impl Future<Output = ()>) -> Resul
         let mut bot = Runner {
             config,
             participant,
-            script,
+            script: Arc::new(Mutex::new(script)),
+            pool,
+            limit,
+            label,
+            stuck: false,
+            view: view.clone(),
             media,
             media_rx,
             timers: BTreeMap::new(),
@@ -74,7 +94,16 @@ pub async fn run(config: BotConfig, shutdown: impl Future<Output = ()>) -> Resul
 struct Runner {
     config: BotConfig,
     participant: Participant,
-    script: BotScript,
+    /// Shared with the script thread running a call on it; only ever used
+    /// by one call at a time, and never again once a call got stuck.
+    script: Arc<Mutex<BotScript>>,
+    pool: Pool,
+    /// How long one call may run before the watchdog gives up on it.
+    limit: Duration,
+    label: String,
+    stuck: bool,
+    /// What the script reads as `bot.me` and `bot.members()`.
+    view: Arc<Mutex<View>>,
     media: BotMedia,
     media_rx: mpsc::Receiver<MediaEvent>,
     /// Due time and id; the interval of repeating timers is looked up on firing.
@@ -86,7 +115,7 @@ struct Runner {
 impl Runner {
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<Ended, BotError> {
         let room = self.participant.joined().room.as_str().to_owned();
-        self.hook("on_joined", &json!({ "room": room })).await;
+        self.hook("on_joined", json!({ "room": room })).await;
         tokio::pin!(shutdown);
         while self.ended.is_none() {
             let next_timer = self.timers.keys().next().map(|(due, _)| *due);
@@ -94,17 +123,17 @@ impl Runner {
                 event = self.participant.next_event() => match event {
                     Some(event) => self.on_event(event).await,
                     None => {
-                        self.hook("on_left", &json!({ "reason": "connection_lost" })).await;
+                        self.hook("on_left", json!({ "reason": "connection_lost" })).await;
                         self.ended = Some(Ended::ConnectionLost);
                     }
                 },
                 Some(event) = self.media_rx.recv() => match event {
-                    MediaEvent::PlayEnded => self.hook("on_play_ended", &json!({})).await,
+                    MediaEvent::PlayEnded => self.hook("on_play_ended", json!({})).await,
                     MediaEvent::Failed { action, message } => self.failed(action, message).await,
                 },
                 () = sleep_until(next_timer) => self.fire_due().await,
                 () = &mut shutdown => {
-                    self.hook("on_left", &json!({ "reason": "shutdown" })).await;
+                    self.hook("on_left", json!({ "reason": "shutdown" })).await;
                     self.ended = Some(Ended::Left);
                 },
             }
@@ -129,12 +158,12 @@ impl Runner {
                     v.members.retain(|m| m.user != member.user);
                     v.members.push(member.clone());
                 }
-                self.hook("on_member_joined", &member).await;
+                self.hook("on_member_joined", member).await;
             }
             ServerMessage::MemberLeft { user, reason, .. } => {
                 self.view().members.retain(|m| m.user != user);
                 self.speaking.forget(user.as_str());
-                self.hook("on_member_left", &json!({ "user": user, "reason": reason }))
+                self.hook("on_member_left", json!({ "user": user, "reason": reason }))
                     .await;
             }
             ServerMessage::RoleChanged {
@@ -153,7 +182,7 @@ impl Runner {
                     }
                 }
                 let event = json!({ "user": user, "role": role, "operate_by": operate_by });
-                self.hook("on_role_changed", &event).await;
+                self.hook("on_role_changed", event).await;
             }
             ServerMessage::MuteChanged {
                 user,
@@ -171,10 +200,10 @@ impl Runner {
                 let event = json!({
                     "user": user, "kind": kind, "muted": muted, "operate_by": operate_by,
                 });
-                self.hook("on_mute_changed", &event).await;
+                self.hook("on_mute_changed", event).await;
             }
             ServerMessage::Data { from, payload, .. } => {
-                self.hook("on_data", &json!({ "from": from, "payload": payload }))
+                self.hook("on_data", json!({ "from": from, "payload": payload }))
                     .await;
             }
             ServerMessage::Volume { levels } => {
@@ -185,12 +214,12 @@ impl Runner {
                         let event = json!({
                             "user": level.user, "speaking": speaking, "level": level.level,
                         });
-                        self.hook("on_speaking", &event).await;
+                        self.hook("on_speaking", event).await;
                     }
                 }
             }
             ServerMessage::Disconnected { reason, .. } => {
-                self.hook("on_left", &json!({ "reason": reason })).await;
+                self.hook("on_left", json!({ "reason": reason })).await;
                 self.ended = Some(match reason {
                     LeaveReason::Kicked => Ended::Kicked,
                     _ => Ended::Removed(reason),
@@ -201,13 +230,46 @@ impl Runner {
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
-        self.script.view().lock().expect("bot view")
+        self.view.lock().expect("bot view")
+    }
+
+    /// Runs `call` on the script on a script thread. A call that got stuck
+    /// ends the bot: its state is never touched again.
+    async fn on_thread<T: Send + 'static>(
+        &mut self,
+        what: &str,
+        call: impl FnOnce(&mut BotScript) -> Result<T, ScriptError> + Send + 'static,
+    ) -> Result<T, ScriptError> {
+        if self.stuck {
+            return Err(ScriptError::overran(
+                &self.label,
+                what,
+                crate::script::pool::Overrun::Stuck,
+                self.limit,
+            ));
+        }
+        let script = self.script.clone();
+        let answer = self
+            .pool
+            .run(self.limit, move || {
+                call(&mut script.lock().unwrap_or_else(|p| p.into_inner()))
+            })
+            .await;
+        answer.unwrap_or_else(|overrun| {
+            let error = ScriptError::overran(&self.label, what, overrun, self.limit);
+            if error.kind == crate::script::ErrorKind::Stuck {
+                tracing::error!("bot script stopped answering: {error}");
+                self.stuck = true;
+                self.ended = Some(Ended::ScriptStuck);
+            }
+            Err(error)
+        })
     }
 
     /// Calls a hook, then carries out what it queued.
-    async fn hook(&mut self, name: &str, event: &(dyn ToLua + Sync)) {
+    async fn hook(&mut self, name: &'static str, event: impl ToLua + Send + 'static) {
         self.refresh_view();
-        let result = self.script.call(name, event);
+        let result = self.on_thread(name, move |s| s.call(name, &event)).await;
         self.after_call(result).await;
     }
 
@@ -227,7 +289,9 @@ impl Runner {
                 tracing::warn!(action = name, %message, "bot action failed");
                 self.refresh_view();
                 let event = json!({ "action": name, "message": message });
-                let result = self.script.call("on_error", &event);
+                let result = self
+                    .on_thread("on_error", move |s| s.call("on_error", &event))
+                    .await;
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "bot script error");
                 }
@@ -242,7 +306,10 @@ impl Runner {
 
     /// Applies the timers the script set or cancelled; returns its actions.
     fn take_queued(&mut self) -> Vec<BotAction> {
-        let (actions, timers, cancelled) = self.script.take();
+        if self.stuck {
+            return Vec::new();
+        }
+        let (actions, timers, cancelled) = self.script.lock().expect("bot script").take();
         for id in cancelled {
             self.timers.retain(|(_, t), _| *t != id);
         }
@@ -254,7 +321,7 @@ impl Runner {
 
     async fn failed(&mut self, action: &'static str, message: String) {
         tracing::warn!(action, %message, "bot media failed");
-        self.hook("on_error", &json!({ "action": action, "message": message }))
+        self.hook("on_error", json!({ "action": action, "message": message }))
             .await;
     }
 
@@ -325,7 +392,7 @@ impl Runner {
             }
             self.timers.remove(&(due, id));
             self.refresh_view();
-            let result = self.script.fire_timer(id);
+            let result = self.on_thread("timer", move |s| s.fire_timer(id)).await;
             let alive = matches!(result, Ok(true));
             match every {
                 Some(interval) if alive => {
@@ -333,7 +400,8 @@ impl Runner {
                     self.timers
                         .insert(((due + interval).max(now), id), Some(interval));
                 }
-                _ => self.script.drop_timer(id),
+                _ if !self.stuck => self.script.lock().expect("bot script").drop_timer(id),
+                _ => {}
             }
             self.after_call(result.map(drop)).await;
         }

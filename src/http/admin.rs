@@ -169,12 +169,15 @@ async fn create_room(
     body: Result<Json<CreateRoom>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
-    let handle = state.rooms.create(
-        body.room.clone(),
-        body.custom_info,
-        body.policy.as_deref(),
-        None,
-    )?;
+    let handle = state
+        .rooms
+        .create(
+            body.room.clone(),
+            body.custom_info,
+            body.policy.as_deref(),
+            None,
+        )
+        .await?;
     tracing::info!(room = %body.room, channel_id = %handle.channel_id(), by = %admin.user, "room created by admin");
     let created = CreateOk {
         room: body.room,

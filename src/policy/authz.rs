@@ -300,18 +300,19 @@ fn grants_for_room(identity: &Identity, room: &str, create: bool) -> Result<(), 
     Ok(())
 }
 
-/// The request a decide hook receives, as a Lua table.
+/// The request a decide hook receives, as a Lua table. Owned: it travels to
+/// the script thread.
 #[derive(Serialize)]
-struct HookRequest<'a> {
-    user: &'a str,
+struct HookRequest {
+    user: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
+    name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    room: Option<&'a str>,
+    room: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    custom_info: Option<&'a str>,
+    custom_info: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<&'a str>,
+    target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<Role>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -323,12 +324,12 @@ struct HookRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     on: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<&'a Value>,
+    payload: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    attrs: Option<&'a Value>,
+    attrs: Option<Value>,
     admin: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    community: Option<&'a MemberContext>,
+    community: Option<MemberContext>,
 }
 
 impl RoomPolicy {
@@ -336,7 +337,7 @@ impl RoomPolicy {
     /// a media channel's room; `view` is the room as hooks read it. Effects
     /// the decide hook queued are added to `effects`; the caller applies
     /// them only if the request then succeeds.
-    pub fn authorize(
+    pub async fn authorize(
         &mut self,
         access: &Access<'_>,
         channel: Option<&ChannelBinding>,
@@ -413,16 +414,17 @@ impl RoomPolicy {
             Ask::Data { payload, .. } => Some(DataTerms::Deliver(payload.clone())),
             _ => None,
         };
-        if self.has_script() {
+        let hook = ask.hook();
+        if self.wants(hook) {
             let request = HookRequest {
-                user: me.as_str(),
-                name: matches!(ask, Ask::Join { .. }).then_some(identity.name.as_str()),
-                room: matches!(ask, Ask::Create { .. }).then_some(access.room),
+                user: me.to_string(),
+                name: matches!(ask, Ask::Join { .. }).then(|| identity.name.clone()),
+                room: matches!(ask, Ask::Create { .. }).then(|| access.room.to_owned()),
                 custom_info: match ask {
-                    Ask::Create { custom_info } => Some(custom_info),
+                    Ask::Create { custom_info } => Some(custom_info.to_owned()),
                     _ => None,
                 },
-                target: target.map(|t| t.as_str()),
+                target: target.map(|t| t.to_string()),
                 role: match ask {
                     Ask::Join { .. } | Ask::SetRole { .. } => asked_role,
                     _ => None,
@@ -444,19 +446,18 @@ impl RoomPolicy {
                     _ => None,
                 },
                 payload: match ask {
-                    Ask::Data { payload, .. } => Some(payload),
+                    Ask::Data { payload, .. } => Some(payload.clone()),
                     _ => None,
                 },
                 attrs: matches!(ask, Ask::Join { .. } | Ask::Create { .. })
-                    .then_some(&identity.attrs),
+                    .then(|| identity.attrs.clone()),
                 admin,
                 community: match ask {
                     Ask::Create { .. } => None,
-                    _ => access.community,
+                    _ => access.community.cloned(),
                 },
             };
-            let hook = ask.hook();
-            match self.decide(hook, view, &request, effects)? {
+            match self.decide(hook, view, request, effects).await? {
                 Decision::Pass => {}
                 Decision::Allow => elevated |= on_others,
                 Decision::Deny(refusal) => {

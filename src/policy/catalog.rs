@@ -23,9 +23,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::FailureMode;
-use super::lua::{HookError, LuaLimits, LuaPolicy, RoomIdentity};
+use super::lua::{HookError, LuaLimits, LuaPolicy, OwnedIdentity, RoomIdentity};
 use super::wasm::{Plugin, PluginHost, WasmLimits};
 use crate::auth::glob_match;
+use crate::script::ScriptError;
+use crate::script::pool::Pool;
 
 /// A plugin's entry in the configuration (`[policy.plugins.<name>]`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -252,6 +254,8 @@ pub struct Catalog {
     generation: watch::Sender<u64>,
     metrics: Arc<CatalogMetrics>,
     clock: crate::clock::Clock,
+    /// Where every script runs, room states and probes alike.
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -307,15 +311,17 @@ impl Catalog {
     /// Loads every script and plugin found. Broken files are recorded, not
     /// fatal: the server starts and reports them.
     pub fn open(config: PolicyConfig) -> Result<Arc<Catalog>, super::wasm::PluginError> {
-        Self::open_with(config, Arc::default(), crate::clock::Clock::new())
+        let pool = Pool::standalone(0).expect("the OS can start threads at startup");
+        Self::open_with(config, Arc::default(), crate::clock::Clock::new(), pool)
     }
 
-    /// [`Catalog::open`], counting into `metrics` (the server's) and
-    /// stamping versions with `clock`.
+    /// [`Catalog::open`], counting into `metrics` (the server's), stamping
+    /// versions with `clock` and running scripts on `pool`.
     pub fn open_with(
         config: PolicyConfig,
         metrics: Arc<CatalogMetrics>,
         clock: crate::clock::Clock,
+        pool: Pool,
     ) -> Result<Arc<Catalog>, super::wasm::PluginError> {
         let host = PluginHost::new(config.wasm.clone())?;
         let catalog = Arc::new(Catalog {
@@ -325,6 +331,7 @@ impl Catalog {
             config,
             metrics,
             clock,
+            pool,
         });
         let scripts = &catalog.config.scripts_dir;
         if !scripts.as_os_str().is_empty() && !scripts.is_dir() {
@@ -438,17 +445,30 @@ impl Catalog {
             loaded_at_ms: self.clock.unix_ms(),
             path: path.to_path_buf(),
         });
-        // Validate in a throwaway state: compiles, runs, returns a table.
-        let probe = LuaPolicy::new(
-            script.clone(),
-            RoomIdentity {
-                name: "",
-                channel_id: 0,
-                custom_info: "",
-            },
-            &self.config.lua,
-            None,
-        );
+        // Validate in a throwaway state: compiles, runs, returns a table. On
+        // a script thread, like every run of a script: a chunk that never
+        // returns costs a thread (replaced), not the reloads of everyone.
+        let limits = self.config.lua.clone();
+        let probe = {
+            let script = script.clone();
+            self.pool.run_blocking(self.call_limit(), move || {
+                LuaPolicy::new(
+                    script,
+                    RoomIdentity {
+                        name: "",
+                        channel_id: 0,
+                        custom_info: "",
+                    },
+                    &limits,
+                    None,
+                )
+            })
+        };
+        let probe = probe
+            .map_err(|overrun| {
+                ScriptError::overran(&script.label(), "load", overrun, self.call_limit())
+            })
+            .and_then(|probe| probe);
         let probe = match probe {
             Ok(probe) => probe,
             Err(e) => {
@@ -637,18 +657,49 @@ impl Catalog {
         }
     }
 
-    /// A fresh policy state for a new room, from `name`'s current version.
-    /// `Ok(None)` if there is no such script.
-    pub fn instantiate(
+    /// A fresh policy state for a new room, from `name`'s current version,
+    /// built on a script thread. `Ok(None)` if there is no such script.
+    pub async fn instantiate(
         &self,
         name: &str,
-        room: RoomIdentity<'_>,
+        room: OwnedIdentity,
         kv: Option<Arc<dyn crate::store::kv::KvStore>>,
     ) -> Result<Option<LuaPolicy>, HookError> {
-        match self.script(name) {
-            Some(script) => LuaPolicy::new(script, room, &self.config.lua, kv).map(Some),
-            None => Ok(None),
-        }
+        let Some(script) = self.script(name) else {
+            return Ok(None);
+        };
+        self.load(script, room, kv).await.map(Some)
+    }
+
+    /// A fresh state running `script`, built on a script thread.
+    pub async fn load(
+        &self,
+        script: Arc<Script>,
+        room: OwnedIdentity,
+        kv: Option<Arc<dyn crate::store::kv::KvStore>>,
+    ) -> Result<LuaPolicy, HookError> {
+        let limits = self.config.lua.clone();
+        let label = script.label();
+        let state = self
+            .pool
+            .run(self.call_limit(), move || {
+                LuaPolicy::new(script, room.borrowed(), &limits, kv)
+            })
+            .await;
+        state
+            .map_err(|overrun| ScriptError::overran(&label, "load", overrun, self.call_limit()))
+            .and_then(|state| state)
+    }
+
+    /// Where scripts run.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// How long one call may run on a script thread before the watchdog
+    /// gives up on it: the time budget, and the pool's grace past it.
+    pub fn call_limit(&self) -> std::time::Duration {
+        self.config.lua.time + self.pool.config().grace
     }
 
     pub fn status(&self) -> CatalogStatus {

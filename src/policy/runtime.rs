@@ -2,23 +2,33 @@
 //! instances, its timers, and which versions it runs. The authorization
 //! pipeline that asks them is `authz`.
 //!
-//! Owned by the room's task, so nothing here locks. Failures are turned into
-//! decisions here, in one place: a script or plugin that errors, runs out of
-//! budget or memory, traps or answers garbage is logged (with the script and
-//! line), remembered for the admin API, and decides by its failure mode.
+//! Owned by the room's task. Plugins run here, on the room's task (a check
+//! is bounded by the wasm engine's epoch deadline); every Lua call goes to a
+//! script thread ([`crate::script::pool`]) and is awaited, so a script never
+//! runs where connections, media or other rooms are served.
+//!
+//! Failures are turned into decisions here, in one place: a script or plugin
+//! that errors, runs out of budget or memory, traps or answers garbage is
+//! logged (with the script and line), remembered for the admin API, and
+//! decides by its failure mode. A call the watchdog gave up on also
+//! **quarantines** the room's Lua state: it may still be running, so it is
+//! never touched again; later hooks are answered by the failure mode until a
+//! new version of the script gives the room a fresh state.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::authz::{Decider, Denial};
 use super::catalog::{Catalog, Script};
-use super::lua::{Decision, Effect, HookError, HookErrorKind, LuaPolicy, RoomView};
+use super::lua::{Decision, Effect, HookError, LuaPolicy, OwnedIdentity, RoomView};
 use super::wasm::{Plugin, PluginInstance, Verdict};
 use super::{Check, FailureMode};
+use crate::script::ScriptError;
 use crate::status::Status;
+use crate::store::kv::KvStore;
 
 /// What the admin API shows about a room's policy.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -34,6 +44,11 @@ pub struct PolicyStatus {
     /// Hook or plugin failures since the room opened.
     pub errors: u64,
     pub last_error: Option<String>,
+    /// A call on the room's Lua state never returned: the state is set
+    /// aside, and decide hooks answer by the failure mode until a new
+    /// version of the script loads.
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 struct Timer {
@@ -41,11 +56,32 @@ struct Timer {
     every: Option<Duration>,
 }
 
+/// A room's Lua state, shared with the script thread running a call on it.
+/// Only ever locked by one call at a time: the room awaits each.
+type Shared = Arc<Mutex<LuaPolicy>>;
+
+/// The room's Lua state, or why there is none to call.
+enum Lua {
+    /// The room runs no script.
+    None,
+    Ready {
+        state: Shared,
+        script: Arc<Script>,
+    },
+    /// A call on it never came back: set aside until a new version.
+    Quarantined {
+        script: Arc<Script>,
+    },
+}
+
 /// A room's policy state.
 pub struct RoomPolicy {
     catalog: Arc<Catalog>,
     name: String,
-    lua: Option<LuaPolicy>,
+    /// The room, as a fresh state for it needs it.
+    room: OwnedIdentity,
+    kv: Option<Arc<dyn KvStore>>,
+    lua: Lua,
     plugins: Arc<Vec<Arc<Plugin>>>,
     instances: Vec<Option<PluginInstance>>,
     timers: BTreeMap<String, Timer>,
@@ -61,10 +97,25 @@ impl std::fmt::Debug for RoomPolicy {
 }
 
 impl RoomPolicy {
-    pub fn new(catalog: Arc<Catalog>, name: String, lua: Option<LuaPolicy>) -> RoomPolicy {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        name: String,
+        room: OwnedIdentity,
+        kv: Option<Arc<dyn KvStore>>,
+        lua: Option<LuaPolicy>,
+    ) -> RoomPolicy {
         let plugins = catalog.plugins();
+        let lua = match lua {
+            Some(state) => Lua::Ready {
+                script: state.script().clone(),
+                state: Arc::new(Mutex::new(state)),
+            },
+            None => Lua::None,
+        };
         let mut policy = RoomPolicy {
             catalog,
+            room,
+            kv,
             lua,
             instances: plugins.iter().map(|_| None).collect(),
             plugins,
@@ -90,13 +141,19 @@ impl RoomPolicy {
     }
 
     fn refresh_labels(&mut self) {
-        self.status.version = self.lua.as_ref().map(|l| l.script().label());
+        self.status.version = self.script().map(|s| s.label());
         self.status.plugins = self.plugins.iter().map(|p| p.label()).collect();
     }
 
+    /// Records a script failure of `hook` (or `load`): the log, the room's
+    /// status and `conclave_policy_failures_total`.
+    fn failed(&mut self, hook: &str, error: &HookError) {
+        self.record(hook, error.kind.label(), error.to_string());
+    }
+
     /// Records a failure of `hook` (or `plugin`, or `load`) of the given
-    /// kind: the log, the room's status and `conclave_policy_failures_total`.
-    fn failed(&mut self, hook: &str, kind: &'static str, error: String) {
+    /// kind.
+    fn record(&mut self, hook: &str, kind: &'static str, error: String) {
         tracing::warn!(policy = %self.name, hook, kind, %error, "policy failure");
         self.catalog.metrics().failed(hook, kind);
         self.status.errors += 1;
@@ -105,8 +162,9 @@ impl RoomPolicy {
 
     /// Picks up new script and plugin versions; a new script's chunk reads
     /// the room as `view`. Returns the previous script label when the script
-    /// changed (for `on_reload`).
-    pub fn sync(&mut self, view: &Arc<RoomView>) -> Option<String> {
+    /// changed (for `on_reload`). A quarantined room gets a fresh state
+    /// from the new version instead (and no `on_reload`: nothing was kept).
+    pub async fn sync(&mut self, view: &Arc<RoomView>) -> Option<String> {
         let plugins = self.catalog.plugins();
         if !Arc::ptr_eq(&plugins, &self.plugins) {
             // Instances are per version: a changed plugin starts fresh, the
@@ -129,23 +187,96 @@ impl RoomPolicy {
         }
         let mut reloaded = None;
         let before = self.status.version.clone();
-        if let Some(lua) = &mut self.lua
-            && let Some(newest) = self.catalog.script(&self.name)
-            && !Arc::ptr_eq(lua.script(), &newest)
-        {
-            let old = lua.script().label();
-            match lua.reload(newest, view) {
-                Ok(()) => reloaded = Some(old),
-                // Validated by the catalog, so this is rare (the room's state
-                // differs from the probe's: memory already near its cap, say).
-                Err(e) => self.failed("load", kind_label(e.kind), e.to_string()),
+        let newest = self.catalog.script(&self.name);
+        match (&self.lua, newest) {
+            (Lua::Ready { state, script }, Some(newest)) if !Arc::ptr_eq(script, &newest) => {
+                let old = script.label();
+                let state = state.clone();
+                let view = view.clone();
+                let script = newest.clone();
+                let answer = self
+                    .on_thread("load", state, move |lua| {
+                        lua.reload(script, &view).map(|()| lua.script().clone())
+                    })
+                    .await;
+                match answer {
+                    Ok(script) => {
+                        if let Lua::Ready {
+                            script: current, ..
+                        } = &mut self.lua
+                        {
+                            *current = script;
+                        }
+                        reloaded = Some(old);
+                    }
+                    // Validated by the catalog, so this is rare (the room's
+                    // state differs from the probe's: memory already near
+                    // its cap, say).
+                    Err(e) => self.failed("load", &e),
+                }
             }
+            (Lua::Quarantined { script }, Some(newest)) if !Arc::ptr_eq(script, &newest) => {
+                let fresh = self
+                    .catalog
+                    .load(newest, self.room.clone(), self.kv.clone())
+                    .await;
+                match fresh {
+                    Ok(state) => {
+                        tracing::info!(policy = %self.name, "a fresh script state replaces the quarantined one");
+                        self.lua = Lua::Ready {
+                            script: state.script().clone(),
+                            state: Arc::new(Mutex::new(state)),
+                        };
+                        self.status.quarantined = false;
+                    }
+                    Err(e) => self.failed("load", &e),
+                }
+            }
+            _ => {}
         }
         self.refresh_labels();
         if self.status.version != before {
             self.status.since = Some(self.catalog.clock().unix_ms());
         }
         reloaded
+    }
+
+    /// Runs `call` on the room's state on a script thread. A call the pool
+    /// gave no answer for is an error of kind `Stuck` or `Busy`; a stuck one
+    /// quarantines the state.
+    async fn on_thread<T: Send + 'static>(
+        &mut self,
+        hook: &str,
+        state: Shared,
+        call: impl FnOnce(&mut LuaPolicy) -> Result<T, HookError> + Send + 'static,
+    ) -> Result<T, HookError> {
+        let limit = self.catalog.call_limit();
+        let answer = self
+            .catalog
+            .pool()
+            .run(limit, move || {
+                let mut lua = state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                call(&mut lua)
+            })
+            .await;
+        match answer {
+            Ok(result) => result,
+            Err(overrun) => {
+                let script = match &self.lua {
+                    Lua::Ready { script, .. } | Lua::Quarantined { script } => script.clone(),
+                    Lua::None => unreachable!("only a room with a state calls it"),
+                };
+                let error = ScriptError::overran(&script.label(), hook, overrun, limit);
+                if error.kind == crate::script::ErrorKind::Stuck {
+                    tracing::error!(policy = %self.name, hook, "room script quarantined: {error}");
+                    self.lua = Lua::Quarantined { script };
+                    self.status.quarantined = true;
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Asks every plugin; the first deny wins. A failing plugin decides by
@@ -158,7 +289,7 @@ impl RoomPolicy {
                     Ok(instance) => self.instances[i] = Some(instance),
                     Err(e) => {
                         let error = format!("plugin {}: {e}", plugin.label());
-                        self.failed("plugin", "plugin", error.clone());
+                        self.record("plugin", "plugin", error.clone());
                         if plugin.failure_mode == FailureMode::Deny {
                             return Err(Denial::new(
                                 Status::Internal,
@@ -190,7 +321,7 @@ impl RoomPolicy {
                     // A trapped instance may hold broken state: start over.
                     self.instances[i] = None;
                     let error = format!("plugin {}: {why}", plugin.label());
-                    self.failed("plugin", "plugin", error.clone());
+                    self.record("plugin", "plugin", error.clone());
                     if plugin.failure_mode == FailureMode::Deny {
                         return Err(Denial::new(
                             Status::Forbidden,
@@ -207,70 +338,110 @@ impl RoomPolicy {
     }
 
     pub fn has_script(&self) -> bool {
-        self.lua.is_some()
+        !matches!(self.lua, Lua::None)
+    }
+
+    /// Whether the room's state was set aside after a call never returned.
+    pub fn is_quarantined(&self) -> bool {
+        matches!(self.lua, Lua::Quarantined { .. })
     }
 
     /// Runs a decide hook. A failing hook decides by the policy failure
     /// mode: a denial, or `Pass`. A refusal the hook returns is its answer,
-    /// turned into a denial by the pipeline (`authz`).
-    pub fn decide(
+    /// turned into a denial by the pipeline (`authz`). A quarantined state
+    /// is not asked: the failure mode answers.
+    pub async fn decide<R: Serialize + Send + 'static>(
         &mut self,
-        hook: &str,
+        hook: &'static str,
         view: &Arc<RoomView>,
-        request: &impl Serialize,
+        request: R,
         effects: &mut Vec<Effect>,
     ) -> Result<Decision, Denial> {
-        let Some(lua) = &mut self.lua else {
-            return Ok(Decision::Pass);
+        let state = match &self.lua {
+            Lua::None => return Ok(Decision::Pass),
+            Lua::Quarantined { script } => {
+                let script = script.label();
+                return self.failure_answer(hook, script, crate::script::ErrorKind::Stuck);
+            }
+            Lua::Ready { state, .. } => state.clone(),
         };
-        match lua.decide(hook, view, request, effects) {
-            Ok(decision) => Ok(decision),
+        let view = view.clone();
+        let answer = self
+            .on_thread(hook, state, move |lua| {
+                let mut queued = Vec::new();
+                lua.decide(hook, &view, &request, &mut queued)
+                    .map(|decision| (decision, queued))
+            })
+            .await;
+        match answer {
+            Ok((decision, queued)) => {
+                effects.extend(queued);
+                Ok(decision)
+            }
             Err(e) => {
-                // The client learns what kind of failure; the script, line
-                // and message go to the log and the admin API only.
-                let kind = match e.kind {
-                    super::lua::HookErrorKind::Error => "an error",
-                    super::lua::HookErrorKind::Budget => "its time budget ran out",
-                    super::lua::HookErrorKind::Memory => "its memory limit was hit",
-                };
-                self.failed(hook, kind_label(e.kind), e.to_string());
-                match self.catalog.config().failure_mode {
-                    FailureMode::Deny => Err(Denial::new(
-                        Status::Forbidden,
-                        format!("the room policy `{}` failed ({kind})", self.name),
-                        Decider::Policy {
-                            script: e.script,
-                            hook: hook.to_owned(),
-                        },
-                    )),
-                    FailureMode::Allow => Ok(Decision::Pass),
-                }
+                self.failed(hook, &e);
+                self.failure_answer(hook, e.script, e.kind)
             }
         }
     }
 
-    /// Runs a react hook; a failure is reported and otherwise ignored.
-    pub fn react(
-        &mut self,
+    /// What a failed (or unasked) decide hook answers: the failure mode.
+    /// The client learns what kind of failure; the script, line and message
+    /// go to the log and the admin API only.
+    fn failure_answer(
+        &self,
         hook: &str,
-        view: &Arc<RoomView>,
-        args: &[&dyn crate::script::ToLua],
-        effects: &mut Vec<Effect>,
-    ) {
-        let Some(lua) = &mut self.lua else {
-            return;
-        };
-        if !lua.has_hook(hook) {
-            return;
-        }
-        if let Err(e) = lua.react(hook, view, args, effects) {
-            self.failed(hook, kind_label(e.kind), e.to_string());
+        script: String,
+        kind: crate::script::ErrorKind,
+    ) -> Result<Decision, Denial> {
+        match self.catalog.config().failure_mode {
+            FailureMode::Deny => Err(Denial::new(
+                Status::Forbidden,
+                format!("the room policy `{}` failed ({})", self.name, kind.told()),
+                Decider::Policy {
+                    script,
+                    hook: hook.to_owned(),
+                },
+            )),
+            FailureMode::Allow => Ok(Decision::Pass),
         }
     }
 
-    /// Whether the script defines `hook` (so views need not be built for nothing).
+    /// Runs a react hook with `arg`; a failure is reported and otherwise
+    /// ignored. Returns the effects it queued.
+    pub async fn react<A: crate::script::ToLua + Send + 'static>(
+        &mut self,
+        hook: &'static str,
+        view: &Arc<RoomView>,
+        arg: A,
+    ) -> Vec<Effect> {
+        let Lua::Ready { state, .. } = &self.lua else {
+            return Vec::new();
+        };
+        let state = state.clone();
+        let view = view.clone();
+        let answer = self
+            .on_thread(hook, state, move |lua| {
+                let mut queued = Vec::new();
+                lua.react(hook, &view, &[&arg], &mut queued)
+                    .map(|()| queued)
+            })
+            .await;
+        answer.unwrap_or_else(|e| {
+            self.failed(hook, &e);
+            Vec::new()
+        })
+    }
+
+    /// Whether the script defines `hook` (so nothing is built, and no
+    /// thread asked, for a hook that is not there). A quarantined state is
+    /// not looked at; decide hooks then answer by the failure mode anyway.
     pub fn wants(&self, hook: &str) -> bool {
-        self.lua.as_ref().is_some_and(|l| l.has_hook(hook))
+        match &self.lua {
+            Lua::Ready { state, .. } => state.try_lock().map_or(true, |l| l.defines(hook)),
+            Lua::Quarantined { .. } => hook.starts_with("can_"),
+            Lua::None => false,
+        }
     }
 
     pub fn set_timer(&mut self, name: String, after: Duration, repeat: bool, now: Instant) {
@@ -310,25 +481,24 @@ impl RoomPolicy {
         due
     }
 
-    /// Memory held by the Lua state, in bytes.
+    /// Memory held by the Lua state, in bytes (0 once quarantined: it is
+    /// not the room's to look at any more).
     pub fn lua_memory(&self) -> usize {
-        self.lua.as_ref().map_or(0, |l| l.used_memory())
+        match &self.lua {
+            Lua::Ready { state, .. } => state.try_lock().map_or(0, |l| l.used_memory()),
+            _ => 0,
+        }
     }
 
     pub fn script(&self) -> Option<&Arc<Script>> {
-        self.lua.as_ref().map(|l| l.script())
+        match &self.lua {
+            Lua::Ready { script, .. } | Lua::Quarantined { script } => Some(script),
+            Lua::None => None,
+        }
     }
 
     /// The script's load failure, when a room could not get its state.
     pub fn load_failed(&mut self, error: &HookError) {
-        self.failed("load", kind_label(error.kind), error.to_string());
-    }
-}
-
-fn kind_label(kind: HookErrorKind) -> &'static str {
-    match kind {
-        HookErrorKind::Error => "error",
-        HookErrorKind::Budget => "budget",
-        HookErrorKind::Memory => "memory",
+        self.failed("load", error);
     }
 }

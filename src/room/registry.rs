@@ -22,7 +22,7 @@ use crate::media::Media;
 use crate::policy::FailureMode;
 use crate::policy::authz::{self, Access, Ask};
 use crate::policy::catalog::Catalog;
-use crate::policy::lua::{RoomIdentity, RoomView};
+use crate::policy::lua::{OwnedIdentity, RoomView};
 use crate::policy::runtime::RoomPolicy;
 use crate::store::StoreHandle;
 use crate::store::kv::KvStore;
@@ -88,7 +88,7 @@ impl Rooms {
     /// 417 if the name is taken, 503 at capacity or in shutdown, 400 for an
     /// unknown policy; the token, plugins and the policy's `can_create` may
     /// refuse. `creator` is `None` for the admin API, which no policy checks.
-    pub fn create(
+    pub async fn create(
         &self,
         name: RoomName,
         custom_info: String,
@@ -104,20 +104,21 @@ impl Rooms {
         if name.as_str().starts_with(ROOM_PREFIX) {
             return Err(Error::Reserved(ROOM_PREFIX));
         }
-        self.open(name, custom_info, policy, creator, None)
+        self.open(name, custom_info, policy, creator, None).await
     }
 
     /// Opens the room of a community media channel. Its policy comes from
     /// the catalog's rules, like any room's; nobody is asked `can_create`.
-    pub fn create_for_channel(
+    pub async fn create_for_channel(
         &self,
         name: RoomName,
         binding: ChannelBinding,
     ) -> Result<RoomHandle, Error> {
         self.open(name, String::new(), None, None, Some(binding))
+            .await
     }
 
-    fn open(
+    async fn open(
         &self,
         name: RoomName,
         custom_info: String,
@@ -130,23 +131,22 @@ impl Rooms {
         }
         self.check_free(&name)?;
 
-        // Build the room's policy state outside the lock: running a script
-        // takes microseconds, and other rooms should not wait for it.
+        // Build the room's policy state outside the lock, on a script
+        // thread: other rooms never wait for it.
         let services = &self.inner.services;
         let catalog = &services.catalog;
         let policy_name = catalog
             .policy_for(name.as_str(), policy)
             .map_err(|(pattern, policy)| Error::RuleBinds { pattern, policy })?;
         let channel_id = ChannelId::generate();
-        let lua = catalog.instantiate(
-            &policy_name,
-            RoomIdentity {
-                name: name.as_str(),
-                channel_id: channel_id.0,
-                custom_info: &custom_info,
-            },
-            services.kv.clone(),
-        );
+        let identity = OwnedIdentity {
+            name: name.as_str().to_owned(),
+            channel_id: channel_id.0,
+            custom_info: custom_info.clone(),
+        };
+        let lua = catalog
+            .instantiate(&policy_name, identity.clone(), services.kv.clone())
+            .await;
         // A script that exists but never loaded is a failure (decided by
         // the failure mode), not a missing policy: the author should look at
         // the log, not at the name they typed.
@@ -177,7 +177,13 @@ impl Rooms {
                 None
             }
         };
-        let mut room_policy = RoomPolicy::new(catalog.clone(), policy_name, lua);
+        let mut room_policy = RoomPolicy::new(
+            catalog.clone(),
+            policy_name,
+            identity,
+            services.kv.clone(),
+            lua,
+        );
         if let Some(e) = &load_error {
             room_policy.load_failed(e);
         }
@@ -187,7 +193,9 @@ impl Rooms {
             // Effects make no sense before the room exists; they are dropped.
             let mut effects = Vec::new();
             let view = Arc::new(RoomView::default());
-            room_policy.authorize(&access, None, &view, &mut effects)?;
+            room_policy
+                .authorize(&access, None, &view, &mut effects)
+                .await?;
         }
 
         let mut map = self.inner.map.lock().expect("room map lock poisoned");

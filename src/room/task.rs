@@ -323,6 +323,16 @@ pub(crate) fn spawn(room: Room, policy: RoomPolicy, queue: usize, ctx: RoomConte
     handle
 }
 
+/// What woke the room.
+enum Wake {
+    Command(Option<Command>),
+    Media(MediaEvent),
+    Deadline,
+    Versions,
+    Community(Change),
+    Shutdown,
+}
+
 /// Something that happened, for the react hooks.
 enum Reaction {
     Joined(UserId),
@@ -378,21 +388,32 @@ impl RoomTask {
                 .into_iter()
                 .flatten()
                 .min();
-            tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
-                    // Every handle is gone, which only happens once the
-                    // registry dropped this room: nobody can reach it.
-                    None => self.room.close(self.ctx.clock.now(), CloseReason::ClosedByAdmin),
-                },
-                Some(event) = media_rx.recv() => self.on_media(event),
-                _ = sleep_until(deadline) => self.on_deadline(),
-                Ok(()) = versions.changed() => self.on_new_versions(),
-                Some(change) = community_change(&mut changes) => self.on_community_change(change),
-                _ = shutdown.cancelled() => self.room.close(self.ctx.clock.now(), CloseReason::Shutdown),
+            // Chosen first, then handled: handling awaits script calls, and
+            // nothing else is polled meanwhile (a room does one thing at a
+            // time, as before).
+            let wake = tokio::select! {
+                cmd = rx.recv() => Wake::Command(cmd),
+                Some(event) = media_rx.recv() => Wake::Media(event),
+                _ = sleep_until(deadline) => Wake::Deadline,
+                Ok(()) = versions.changed() => Wake::Versions,
+                Some(change) = community_change(&mut changes) => Wake::Community(change),
+                _ = shutdown.cancelled() => Wake::Shutdown,
+            };
+            match wake {
+                Wake::Command(Some(cmd)) => self.handle(cmd).await,
+                // Every handle is gone, which only happens once the
+                // registry dropped this room: nobody can reach it.
+                Wake::Command(None) => self
+                    .room
+                    .close(self.ctx.clock.now(), CloseReason::ClosedByAdmin),
+                Wake::Media(event) => self.on_media(event).await,
+                Wake::Deadline => self.on_deadline().await,
+                Wake::Versions => self.on_new_versions().await,
+                Wake::Community(change) => self.on_community_change(change),
+                Wake::Shutdown => self.room.close(self.ctx.clock.now(), CloseReason::Shutdown),
             }
-            let effects = self.drain();
-            self.apply(effects);
+            let effects = self.drain().await;
+            self.apply(effects).await;
             self.sync_media();
         }
         // Commands still queued get their reply dropped, which the handle
@@ -401,7 +422,7 @@ impl RoomTask {
         tracing::debug!("room closed");
     }
 
-    fn handle(&mut self, cmd: Command) {
+    async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Join {
                 conn,
@@ -410,14 +431,15 @@ impl RoomTask {
                 role,
                 sink,
                 reply,
-            } => self.join(conn, identity, mode, role, sink, reply),
+            } => self.join(conn, identity, mode, role, sink, reply).await,
             Command::Leave { conn, reply } => {
                 let result = self.room.leave(self.ctx.clock.now(), conn);
                 if result.is_ok() {
                     let sink = self.sinks.remove(&conn);
                     self.channel_ended(sink.as_ref(), ChannelEndReason::LeftBySelf);
                 }
-                self.finish(Vec::new(), reply, result.map_err(Error::from));
+                self.finish(Vec::new(), reply, result.map_err(Error::from))
+                    .await;
             }
             Command::Disconnected { conn } => {
                 self.room.disconnected(self.ctx.clock.now(), conn);
@@ -425,12 +447,12 @@ impl RoomTask {
             }
             Command::Act { by, act, reply } => {
                 let mut effects = Vec::new();
-                let result = self.act(by, act, &mut effects);
-                self.finish(effects, reply, result);
+                let result = self.act(by, act, &mut effects).await;
+                self.finish(effects, reply, result).await;
             }
             Command::Close { reason, reply } => {
                 self.room.close(self.ctx.clock.now(), reason);
-                self.finish(Vec::new(), reply, Ok(()));
+                self.finish(Vec::new(), reply, Ok(())).await;
             }
             Command::MediaStart { conn, reply } => self.media_start(conn, reply),
             Command::MediaAnswer { conn, sdp, reply } => {
@@ -473,7 +495,7 @@ impl RoomTask {
 
     /// A join: authorized unless it resumes a membership (a reconnect is
     /// not decided again), then applied with the terms authorization set.
-    fn join(
+    async fn join(
         &mut self,
         conn: ConnId,
         identity: Arc<Identity>,
@@ -508,6 +530,7 @@ impl RoomTask {
             let view = self.view();
             self.policy
                 .authorize(&access, self.ctx.binding.as_ref(), &view, &mut effects)
+                .await
                 .map(|granted| granted.join.expect("a granted join has its terms"))
                 .map_err(Error::from)
         };
@@ -534,7 +557,7 @@ impl RoomTask {
             );
             self.view = None;
         }
-        let reacted = self.settle(effects, result.is_ok());
+        let reacted = self.settle(effects, result.is_ok()).await;
         // The response describes the room after everything the joiner has
         // already been told (the policy's reactions included), not the
         // moment before.
@@ -554,7 +577,7 @@ impl RoomTask {
 
     /// Authorizes an action (members only; operators were checked at the
     /// API) and applies it as whom authorization resolved.
-    fn act(&mut self, by: By, act: Act, effects: &mut Vec<Effect>) -> Result<(), Error> {
+    async fn act(&mut self, by: By, act: Act, effects: &mut Vec<Effect>) -> Result<(), Error> {
         let conn = match by {
             By::Admin(user) => return self.apply_act(&Operator::Admin(user), act, None),
             By::Member(conn) => conn,
@@ -621,9 +644,10 @@ impl RoomTask {
             ask,
         };
         let view = self.view();
-        let granted: Granted =
-            self.policy
-                .authorize(&access, self.ctx.binding.as_ref(), &view, effects)?;
+        let granted: Granted = self
+            .policy
+            .authorize(&access, self.ctx.binding.as_ref(), &view, effects)
+            .await?;
         let operator = if granted.elevated {
             Operator::Moderator(conn)
         } else {
@@ -660,28 +684,25 @@ impl RoomTask {
         result.map_err(Error::from)
     }
 
-    fn on_deadline(&mut self) {
+    async fn on_deadline(&mut self) {
         let now = self.ctx.clock.now();
         if self.room.poll_timeout().is_some_and(|t| t <= now.at) {
             self.room.handle_timeout(now);
         }
         for name in self.policy.due_timers(now.at) {
-            let mut effects = Vec::new();
             let view = self.view();
-            self.policy.react("on_timer", &view, &[&name], &mut effects);
-            self.apply(effects);
+            let effects = self.policy.react("on_timer", &view, name).await;
+            self.apply(effects).await;
         }
     }
 
-    fn on_new_versions(&mut self) {
+    async fn on_new_versions(&mut self) {
         let view = self.view();
-        if let Some(previous) = self.policy.sync(&view) {
+        if let Some(previous) = self.policy.sync(&view).await {
             tracing::info!(previous, now = ?self.policy.status().version, "room policy reloaded");
-            let mut effects = Vec::new();
             let view = self.view();
-            self.policy
-                .react("on_reload", &view, &[&previous], &mut effects);
-            self.apply(effects);
+            let effects = self.policy.react("on_reload", &view, previous).await;
+            self.apply(effects).await;
         }
     }
 
@@ -834,7 +855,7 @@ impl RoomTask {
     }
 
     /// What the media task reports.
-    fn on_media(&mut self, event: MediaEvent) {
+    async fn on_media(&mut self, event: MediaEvent) {
         match event {
             MediaEvent::Offer { conn, offer } => {
                 let Some(sink) = self.sinks.get(&conn) else {
@@ -858,7 +879,7 @@ impl RoomTask {
             MediaEvent::Lost { conn } => {
                 let _ = self.room.media_lost(self.ctx.clock.now(), conn);
             }
-            MediaEvent::Volume { levels } => self.volume(levels),
+            MediaEvent::Volume { levels } => self.volume(levels).await,
         }
     }
 
@@ -891,7 +912,7 @@ impl RoomTask {
 
     /// Speaking levels: to every member as a `volume` event, and to the
     /// policy's `on_speaking` hook for each member speaking.
-    fn volume(&mut self, levels: Vec<VolumeLevel>) {
+    async fn volume(&mut self, levels: Vec<VolumeLevel>) {
         let levels: Vec<VolumeLevel> = levels
             .into_iter()
             .filter(|l| self.room.is_member(&l.user))
@@ -911,12 +932,10 @@ impl RoomTask {
         }
         if self.policy.wants("on_speaking") {
             for level in levels.iter().filter(|l| l.speaking) {
-                let mut effects = Vec::new();
                 let view = self.view();
                 let event = json!({ "user": level.user, "level": level.level });
-                self.policy
-                    .react("on_speaking", &view, &[&event], &mut effects);
-                self.apply(effects);
+                let effects = self.policy.react("on_speaking", &view, event).await;
+                self.apply(effects).await;
             }
         }
     }
@@ -927,8 +946,8 @@ impl RoomTask {
     /// Everything the request caused, the policy's reactions included, is
     /// queued before the reply, so the requester sees it all before the
     /// response: deterministic, whatever the scheduling.
-    fn finish<T>(&mut self, effects: Vec<Effect>, reply: Reply<T>, result: Result<T, Error>) {
-        self.settle(effects, result.is_ok());
+    async fn finish<T>(&mut self, effects: Vec<Effect>, reply: Reply<T>, result: Result<T, Error>) {
+        self.settle(effects, result.is_ok()).await;
         // The media task hears of a mute or role change before the caller
         // hears the answer: once a client sees "muted", no later packet of
         // the muted track is forwarded.
@@ -938,18 +957,18 @@ impl RoomTask {
 
     /// Carries out outputs, react hooks and effects (the decide hook's only
     /// when the request succeeded). Returns whether any effect was applied.
-    fn settle(&mut self, effects: Vec<Effect>, succeeded: bool) -> bool {
-        let reacted = self.drain();
+    async fn settle(&mut self, effects: Vec<Effect>, succeeded: bool) -> bool {
+        let reacted = self.drain().await;
         let mut all = if succeeded { effects } else { Vec::new() };
         all.extend(reacted);
         let any = !all.is_empty();
-        self.apply(all);
+        self.apply(all).await;
         any
     }
 
     /// Applies script actions as the policy, then runs the react hooks of
     /// whatever they caused, for a bounded number of rounds.
-    fn apply(&mut self, mut effects: Vec<Effect>) {
+    async fn apply(&mut self, mut effects: Vec<Effect>) {
         for _ in 0..MAX_EFFECT_ROUNDS {
             if effects.is_empty() {
                 return;
@@ -995,7 +1014,7 @@ impl RoomTask {
                     tracing::warn!(policy = self.policy.name(), error = %e, "policy action refused");
                 }
             }
-            effects = self.drain();
+            effects = self.drain().await;
         }
         if !effects.is_empty() {
             tracing::warn!(
@@ -1007,7 +1026,7 @@ impl RoomTask {
 
     /// Carries out everything the state machine asked for, then runs the
     /// react hooks on it. Returns the effects those hooks queued.
-    fn drain(&mut self) -> Vec<Effect> {
+    async fn drain(&mut self) -> Vec<Effect> {
         let mut reactions = Vec::new();
         while let Some(output) = self.room.poll_output() {
             match output {
@@ -1070,7 +1089,7 @@ impl RoomTask {
                 }
             }
         }
-        self.react(reactions)
+        self.react(reactions).await
     }
 
     fn count_member(&self, delta: isize, reason: Option<LeaveReason>) {
@@ -1086,7 +1105,7 @@ impl RoomTask {
     }
 
     /// Runs the react hook of each reaction, collecting their effects.
-    fn react(&mut self, reactions: Vec<Reaction>) -> Vec<Effect> {
+    async fn react(&mut self, reactions: Vec<Reaction>) -> Vec<Effect> {
         let mut effects = Vec::new();
         for reaction in reactions {
             let hook = match &reaction {
@@ -1101,25 +1120,24 @@ impl RoomTask {
                 continue;
             }
             let view = self.view();
-            match reaction {
+            let queued = match reaction {
                 Reaction::Joined(user) => {
                     let member = view.members.iter().find(|m| m.info.user == user).cloned();
-                    if let Some(member) = member {
-                        self.policy.react(hook, &view, &[&member], &mut effects);
+                    match member {
+                        Some(member) => self.policy.react(hook, &view, member).await,
+                        None => Vec::new(),
                     }
                 }
                 Reaction::Left(user, reason) => {
                     let event = json!({ "user": user, "reason": reason });
-                    self.policy.react(hook, &view, &[&event], &mut effects);
+                    self.policy.react(hook, &view, event).await
                 }
                 Reaction::Mute(event) | Reaction::Role(event) | Reaction::ScreenShare(event) => {
-                    self.policy.react(hook, &view, &[&event], &mut effects);
+                    self.policy.react(hook, &view, event).await
                 }
-                Reaction::Closing(reason) => {
-                    self.policy
-                        .react(hook, &view, &[&reason.as_str()], &mut effects);
-                }
-            }
+                Reaction::Closing(reason) => self.policy.react(hook, &view, reason.as_str()).await,
+            };
+            effects.extend(queued);
         }
         effects
     }

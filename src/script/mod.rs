@@ -38,6 +38,35 @@ pub enum ErrorKind {
     Budget,
     /// The memory cap was hit.
     Memory,
+    /// The call did not return within its time budget and grace: the
+    /// watchdog gave up on it, and on the state it was running in.
+    Stuck,
+    /// No script thread was free to start the call in time.
+    Busy,
+}
+
+impl ErrorKind {
+    /// The `kind` label of `conclave_policy_failures_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Error => "error",
+            ErrorKind::Budget => "budget",
+            ErrorKind::Memory => "memory",
+            ErrorKind::Stuck => "stuck",
+            ErrorKind::Busy => "busy",
+        }
+    }
+
+    /// What a client is told about a failure of this kind.
+    pub fn told(self) -> &'static str {
+        match self {
+            ErrorKind::Error => "an error",
+            ErrorKind::Budget => "its time budget ran out",
+            ErrorKind::Memory => "its memory limit was hit",
+            ErrorKind::Stuck => "it stopped answering",
+            ErrorKind::Busy => "the server is too busy to run it",
+        }
+    }
 }
 
 /// A failed hook call (or a failed load), with the script and line.
@@ -51,6 +80,40 @@ pub struct ScriptError {
     pub kind: ErrorKind,
     /// The Lua message, `scripts/name.lua:LINE: ...` for runtime errors.
     pub message: String,
+}
+
+impl ScriptError {
+    /// A call the pool gave no answer for ([`pool::Overrun`]).
+    pub fn overran(
+        script: &str,
+        hook: &str,
+        overrun: pool::Overrun,
+        limit: Duration,
+    ) -> ScriptError {
+        let (kind, message) = match overrun {
+            pool::Overrun::Stuck => (
+                ErrorKind::Stuck,
+                format!(
+                    "did not return within {limit:?} (a long call into a library, or code the budget cannot see); \
+                     the room's script state is set aside until the script is reloaded"
+                ),
+            ),
+            pool::Overrun::Busy => (
+                ErrorKind::Busy,
+                "no script thread was free to run it in time".to_owned(),
+            ),
+            pool::Overrun::Panicked => (
+                ErrorKind::Stuck,
+                "the host failed while running it (a bug in conclave); the script state is set aside".to_owned(),
+            ),
+        };
+        ScriptError {
+            script: script.to_owned(),
+            hook: hook.to_owned(),
+            kind,
+            message,
+        }
+    }
 }
 
 /// The text of a script and how to name it.
@@ -151,6 +214,14 @@ impl Vm {
         self.hooks()
             .and_then(|t| t.raw_get::<Value>(hook))
             .is_ok_and(|v| v.is_function())
+    }
+
+    /// Whether the script's table has anything under `hook` (a function,
+    /// or something that will fail when called as one).
+    pub fn defines(&self, hook: &str) -> bool {
+        self.hooks()
+            .and_then(|t| t.raw_get::<Value>(hook))
+            .is_ok_and(|v| !v.is_nil())
     }
 
     fn hooks(&self) -> mlua::Result<Table> {

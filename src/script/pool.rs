@@ -21,6 +21,10 @@
 //!   starting is withdrawn ([`Overrun::Busy`]): the caller decides without
 //!   it, and nothing of its was touched.
 //!
+//! Both limits are kept by the watchdog's thread on the real clock, not by
+//! tokio timers: a hook call costs no timer, and a test on paused tokio
+//! time cannot see a call "time out" because its clock jumped.
+//!
 //! Workers spin for a few microseconds before sleeping, so back-to-back
 //! hooks (a burst of joins) skip the wake-up; an idle pool sleeps and costs
 //! nothing, and so does the watchdog.
@@ -141,19 +145,24 @@ const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
+/// Tells a caller why its job gave no answer; called by the watchdog.
+type OnOverrun = Box<dyn FnOnce(Overrun) + Send>;
+
 struct Job {
     run: Box<dyn FnOnce() + Send>,
-    /// Tells the caller it overran; called by the watchdog.
-    on_overrun: Box<dyn FnOnce() + Send>,
+    on_overrun: OnOverrun,
     limit: Duration,
+    queued_at: Instant,
     state: Arc<AtomicU8>,
+    /// Keeps the watchdog awake from submission to the end.
+    _watched: Option<crate::ticker::Busy>,
 }
 
 /// What a worker is running, as the watchdog sees it.
 struct Running {
     started: Instant,
     limit: Duration,
-    on_overrun: Box<dyn FnOnce() + Send>,
+    on_overrun: OnOverrun,
 }
 
 struct Worker {
@@ -180,6 +189,8 @@ struct Inner {
     name: String,
     /// Set when the last [`Pool`] handle is dropped: workers end.
     closed: std::sync::atomic::AtomicBool,
+    /// Jobs run on the caller's thread ([`Pool::inline`]).
+    inline: bool,
 }
 
 /// The script threads. Cheap to clone; the threads end when the last clone
@@ -234,6 +245,7 @@ impl Pool {
             watchdog: Mutex::new(None),
             name: name.to_owned(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            inline: false,
         });
         let weak = Arc::downgrade(&inner);
         let watchdog = Ticker::spawn(
@@ -254,6 +266,37 @@ impl Pool {
             _owner: Arc::new(Owner(inner.clone())),
             inner,
         })
+    }
+
+    /// A pool without threads: every job runs on its caller's thread, with
+    /// no watchdog. For tests on paused tokio time only (a job on another
+    /// thread lets a paused clock jump while it runs); a server never uses
+    /// one.
+    #[doc(hidden)]
+    pub fn inline() -> Pool {
+        let metrics = Arc::new(PoolMetrics::default());
+        let inner = Arc::new(Inner {
+            target: 0,
+            config: PoolConfig::default(),
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
+            workers: Mutex::new(Vec::new()),
+            serving: AtomicUsize::new(0),
+            stuck: AtomicUsize::new(0),
+            serving_gauge: metrics.gauge("serving"),
+            stuck_gauge: metrics.gauge("stuck"),
+            metrics,
+            watchdog: Mutex::new(None),
+            name: "inline".into(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            inline: true,
+        });
+        Pool {
+            _owner: Arc::new(Owner(inner.clone())),
+            inner,
+        }
     }
 
     /// A pool of its own, for a process that runs scripts alone (`conclave
@@ -290,35 +333,25 @@ impl Pool {
         limit: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Overrun> {
+        if self.inner.inline {
+            return run_inline(f);
+        }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let (over_tx, over_rx) = tokio::sync::oneshot::channel();
-        let state = self.submit(
+        self.submit(
             limit,
             move || {
                 let _ = done_tx.send(f());
             },
-            move || {
-                let _ = over_tx.send(());
+            move |why| {
+                let _ = over_tx.send(why);
             },
         );
-        let answer = async {
-            tokio::select! {
-                biased;
-                done = done_rx => done.map_err(|_| Overrun::Panicked),
-                Ok(()) = over_rx => Err(Overrun::Stuck),
-            }
-        };
-        let queue_timeout = self.inner.config.queue_timeout;
-        tokio::pin!(answer);
-        match tokio::time::timeout(queue_timeout, &mut answer).await {
-            Ok(answer) => answer,
-            // Withdrawn before it started: nothing of the caller's was used.
-            Err(_) if withdraw(&state) => {
-                self.inner.metrics.count("busy");
-                Err(Overrun::Busy)
-            }
-            // It is running: the watchdog answers if it overruns.
-            Err(_) => answer.await,
+        let mut over_rx = over_rx;
+        tokio::select! {
+            biased;
+            done = done_rx => done.map_err(|_| over_rx.try_recv().unwrap_or(Overrun::Panicked)),
+            Ok(why) = &mut over_rx => Err(why),
         }
     }
 
@@ -328,54 +361,57 @@ impl Pool {
         limit: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Overrun> {
+        if self.inner.inline {
+            return run_inline(f);
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let over = tx.clone();
-        let state = self.submit(
+        self.submit(
             limit,
             move || {
-                let _ = tx.send(Some(f()));
+                let _ = tx.send(Ok(f()));
             },
-            move || {
-                let _ = over.send(None);
+            move |why| {
+                let _ = over.send(Err(why));
             },
         );
-        let answer = |r: Result<Option<T>, _>| match r {
-            Ok(Some(value)) => Ok(value),
-            Ok(None) => Err(Overrun::Stuck),
-            Err(_) => Err(Overrun::Panicked),
-        };
-        match rx.recv_timeout(self.inner.config.queue_timeout) {
-            Ok(r) => answer(Ok(r)),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if withdraw(&state) => {
-                self.inner.metrics.count("busy");
-                Err(Overrun::Busy)
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => answer(rx.recv()),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Overrun::Panicked),
-        }
+        rx.recv().unwrap_or(Err(Overrun::Panicked))
     }
 
     fn submit(
         &self,
         limit: Duration,
         run: impl FnOnce() + Send + 'static,
-        on_overrun: impl FnOnce() + Send + 'static,
-    ) -> Arc<AtomicU8> {
-        let state = Arc::new(AtomicU8::new(QUEUED));
+        on_overrun: impl FnOnce(Overrun) + Send + 'static,
+    ) {
+        let inner = &self.inner;
+        let watched = inner
+            .watchdog
+            .lock()
+            .expect("pool lock")
+            .as_ref()
+            .map(Ticker::begin);
         let job = Job {
             run: Box::new(run),
             on_overrun: Box::new(on_overrun),
             limit,
-            state: state.clone(),
+            queued_at: Instant::now(),
+            state: Arc::new(AtomicU8::new(QUEUED)),
+            _watched: watched,
         };
-        let inner = &self.inner;
         inner.queue.lock().expect("pool queue").push_back(job);
         inner.queued.fetch_add(1, Ordering::SeqCst);
         if inner.sleeping.load(Ordering::SeqCst) > 0 {
             inner.ready.notify_one();
         }
-        state
     }
+}
+
+/// A pool that runs each job on its caller's thread, with no watchdog.
+/// Only for tests on paused tokio time, where a job on another thread would
+/// let the paused clock jump while it runs.
+fn run_inline<T>(f: impl FnOnce() -> T) -> Result<T, Overrun> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| Overrun::Panicked)
 }
 
 fn withdraw(state: &AtomicU8) -> bool {
@@ -422,20 +458,21 @@ fn work(inner: Arc<Inner>, mut me: Arc<Worker>) {
             // Withdrawn by its caller while queued.
             continue;
         }
-        let watching = inner
-            .watchdog
-            .lock()
-            .expect("pool lock")
-            .as_ref()
-            .map(Ticker::begin);
+        let Job {
+            run,
+            on_overrun,
+            limit,
+            _watched: watching,
+            ..
+        } = job;
         *me.current.lock().expect("worker slot") = Some(Running {
             started: Instant::now(),
-            limit: job.limit,
-            on_overrun: job.on_overrun,
+            limit,
+            on_overrun,
         });
         // A panic is conclave's bug, not the script's: the caller hears of
         // it (its reply is dropped) and the thread carries on.
-        let _ = std::panic::catch_unwind(AssertUnwindSafe(job.run));
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(run));
         let taken = me.current.lock().expect("worker slot").take();
         drop(watching);
         if taken.is_some() || !me.abandoned.load(Ordering::SeqCst) {
@@ -501,6 +538,32 @@ fn watch(inner: &Arc<Inner>) {
             false
         });
     }
+    // Jobs that waited too long for a thread: withdrawn, untouched.
+    let mut withdrawn = Vec::new();
+    {
+        let limit = inner.config.queue_timeout;
+        let mut queue = inner.queue.lock().expect("pool queue");
+        while queue
+            .front()
+            .is_some_and(|job| now.duration_since(job.queued_at) > limit)
+        {
+            let job = queue.pop_front().expect("checked above");
+            inner.queued.fetch_sub(1, Ordering::SeqCst);
+            if withdraw(&job.state) {
+                withdrawn.push(job);
+            }
+        }
+    }
+    for job in withdrawn {
+        inner.metrics.count("busy");
+        tracing::warn!("a script call waited too long for a free script thread; withdrawn");
+        // Told why before its closure (and the reply sender in it) goes.
+        let Job {
+            run, on_overrun, ..
+        } = job;
+        on_overrun(Overrun::Busy);
+        drop(run);
+    }
     // The books first, then the callers: one told of its overrun sees the
     // pool as it now is.
     for on_overrun in overran {
@@ -525,7 +588,7 @@ fn watch(inner: &Arc<Inner>) {
                 tracing::error!(error = %e, "cannot start a replacement script thread");
             }
         }
-        on_overrun();
+        on_overrun(Overrun::Stuck);
     }
 }
 

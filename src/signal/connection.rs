@@ -354,12 +354,16 @@ impl Connection {
                 custom_info,
                 policy,
             } => {
-                let handle = self.state.rooms.create(
-                    room.clone(),
-                    custom_info,
-                    policy.as_deref(),
-                    Some(&identity),
-                )?;
+                let handle = self
+                    .state
+                    .rooms
+                    .create(
+                        room.clone(),
+                        custom_info,
+                        policy.as_deref(),
+                        Some(&identity),
+                    )
+                    .await?;
                 tracing::info!(room = %room, channel_id = %handle.channel_id(), "room created");
                 return to_value(CreateOk {
                     room,

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::*;
 use crate::auth::Grants;
 use crate::policy::catalog::{Catalog, PolicyConfig, Script, short_hash};
-use crate::policy::lua::{LuaLimits, LuaPolicy, RoomIdentity};
+use crate::policy::lua::{LuaLimits, LuaPolicy, OwnedIdentity, RoomIdentity};
 
 fn identity(user: &str, grants: Grants) -> Identity {
     Identity {
@@ -67,7 +67,7 @@ fn policy(script: Option<&str>, plugins: Option<&std::path::Path>) -> RoomPolicy
         )
         .expect("script loads")
     });
-    RoomPolicy::new(catalog, "test".into(), lua)
+    RoomPolicy::new(catalog, "test".into(), OwnedIdentity::default(), None, lua)
 }
 
 fn ask(policy: &mut RoomPolicy, who: &Identity, ask: Ask<'_>) -> Result<Granted, Denial> {
@@ -78,12 +78,17 @@ fn ask(policy: &mut RoomPolicy, who: &Identity, ask: Ask<'_>) -> Result<Granted,
         attr_lines: "",
         ask,
     };
-    policy.authorize(
+    // Hooks run on the catalog's script threads; the pipeline awaits them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(policy.authorize(
         &access,
         None,
         &Arc::new(RoomView::default()),
         &mut Vec::new(),
-    )
+    ))
 }
 
 fn join(role: Option<Role>) -> Ask<'static> {

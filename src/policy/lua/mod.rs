@@ -84,6 +84,24 @@ pub struct RoomIdentity<'a> {
     pub custom_info: &'a str,
 }
 
+/// [`RoomIdentity`] that can travel to a script thread.
+#[derive(Clone, Debug, Default)]
+pub struct OwnedIdentity {
+    pub name: String,
+    pub channel_id: i64,
+    pub custom_info: String,
+}
+
+impl OwnedIdentity {
+    pub fn borrowed(&self) -> RoomIdentity<'_> {
+        RoomIdentity {
+            name: &self.name,
+            channel_id: self.channel_id,
+            custom_info: &self.custom_info,
+        }
+    }
+}
+
 /// One room's policy state.
 pub struct LuaPolicy {
     vm: Vm,
@@ -171,6 +189,12 @@ impl LuaPolicy {
     /// Whether the script defines `hook`.
     pub fn has_hook(&self, hook: &str) -> bool {
         self.vm.has_hook(hook)
+    }
+
+    /// Whether the script has anything under `hook`: a function, or a value
+    /// that fails when called (and so must be called, to fail).
+    pub fn defines(&self, hook: &str) -> bool {
+        self.vm.defines(hook)
     }
 
     /// Calls `hook` with the arguments `args` builds; the effects it queued
