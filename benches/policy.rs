@@ -75,6 +75,7 @@ fn view(members: usize) -> Arc<RoomView> {
             })
             .collect(),
         metadata: serde_json::Map::new(),
+        timers: Default::default(),
     })
 }
 

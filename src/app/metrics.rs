@@ -98,6 +98,11 @@ impl Metrics {
             catalog.loads.clone(),
         );
         registry.register(
+            "policy_limits",
+            "Script API calls refused at a [policy.effects] limit, by limit: actions_per_call, message_bytes_per_call, timers_per_room, metadata_bytes, store_keys, store_bytes",
+            catalog.limits.clone(),
+        );
+        registry.register(
             "policy_failures",
             "Failed hook calls and plugin checks in rooms, by hook (or load, plugin) and kind: error, budget, memory, plugin",
             catalog.failures.clone(),

@@ -69,6 +69,8 @@ pub struct PolicyConfig {
     #[serde(with = "humantime_serde")]
     pub debounce: std::time::Duration,
     pub lua: LuaLimits,
+    /// What hooks may ask for: actions, sends, timers, metadata, store.
+    pub effects: super::lua::EffectLimits,
     pub wasm: WasmLimits,
     /// Per-plugin settings, by plugin name (the file stem).
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -85,6 +87,7 @@ impl Default for PolicyConfig {
             watch: true,
             debounce: std::time::Duration::from_millis(30),
             lua: LuaLimits::default(),
+            effects: super::lua::EffectLimits::default(),
             wasm: WasmLimits::default(),
             plugins: BTreeMap::new(),
         }
@@ -220,6 +223,8 @@ pub struct FailureLabel {
 pub struct CatalogMetrics {
     pub loads: Family<LoadLabel, Counter>,
     pub failures: Family<FailureLabel, Counter>,
+    /// Script API calls refused at a `[policy.effects]` limit.
+    pub limits: super::lua::LimitHits,
 }
 
 impl CatalogMetrics {
@@ -305,6 +310,16 @@ pub enum UnloadError {
 pub enum FileKind {
     Script(String),
     Plugin(String),
+}
+
+/// The file's bytes, or `None` if it holds more than `cap`.
+fn read_at_most(path: &Path, cap: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(cap as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= cap).then_some(bytes))
 }
 
 impl Catalog {
@@ -449,10 +464,11 @@ impl Catalog {
         // a script thread, like every run of a script: a chunk that never
         // returns costs a thread (replaced), not the reloads of everyone.
         let limits = self.config.lua.clone();
+        let effects = self.config.effects.clone();
         let probe = {
             let script = script.clone();
             self.pool.run_blocking(self.call_limit(), move || {
-                LuaPolicy::new(
+                LuaPolicy::bounded(
                     script,
                     RoomIdentity {
                         name: "",
@@ -460,6 +476,8 @@ impl Catalog {
                         custom_info: "",
                     },
                     &limits,
+                    &effects,
+                    Default::default(),
                     None,
                 )
             })
@@ -496,8 +514,18 @@ impl Catalog {
     }
 
     fn reload_plugin(&self, name: &str, path: &Path) -> bool {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+        let cap = self.config.wasm.module_bytes;
+        let bytes = match read_at_most(path, cap) {
+            Ok(Some(bytes)) => bytes,
+            // Compiling is what costs memory and time, and both grow with
+            // the module: a file past the cap is not even read whole.
+            Ok(None) => {
+                let message = format!(
+                    "the plugin file is larger than {cap} bytes (policy.wasm.module_bytes); not loaded"
+                );
+                self.record_error::<Plugin>(name, path, None, message);
+                return false;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return self.mark_deleted::<Plugin>(name);
             }
@@ -679,11 +707,13 @@ impl Catalog {
         kv: Option<Arc<dyn crate::store::kv::KvStore>>,
     ) -> Result<LuaPolicy, HookError> {
         let limits = self.config.lua.clone();
+        let effects = self.config.effects.clone();
+        let hits = self.metrics.limits.clone();
         let label = script.label();
         let state = self
             .pool
             .run(self.call_limit(), move || {
-                LuaPolicy::new(script, room.borrowed(), &limits, kv)
+                LuaPolicy::bounded(script, room.borrowed(), &limits, &effects, hits, kv)
             })
             .await;
         state

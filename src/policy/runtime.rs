@@ -454,6 +454,15 @@ impl RoomPolicy {
         );
     }
 
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The names of the room's timers.
+    pub fn timer_names(&self) -> std::collections::BTreeSet<String> {
+        self.timers.keys().cloned().collect()
+    }
+
     pub fn cancel_timer(&mut self, name: &str) {
         self.timers.remove(name);
     }

@@ -23,6 +23,7 @@ use wasmtime::{
 use super::{Check, FailureMode};
 use crate::model::{MediaKind, Role};
 use crate::status::{Failure, Status};
+use crate::ticker::Ticker;
 
 /// The ABI version this host speaks.
 pub const ABI_VERSION: i32 = 1;
@@ -34,6 +35,9 @@ pub const REQUEST_CAP: usize = 4096;
 const MAX_REASON: usize = 1024;
 /// Epoch tick period: the granularity of the time budget.
 const TICK: Duration = Duration::from_millis(1);
+/// How long the epoch keeps ticking after the last plugin call, so a burst
+/// of checks pays for one wake-up at most.
+const EPOCH_LINGER: Duration = Duration::from_millis(200);
 
 /// Limits for every plugin instance.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,6 +50,9 @@ pub struct WasmLimits {
     pub time: Duration,
     /// Plugin instances that can exist at once (rooms x plugins).
     pub max_instances: u32,
+    /// Largest plugin file (`.wasm` or `.wat`) that is compiled, in bytes:
+    /// compiling takes memory and time in proportion to the module.
+    pub module_bytes: usize,
 }
 
 impl Default for WasmLimits {
@@ -54,6 +61,7 @@ impl Default for WasmLimits {
             memory_bytes: 16 * 1024 * 1024,
             time: Duration::from_millis(10),
             max_instances: 10_000,
+            module_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     limits: WasmLimits,
+    /// Moves the engine's epoch while a plugin runs (and only then).
+    epoch: Ticker,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -113,18 +123,16 @@ impl PluginHost {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Compile(e.to_string()))?;
 
-        // The time budget: a coarse clock every store's deadline counts in.
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("conclave-wasm-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .expect("the OS can start a thread at startup");
+        // The time budget: a coarse clock every store's deadline counts in,
+        // moving only while some plugin code runs (an idle server pays no
+        // wake-ups for it).
+        let weak = engine.weak();
+        let epoch = Ticker::spawn("conclave-wasm-epoch", TICK, EPOCH_LINGER, move || {
+            if let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+            }
+        })
+        .map_err(|e| PluginError::Compile(format!("cannot start the epoch thread: {e}")))?;
 
         let mut linker = Linker::<HostState>::new(&engine);
         linker
@@ -165,6 +173,7 @@ impl PluginHost {
             engine,
             linker: Arc::new(linker),
             limits,
+            epoch,
         })
     }
 
@@ -253,6 +262,8 @@ impl Plugin {
 
     /// A fresh instance with its own memory and state.
     pub fn instantiate(&self) -> Result<PluginInstance, PluginError> {
+        // Its start-up code and `conclave_configure` run under the budget.
+        let _ticking = self.host.epoch.begin();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.host.limits.memory_bytes)
             .instances(1)
@@ -330,6 +341,7 @@ impl Plugin {
             buffer: buffer as u32 as usize,
             ticks,
             scratch: Vec::with_capacity(REQUEST_CAP),
+            epoch: self.host.epoch.clone(),
         })
     }
 }
@@ -358,11 +370,13 @@ pub struct PluginInstance {
     buffer: usize,
     ticks: u64,
     scratch: Vec<u8>,
+    epoch: Ticker,
 }
 
 impl PluginInstance {
     /// Asks the plugin about `check`.
     pub fn check(&mut self, check: &Check<'_>) -> Verdict {
+        let _ticking = self.epoch.begin();
         encode(check, &mut self.scratch);
         if self
             .memory

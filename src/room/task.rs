@@ -689,7 +689,13 @@ impl RoomTask {
         if self.room.poll_timeout().is_some_and(|t| t <= now.at) {
             self.room.handle_timeout(now);
         }
-        for name in self.policy.due_timers(now.at) {
+        let before = self.policy.timer_count();
+        let due = self.policy.due_timers(now.at);
+        if self.policy.timer_count() != before {
+            // One-shot timers that fired are gone (repeating ones stay).
+            self.view = None;
+        }
+        for name in due {
             let view = self.view();
             let effects = self.policy.react("on_timer", &view, name).await;
             self.apply(effects).await;
@@ -798,6 +804,7 @@ impl RoomTask {
                 generation: self.view_generation,
                 members,
                 metadata: self.room.metadata().clone(),
+                timers: self.policy.timer_names(),
             }));
         }
         self.view.clone().expect("set just above")
@@ -1003,10 +1010,13 @@ impl RoomTask {
                     } => {
                         let after = std::time::Duration::from_millis(after_ms);
                         self.policy.set_timer(name, after, repeat, now.at);
+                        // Scripts see the room's timers (for their limit).
+                        self.view = None;
                         Ok(())
                     }
                     Effect::CancelTimer { name } => {
                         self.policy.cancel_timer(&name);
+                        self.view = None;
                         Ok(())
                     }
                 };

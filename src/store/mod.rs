@@ -100,6 +100,9 @@ pub enum StoreError {
     },
     #[error("the store has stopped")]
     Stopped,
+    /// A write that would take a namespace past its quota; nothing written.
+    #[error("{0}")]
+    Quota(String),
 }
 
 pub use crate::community::hub::CommunityOp;

@@ -6,10 +6,14 @@
 //! live in the state's app data as a [`HookContext`], present only while a
 //! hook runs.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use mlua::{Lua, LuaSerdeExt, Table, Value};
-use serde::Serialize;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::ids::UserId;
@@ -32,6 +36,87 @@ pub struct RoomView {
     pub generation: u64,
     pub members: Vec<MemberView>,
     pub metadata: serde_json::Map<String, Json>,
+    /// The names of the room's timers (for the timer limit).
+    pub timers: BTreeSet<String>,
+}
+
+/// `[policy.effects]`: how much one hook call, one room and one policy's
+/// store may ask for. Past a limit the API call raises an error at the
+/// script's line (the hook fails, its actions are dropped) and
+/// `conclave_policy_limits_total{limit}` counts it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EffectLimits {
+    /// Actions (`room.kick`, `room.send`, timers, ...) one call may queue.
+    pub actions_per_call: usize,
+    /// Bytes of `room.send` payloads (as JSON) one call may queue.
+    pub message_bytes_per_call: usize,
+    /// Timers one room may have at once.
+    pub timers_per_room: usize,
+    /// Bytes the room's metadata (as JSON) may hold.
+    pub metadata_bytes: usize,
+    /// Keys one policy's store may hold.
+    pub store_keys: usize,
+    /// Bytes (keys and JSON values) one policy's store may hold.
+    pub store_bytes: usize,
+}
+
+impl Default for EffectLimits {
+    fn default() -> Self {
+        EffectLimits {
+            actions_per_call: 1_000,
+            message_bytes_per_call: 256 * 1024,
+            timers_per_room: 100,
+            metadata_bytes: 64 * 1024,
+            store_keys: 10_000,
+            store_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+/// `conclave_policy_limits_total`, by limit.
+pub type LimitHits = Family<LimitLabel, Counter>;
+
+/// Set once per state: the limits and where to count hits.
+struct Bounds {
+    limits: EffectLimits,
+    hits: LimitHits,
+}
+
+/// Raises the error of a limit, counting it.
+fn over(lua: &Lua, limit: &'static str, message: String) -> mlua::Error {
+    if let Some(bounds) = lua.app_data_ref::<Bounds>() {
+        bounds.hits.get_or_create(&LimitLabel { limit }).inc();
+    }
+    located(lua, message)
+}
+
+fn limits(lua: &Lua) -> EffectLimits {
+    lua.app_data_ref::<Bounds>()
+        .map(|b| b.limits.clone())
+        .unwrap_or_default()
+}
+
+/// Bytes of `value` as JSON, without building the text.
+fn json_len(value: &Json) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The Lua tables last built for `room.members()`, kept across hook calls
@@ -130,6 +215,61 @@ pub struct HookContext {
     pub actions: bool,
 }
 
+impl HookContext {
+    pub fn new(view: Arc<RoomView>, actions: bool) -> HookContext {
+        HookContext {
+            view,
+            effects: Vec::new(),
+            actions,
+        }
+    }
+
+    /// Bytes of the `room.send` payloads queued so far.
+    fn message_bytes(&self) -> usize {
+        self.effects
+            .iter()
+            .map(|e| match e {
+                Effect::Send { payload, .. } => json_len(payload),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The room's metadata as it will be once this call's changes apply.
+    fn metadata_after(&self, key: &str, value: &Json) -> serde_json::Map<String, Json> {
+        let mut metadata = self.view.metadata.clone();
+        let changes = self.effects.iter().filter_map(|e| match e {
+            Effect::SetMetadata { key, value } => Some((key.as_str(), value)),
+            _ => None,
+        });
+        for (k, v) in changes.chain([(key, value)]) {
+            if v.is_null() {
+                metadata.remove(k);
+            } else {
+                metadata.insert(k.to_owned(), v.clone());
+            }
+        }
+        metadata
+    }
+
+    /// The room's timer names once this call's timer actions apply.
+    fn timers_after(&self) -> BTreeSet<&str> {
+        let mut names: BTreeSet<&str> = self.view.timers.iter().map(String::as_str).collect();
+        for e in &self.effects {
+            match e {
+                Effect::Timer { name, .. } => {
+                    names.insert(name);
+                }
+                Effect::CancelTimer { name } => {
+                    names.remove(name.as_str());
+                }
+                _ => {}
+            }
+        }
+        names
+    }
+}
+
 /// Set once per state: who the store belongs to.
 pub(crate) struct StoreScope {
     pub kv: Arc<dyn KvStore>,
@@ -143,24 +283,76 @@ fn with_context<R>(lua: &Lua, f: impl FnOnce(&mut HookContext) -> R) -> mlua::Re
 }
 
 /// Queues an action; `what` names it for the error when the chunk itself
-/// (not a hook) calls it.
+/// (not a hook) calls it. Refused past the call's action limit, and for
+/// sends, metadata and timers past theirs.
 fn push(lua: &Lua, what: &str, effect: Effect) -> mlua::Result<()> {
-    let queued = with_context(lua, |ctx| {
-        if ctx.actions {
-            ctx.effects.push(effect);
+    let limits = limits(lua);
+    let refusal = with_context(lua, |ctx| {
+        if !ctx.actions {
+            return Some((
+                "",
+                format!(
+                    "room.{what} acts on the room, which is only possible inside a hook, \
+                     not while the script loads"
+                ),
+            ));
         }
-        ctx.actions
+        if ctx.effects.len() >= limits.actions_per_call {
+            return Some((
+                "actions_per_call",
+                format!(
+                    "room.{what}: one hook call may queue at most {} actions (policy.effects.actions_per_call)",
+                    limits.actions_per_call
+                ),
+            ));
+        }
+        match &effect {
+            Effect::Send { payload, .. } => {
+                let bytes = ctx.message_bytes() + json_len(payload);
+                if bytes > limits.message_bytes_per_call {
+                    return Some((
+                        "message_bytes_per_call",
+                        format!(
+                            "room.send: one hook call may send at most {} bytes of payloads (policy.effects.message_bytes_per_call); this one would make {bytes}",
+                            limits.message_bytes_per_call
+                        ),
+                    ));
+                }
+            }
+            Effect::SetMetadata { key, value } => {
+                let bytes = json_len(&Json::Object(ctx.metadata_after(key, value)));
+                if bytes > limits.metadata_bytes {
+                    return Some((
+                        "metadata_bytes",
+                        format!(
+                            "room.set_metadata: the room's metadata may hold at most {} bytes as JSON (policy.effects.metadata_bytes); this would make {bytes}",
+                            limits.metadata_bytes
+                        ),
+                    ));
+                }
+            }
+            Effect::Timer { name, .. } => {
+                let mut names = ctx.timers_after();
+                names.insert(name);
+                if names.len() > limits.timers_per_room {
+                    return Some((
+                        "timers_per_room",
+                        format!(
+                            "room.{what}: a room may have at most {} timers (policy.effects.timers_per_room); cancel one, or reuse a name",
+                            limits.timers_per_room
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        ctx.effects.push(effect);
+        None
     })?;
-    if queued {
-        Ok(())
-    } else {
-        Err(located(
-            lua,
-            format!(
-                "room.{what} acts on the room, which is only possible inside a hook, \
-                 not while the script loads"
-            ),
-        ))
+    match refusal {
+        None => Ok(()),
+        Some(("", message)) => Err(located(lua, message)),
+        Some((limit, message)) => Err(over(lua, limit, message)),
     }
 }
 
@@ -174,7 +366,9 @@ pub fn parse_role(lua: &Lua, role: &str) -> mlua::Result<Role> {
     role.parse().map_err(|e: String| located(lua, e))
 }
 
-/// Installs `room`, `store` and `log` into a fresh state.
+/// Installs `room`, `store` and `log` into a fresh state, bounded by
+/// `limits` (hits counted in `hits`).
+#[allow(clippy::too_many_arguments)]
 pub fn install(
     lua: &Lua,
     room: &str,
@@ -182,7 +376,10 @@ pub fn install(
     custom_info: &str,
     script: &str,
     store: Option<(Arc<dyn KvStore>, String)>,
+    limits: EffectLimits,
+    hits: LimitHits,
 ) -> mlua::Result<()> {
+    lua.set_app_data(Bounds { limits, hits });
     let globals = lua.globals();
     let api = lua.create_table()?;
     api.raw_set("name", room)?;
@@ -393,11 +590,27 @@ fn install_store(lua: &Lua) -> mlua::Result<()> {
                 Value::Nil => None,
                 other => Some(lua.from_value(other)?),
             };
-            let scope = lua.app_data_ref::<StoreScope>().ok_or_else(no_store)?;
-            scope
-                .kv
-                .set(&scope.namespace, &key, value.as_ref())
-                .map_err(|e| mlua::Error::RuntimeError(e.to_string()))
+            let limits = limits(lua);
+            let quota = crate::store::kv::Quota {
+                keys: limits.store_keys,
+                bytes: limits.store_bytes,
+            };
+            let result = {
+                let scope = lua.app_data_ref::<StoreScope>().ok_or_else(no_store)?;
+                scope.kv.set(&scope.namespace, &key, value.as_ref(), &quota)
+            };
+            match result {
+                Ok(()) => Ok(()),
+                Err(crate::store::StoreError::Quota(why)) => {
+                    let limit = if why.contains("keys") {
+                        "store_keys"
+                    } else {
+                        "store_bytes"
+                    };
+                    Err(over(lua, limit, format!("store.set: {why}")))
+                }
+                Err(e) => Err(mlua::Error::RuntimeError(e.to_string())),
+            }
         })?,
     )?;
     lua.globals().raw_set("store", store)

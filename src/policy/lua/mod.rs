@@ -27,7 +27,7 @@ use serde::Serialize;
 
 pub use crate::script::{ErrorKind as HookErrorKind, LuaLimits, ScriptError as HookError};
 use crate::script::{Source, Vm};
-pub use api::{Effect, MemberView, RoomView};
+pub use api::{Effect, EffectLimits, LimitHits, MemberView, RoomView};
 
 use crate::model::Role;
 use crate::policy::catalog::Script;
@@ -126,11 +126,32 @@ fn loading(view: &Arc<RoomView>) -> api::HookContext {
 }
 
 impl LuaPolicy {
-    /// A new state for `room`, running `script`'s chunk.
+    /// A new state for `room`, running `script`'s chunk, with the default
+    /// [`EffectLimits`] and nowhere to count their hits.
     pub fn new(
         script: Arc<Script>,
         room: RoomIdentity<'_>,
         limits: &LuaLimits,
+        kv: Option<Arc<dyn KvStore>>,
+    ) -> Result<LuaPolicy, HookError> {
+        Self::bounded(
+            script,
+            room,
+            limits,
+            &EffectLimits::default(),
+            api::LimitHits::default(),
+            kv,
+        )
+    }
+
+    /// A new state for `room`, running `script`'s chunk; what hooks may ask
+    /// for is bounded by `effects`, and refusals are counted in `hits`.
+    pub fn bounded(
+        script: Arc<Script>,
+        room: RoomIdentity<'_>,
+        limits: &LuaLimits,
+        effects: &EffectLimits,
+        hits: api::LimitHits,
         kv: Option<Arc<dyn KvStore>>,
     ) -> Result<LuaPolicy, HookError> {
         let label = script.label();
@@ -148,6 +169,8 @@ impl LuaPolicy {
                 room.custom_info,
                 &script.name,
                 kv.map(|kv| (kv, script.name.clone())),
+                effects.clone(),
+                hits,
             )
         };
         // A new room is empty while its script loads.

@@ -424,3 +424,129 @@ fn functions_under_names_that_are_no_hook_are_reported() {
             .is_empty()
     );
 }
+
+/// A state bounded by small effect limits, counting hits in the returned
+/// family.
+fn bounded(
+    source: &str,
+    effects: EffectLimits,
+    kv: Option<Arc<dyn KvStore>>,
+) -> (LuaPolicy, LimitHits) {
+    let hits = LimitHits::default();
+    let p = LuaPolicy::bounded(
+        script(source),
+        RoomIdentity {
+            name: "r",
+            channel_id: 7,
+            custom_info: "info",
+        },
+        &limits(),
+        &effects,
+        hits.clone(),
+        kv,
+    )
+    .expect("script loads");
+    (p, hits)
+}
+
+fn hits(family: &LimitHits, limit: &'static str) -> u64 {
+    family.get_or_create(&api::LimitLabel { limit }).get()
+}
+
+#[test]
+fn every_side_effect_has_a_limit_with_an_error_at_the_line_and_a_count() {
+    let small = EffectLimits {
+        actions_per_call: 3,
+        message_bytes_per_call: 100,
+        timers_per_room: 2,
+        metadata_bytes: 50,
+        store_keys: 2,
+        store_bytes: 1000,
+    };
+    let (mut p, counted) = bounded(
+        r#"return {
+             on_actions = function() for i = 1, 4 do room.kick("u" .. i) end end,
+             on_sends = function() room.send(nil, { text = string.rep("x", 60) })
+                                   room.send(nil, { text = string.rep("x", 60) }) end,
+             on_timers = function() room.after(10, "a") room.every(30, "b") room.after(40, "c") end,
+             on_metadata = function() room.set_metadata("k", string.rep("y", 60)) end,
+             on_metadata_small = function() room.set_metadata("k", "y") end,
+           }"#,
+        small.clone(),
+        None,
+    );
+    let call = |p: &mut LuaPolicy, hook: &str| {
+        let mut effects = Vec::new();
+        let result = p.react(hook, &view(), &[], &mut effects);
+        (result, effects)
+    };
+    for (hook, limit, line, needle) in [
+        ("on_actions", "actions_per_call", 2, "at most 3 actions"),
+        ("on_sends", "message_bytes_per_call", 4, "at most 100 bytes"),
+        ("on_timers", "timers_per_room", 5, "at most 2 timers"),
+        ("on_metadata", "metadata_bytes", 6, "at most 50 bytes"),
+    ] {
+        let (result, effects) = call(&mut p, hook);
+        let err = result.unwrap_err();
+        assert_eq!(err.kind, HookErrorKind::Error, "{err}");
+        assert!(
+            err.message
+                .starts_with(&format!("scripts/test.lua:{line}:")),
+            "{hook}: {err}"
+        );
+        assert!(err.message.contains(needle), "{hook}: {err}");
+        assert!(
+            err.message.contains(&format!("policy.effects.{limit}")),
+            "{err}"
+        );
+        assert!(effects.is_empty(), "a failed hook's actions are dropped");
+        assert_eq!(hits(&counted, limit), 1, "{limit}");
+    }
+    // Within the limits, the same call goes through.
+    let (result, effects) = call(&mut p, "on_metadata_small");
+    result.unwrap();
+    assert_eq!(effects.len(), 1);
+
+    // Timers the room already has count; a same-name timer replaces one
+    // rather than adding.
+    let with_timers = Arc::new(RoomView {
+        timers: ["x".to_owned(), "y".to_owned()].into(),
+        ..RoomView::default()
+    });
+    let (mut p, _) = bounded(
+        r#"return { on_reload = function() room.after(5, "x") room.after(5, "z") end }"#,
+        small.clone(),
+        None,
+    );
+    let err = p
+        .react("on_reload", &with_timers, &[], &mut Vec::new())
+        .unwrap_err();
+    assert!(err.message.starts_with("scripts/test.lua:1:"), "{err}");
+    assert!(err.message.contains("at most 2 timers"), "{err}");
+
+    // The store: keys and bytes per policy, across calls and states.
+    let kv: Arc<dyn KvStore> = Arc::new(crate::store::kv::SqliteKv::in_memory().unwrap());
+    let (mut p, counted) = bounded(
+        r#"return { on_reload = function(n) store.set("k" .. n, string.rep("v", 10)) end,
+                    on_closing = function() store.set("k1", string.rep("v", 2000)) end }"#,
+        small,
+        Some(kv),
+    );
+    p.react("on_reload", &view(), &[&1], &mut Vec::new())
+        .unwrap();
+    p.react("on_reload", &view(), &[&2], &mut Vec::new())
+        .unwrap();
+    let err = p
+        .react("on_reload", &view(), &[&3], &mut Vec::new())
+        .unwrap_err();
+    assert!(err.message.contains("holds 2 keys"), "{err}");
+    assert_eq!(hits(&counted, "store_keys"), 1);
+    // Overwriting an existing key is fine; a value past the bytes is not.
+    p.react("on_reload", &view(), &[&2], &mut Vec::new())
+        .unwrap();
+    let err = p
+        .react("on_closing", &view(), &[], &mut Vec::new())
+        .unwrap_err();
+    assert!(err.message.contains("at most 1000 bytes"), "{err}");
+    assert_eq!(hits(&counted, "store_bytes"), 1);
+}
