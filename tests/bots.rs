@@ -478,6 +478,44 @@ async fn a_kicked_bot_ends_and_a_broken_hook_does_not_stop_it() {
 }
 
 #[tokio::test]
+async fn a_bot_whose_hook_never_returns_leaves_and_says_why() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("stuck.lua");
+    // `table.sort` with a C comparator runs no VM instruction, so the count
+    // hook never sees it: only the watchdog does. The clock ends it.
+    std::fs::write(
+        &script,
+        r#"
+        local t = {}
+        for i = 1, 100000 do t[i] = i end
+        local b = {}
+        function b.on_member_joined(m)
+          local start = os.clock()
+          while os.clock() - start < 3 do table.sort(t, rawequal) end
+        end
+        return b
+        "#,
+    )
+    .expect("write script");
+    let mut config = bot_config(&srv, "den", &script, dir.path());
+    config.limits.time = Duration::from_millis(300);
+    config.limits.instructions = u64::MAX / 2;
+    let stuck = start_bot(&srv, "stuck", false, config).await;
+
+    let mut alice = listener(&srv, "alice", "Alice", "den").await;
+    // It leaves as a member does, not by a dropped connection.
+    let reason = common::event_where(&mut alice, |e| match e {
+        ServerMessage::MemberLeft { user, reason, .. } if user.as_str() == "stuck" => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, LeaveReason::Normal);
+    assert_eq!(stuck.end().await, Ended::ScriptStuck);
+    alice.ping().await.expect("alice is unaffected");
+}
+
+#[tokio::test]
 async fn a_script_that_cannot_load_is_refused_before_joining() {
     let srv = TestServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");

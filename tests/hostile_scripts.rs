@@ -231,3 +231,67 @@ async fn errors_in_every_react_hook_are_contained() {
     expect("on_closing", 1).await;
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn side_effects_past_their_limits_fail_the_hook_and_are_counted() {
+    let srv = TestServer::start_with(|c| {
+        let e = &mut c.policy.effects;
+        e.actions_per_call = 10;
+        e.message_bytes_per_call = 1000;
+        e.timers_per_room = 5;
+        e.metadata_bytes = 200;
+        e.store_keys = 5;
+        e.store_bytes = 1000;
+    })
+    .await;
+    srv.script(
+        "greedy",
+        r#"return { can_join = function(req)
+          local u = req.user
+          if u == "actions" then for i = 1, 11 do room.send(nil, { i = i }) end
+          elseif u == "message_bytes" then room.send(nil, { blob = string.rep("x", 1200) })
+          elseif u == "timers" then for i = 1, 6 do room.after(60000, "t" .. i) end
+          elseif u == "metadata" then room.set_metadata("blob", string.rep("x", 300))
+          elseif u == "store_keys" then for i = 1, 6 do store.set("k" .. i, i) end
+          elseif u == "store_bytes" then store.set("big", string.rep("x", 1200))
+          end
+        end }"#,
+    )
+    .await;
+    let owner = srv.client("owner").await;
+    owner
+        .create_with_policy("r", "", Some("greedy"))
+        .await
+        .unwrap();
+    for (user, limit) in [
+        ("actions", "actions_per_call"),
+        ("message_bytes", "message_bytes_per_call"),
+        ("timers", "timers_per_room"),
+        ("metadata", "metadata_bytes"),
+        // Store writes apply as they are made: the bytes first, while
+        // there are keys to spare.
+        ("store_bytes", "store_bytes"),
+        ("store_keys", "store_keys"),
+    ] {
+        let client = srv.client(user).await;
+        let err = client.join("r", Mode::Audio, None).await.unwrap_err();
+        assert_eq!(err.status(), Some(Status::Forbidden), "{user}: {err}");
+        let (_, room) = srv.get("/api/rooms/r", Some(&srv.admin_token())).await;
+        let error = room["policy"]["last_error"].as_str().unwrap();
+        // The script's line, and the key to raise.
+        assert!(error.contains("greedy.lua:"), "{user}: {error}");
+        assert!(
+            error.contains(&format!("policy.effects.{limit}")),
+            "{user}: {error}"
+        );
+        let counted = format!("conclave_policy_limits_total{{limit=\"{limit}\"}}");
+        assert_eq!(srv.metric(&counted).await, 1.0, "{limit}");
+    }
+    // No queued action of a failed hook applied: no metadata.
+    let (_, room) = srv.get("/api/rooms/r", Some(&srv.admin_token())).await;
+    assert_eq!(room["metadata"], serde_json::json!({}), "{room}");
+    // Within the limits, the same calls go through.
+    let fine = srv.client("fine").await;
+    fine.join("r", Mode::Audio, None).await.unwrap();
+    srv.shutdown().await;
+}

@@ -286,6 +286,11 @@ async fn broken_modules_are_refused_at_load_with_the_reason() {
                  (func (param i32 i32 i32 i32) (result i32))))"#,
         );
         std::fs::write(c.policy.plugins_dir.join("junk.wasm"), b"\0asm garbage").unwrap();
+        // A valid module, one byte past the size cap: never compiled.
+        let cap = c.policy.wasm.module_bytes;
+        let mut huge = String::from("(module)\n;;");
+        huge.push_str(&"x".repeat(cap + 1 - huge.len()));
+        std::fs::write(c.policy.plugins_dir.join("huge.wat"), huge).unwrap();
         // Not even the magic number: still reported as a bad binary, never
         // as a text-format syntax error.
         std::fs::write(c.policy.plugins_dir.join("noise.wasm"), b"hello world").unwrap();
@@ -323,6 +328,10 @@ async fn broken_modules_are_refused_at_load_with_the_reason() {
     }
     assert!(
         errors["typo"].contains("not valid WebAssembly text"),
+        "{errors:?}"
+    );
+    assert!(
+        errors["huge"].contains("policy.wasm.module_bytes"),
         "{errors:?}"
     );
     assert!(!errors.contains_key("allowlist"));

@@ -140,7 +140,9 @@ impl Runner {
         }
         self.media.close();
         let ended = self.ended.take().unwrap_or(Ended::Left);
-        if ended == Ended::Left {
+        // A bot that chose to go (or whose script can no longer act) says
+        // so, rather than leaving its room to notice a dropped connection.
+        if matches!(ended, Ended::Left | Ended::ScriptStuck) {
             let _ = self.participant.signal().leave().await;
         }
         if let Some(session) = self.participant.media() {

@@ -67,11 +67,34 @@ enum Lua {
     Ready {
         state: Shared,
         script: Arc<Script>,
+        /// The hooks it defined when last looked at (loaded or reloaded).
+        hooks: Hooks,
     },
-    /// A call on it never came back: set aside until a new version.
-    Quarantined {
-        script: Arc<Script>,
-    },
+    /// A call on it never came back: set aside until a new version. Hooks
+    /// it never defined still pass; the ones it did answer by the failure
+    /// mode.
+    Quarantined { script: Arc<Script>, hooks: Hooks },
+}
+
+/// The hook names a state defines.
+type Hooks = Arc<[&'static str]>;
+
+fn hooks_of(lua: &LuaPolicy) -> Hooks {
+    crate::policy::lua::HOOKS
+        .iter()
+        .copied()
+        .filter(|hook| lua.defines(hook))
+        .collect()
+}
+
+impl Lua {
+    fn ready(state: LuaPolicy) -> Lua {
+        Lua::Ready {
+            script: state.script().clone(),
+            hooks: hooks_of(&state),
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
 }
 
 /// A room's policy state.
@@ -105,13 +128,7 @@ impl RoomPolicy {
         lua: Option<LuaPolicy>,
     ) -> RoomPolicy {
         let plugins = catalog.plugins();
-        let lua = match lua {
-            Some(state) => Lua::Ready {
-                script: state.script().clone(),
-                state: Arc::new(Mutex::new(state)),
-            },
-            None => Lua::None,
-        };
+        let lua = lua.map_or(Lua::None, Lua::ready);
         let mut policy = RoomPolicy {
             catalog,
             room,
@@ -189,23 +206,27 @@ impl RoomPolicy {
         let before = self.status.version.clone();
         let newest = self.catalog.script(&self.name);
         match (&self.lua, newest) {
-            (Lua::Ready { state, script }, Some(newest)) if !Arc::ptr_eq(script, &newest) => {
+            (Lua::Ready { state, script, .. }, Some(newest)) if !Arc::ptr_eq(script, &newest) => {
                 let old = script.label();
                 let state = state.clone();
                 let view = view.clone();
                 let script = newest.clone();
                 let answer = self
                     .on_thread("load", state, move |lua| {
-                        lua.reload(script, &view).map(|()| lua.script().clone())
+                        lua.reload(script, &view)
+                            .map(|()| (lua.script().clone(), hooks_of(lua)))
                     })
                     .await;
                 match answer {
-                    Ok(script) => {
+                    Ok((script, defined)) => {
                         if let Lua::Ready {
-                            script: current, ..
+                            script: current,
+                            hooks,
+                            ..
                         } = &mut self.lua
                         {
                             *current = script;
+                            *hooks = defined;
                         }
                         reloaded = Some(old);
                     }
@@ -215,7 +236,7 @@ impl RoomPolicy {
                     Err(e) => self.failed("load", &e),
                 }
             }
-            (Lua::Quarantined { script }, Some(newest)) if !Arc::ptr_eq(script, &newest) => {
+            (Lua::Quarantined { script, .. }, Some(newest)) if !Arc::ptr_eq(script, &newest) => {
                 let fresh = self
                     .catalog
                     .load(newest, self.room.clone(), self.kv.clone())
@@ -223,10 +244,7 @@ impl RoomPolicy {
                 match fresh {
                     Ok(state) => {
                         tracing::info!(policy = %self.name, "a fresh script state replaces the quarantined one");
-                        self.lua = Lua::Ready {
-                            script: state.script().clone(),
-                            state: Arc::new(Mutex::new(state)),
-                        };
+                        self.lua = Lua::ready(state);
                         self.status.quarantined = false;
                     }
                     Err(e) => self.failed("load", &e),
@@ -264,14 +282,16 @@ impl RoomPolicy {
         match answer {
             Ok(result) => result,
             Err(overrun) => {
-                let script = match &self.lua {
-                    Lua::Ready { script, .. } | Lua::Quarantined { script } => script.clone(),
+                let (script, hooks) = match &self.lua {
+                    Lua::Ready { script, hooks, .. } | Lua::Quarantined { script, hooks } => {
+                        (script.clone(), hooks.clone())
+                    }
                     Lua::None => unreachable!("only a room with a state calls it"),
                 };
                 let error = ScriptError::overran(&script.label(), hook, overrun, limit);
                 if error.kind == crate::script::ErrorKind::Stuck {
                     tracing::error!(policy = %self.name, hook, "room script quarantined: {error}");
-                    self.lua = Lua::Quarantined { script };
+                    self.lua = Lua::Quarantined { script, hooks };
                     self.status.quarantined = true;
                 }
                 Err(error)
@@ -359,7 +379,10 @@ impl RoomPolicy {
     ) -> Result<Decision, Denial> {
         let state = match &self.lua {
             Lua::None => return Ok(Decision::Pass),
-            Lua::Quarantined { script } => {
+            Lua::Quarantined { hooks, .. } if !hooks.contains(&hook) => {
+                return Ok(Decision::Pass);
+            }
+            Lua::Quarantined { script, .. } => {
                 let script = script.label();
                 return self.failure_answer(hook, script, crate::script::ErrorKind::Stuck);
             }
@@ -435,11 +458,11 @@ impl RoomPolicy {
 
     /// Whether the script defines `hook` (so nothing is built, and no
     /// thread asked, for a hook that is not there). A quarantined state is
-    /// not looked at; decide hooks then answer by the failure mode anyway.
+    /// not looked at: the hooks it defined answer by the failure mode.
     pub fn wants(&self, hook: &str) -> bool {
         match &self.lua {
             Lua::Ready { state, .. } => state.try_lock().map_or(true, |l| l.defines(hook)),
-            Lua::Quarantined { .. } => hook.starts_with("can_"),
+            Lua::Quarantined { hooks, .. } => hook.starts_with("can_") && hooks.contains(&hook),
             Lua::None => false,
         }
     }
@@ -501,7 +524,7 @@ impl RoomPolicy {
 
     pub fn script(&self) -> Option<&Arc<Script>> {
         match &self.lua {
-            Lua::Ready { script, .. } | Lua::Quarantined { script } => Some(script),
+            Lua::Ready { script, .. } | Lua::Quarantined { script, .. } => Some(script),
             Lua::None => None,
         }
     }
