@@ -43,6 +43,7 @@ fn identity(user: &str) -> Identity {
             ..Grants::default()
         },
         attrs: serde_json::json!({}),
+        jti: None,
     }
 }
 
@@ -136,6 +137,7 @@ fn room_actor(c: &mut Criterion) {
             kv: None,
             media: None,
             clock: Clock::new(),
+            bans: Arc::new(conclave::policy::bans::Bans::new(Vec::new(), None)),
         })
     });
 

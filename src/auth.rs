@@ -71,6 +71,9 @@ pub struct Claims {
     /// Free-form attributes room policies can read (`member.attrs`).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub attrs: serde_json::Map<String, serde_json::Value>,
+    /// The token's id, by which it can be revoked (`POST /api/revocations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// A verified user.
@@ -81,6 +84,8 @@ pub struct Identity {
     pub grants: Grants,
     /// The token's `attrs`, as a JSON object.
     pub attrs: serde_json::Value,
+    /// The token's `jti`, if it has one.
+    pub jti: Option<String>,
 }
 
 impl Identity {
@@ -219,6 +224,7 @@ impl Auth {
             name,
             grants: claims.grants,
             attrs: serde_json::Value::Object(claims.attrs),
+            jti: claims.jti.filter(|j| !j.is_empty()),
         })
     }
 }
@@ -236,7 +242,13 @@ pub fn claims_for(user: &str, name: &str, grants: Grants, ttl: Duration) -> Clai
         iat: now,
         grants,
         attrs: serde_json::Map::new(),
+        jti: Some(new_jti()),
     }
+}
+
+/// A fresh token id: 128 random bits in hex.
+pub fn new_jti() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Matches `text` against `pattern`, where `*` stands for any run of

@@ -58,6 +58,10 @@ enum Command {
         /// How long the token is valid, e.g. `1h`, `7d`.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The token's id (`jti`), by which it can be revoked; random when
+        /// not given. Printed on stderr.
+        #[arg(long)]
+        jti: Option<String>,
         /// Sign with the built-in dev key (for `serve --dev`).
         #[arg(long)]
         dev: bool,
@@ -96,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             admin,
             attrs,
             ttl,
+            jti,
             dev,
             config,
         } => {
@@ -120,7 +125,13 @@ fn main() -> anyhow::Result<()> {
             };
             let mut claims = claims_for(&user, &name, grants, ttl);
             claims.attrs = attrs.into_iter().collect();
+            if jti.is_some() {
+                claims.jti = jti;
+            }
             let token = auth.mint(&claims)?;
+            if let Some(jti) = &claims.jti {
+                eprintln!("jti: {jti} (revoke with POST /api/revocations)");
+            }
             println!("{token}");
             Ok(())
         }

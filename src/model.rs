@@ -190,3 +190,15 @@ pub struct VolumeLevel {
     pub level: u8,
     pub speaking: bool,
 }
+
+/// A ban that comes with a kick (or a policy's `room.ban`): for `seconds`,
+/// or, without, for as long as the room is open.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanTerms {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+    /// What the banned user is told when a join is refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}

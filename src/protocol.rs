@@ -57,8 +57,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<UserId>,
     },
-    /// Remove `user` from the current room (needs the admin grant).
-    Kick { user: UserId },
+    /// Remove `user` from the current room (needs the admin grant), and
+    /// with `ban` keep them out (docs/protocol.md §5.5).
+    Kick {
+        user: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ban: Option<crate::model::BanTerms>,
+    },
     /// Mute (or unmute) everyone else's audio or video (needs the admin grant).
     MuteAll { kind: MediaKind, muted: bool },
     /// Start or stop sharing one's screen, or stop `user`'s (needs the admin grant).

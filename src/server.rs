@@ -91,7 +91,15 @@ impl Server {
             tracing::warn!(dangling, "ended call records left open by an earlier crash");
         }
         let communities = store.community_servers()?;
+        let stored_bans = store.bans(clock.unix_ms())?;
         let (store, store_worker) = StoreHandle::spawn(store);
+        if !stored_bans.is_empty() {
+            tracing::info!(bans = stored_bans.len(), "bans and revocations loaded");
+        }
+        let bans = Arc::new(crate::policy::bans::Bans::new(
+            stored_bans,
+            Some(store.clone()),
+        ));
         let community = CommunityHub::load(&communities, Some(Arc::new(store.clone())))?;
         tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
@@ -129,6 +137,7 @@ impl Server {
             kv: Some(Arc::new(kv)),
             media: media.clone(),
             clock,
+            bans,
         });
         let listener = TcpListener::bind(config.server.bind)
             .await

@@ -46,6 +46,7 @@ fn rooms(catalog: Arc<Catalog>) -> Rooms {
         kv: None,
         media: None,
         clock: Clock::new(),
+        bans: Arc::new(conclave::policy::bans::Bans::new(Vec::new(), None)),
     })
 }
 
@@ -59,6 +60,7 @@ fn identity(user: &str) -> Arc<Identity> {
             ..Grants::default()
         },
         attrs: serde_json::json!({}),
+        jti: None,
     })
 }
 

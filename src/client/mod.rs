@@ -346,9 +346,27 @@ impl SignalClient {
     }
 
     pub async fn kick(&self, user: &str) -> Result<(), ClientError> {
-        self.request(Request::Kick { user: user.into() })
-            .await
-            .map(drop)
+        self.request(Request::Kick {
+            user: user.into(),
+            ban: None,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes `user` and keeps them out: for `terms.seconds`, or for as
+    /// long as the room is open.
+    pub async fn kick_and_ban(
+        &self,
+        user: &str,
+        terms: crate::model::BanTerms,
+    ) -> Result<(), ClientError> {
+        self.request(Request::Kick {
+            user: user.into(),
+            ban: Some(terms),
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn ping(&self) -> Result<(), ClientError> {

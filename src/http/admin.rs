@@ -18,10 +18,11 @@ use crate::app::AppState;
 use crate::auth::Identity;
 use crate::ids::{RoomName, UserId};
 use crate::model::{MediaKind, Role};
+use crate::policy::bans::Until;
 use crate::protocol::CreateOk;
 use crate::room::{Act, By, CloseReason, RoomHandle};
 use crate::status::{Failure, Status};
-use crate::store::RecordQuery;
+use crate::store::{BanKind, RecordQuery};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -31,6 +32,18 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/rooms/{room}/members/{user}", axum::routing::delete(kick))
         .route("/rooms/{room}/members/{user}/mute", post(mute))
         .route("/rooms/{room}/members/{user}/role", post(set_role))
+        .route(
+            "/rooms/{room}/bans",
+            get(list_room_bans).post(ban_from_room),
+        )
+        .route(
+            "/rooms/{room}/bans/{user}",
+            axum::routing::delete(lift_room_ban),
+        )
+        .route("/bans", get(list_bans).post(ban_from_server))
+        .route("/bans/{user}", axum::routing::delete(lift_server_ban))
+        .route("/revocations", get(list_revocations).post(revoke))
+        .route("/revocations/{jti}", axum::routing::delete(unrevoke))
         .route("/records", get(records))
         .route("/policies", get(policies))
         .route("/plugins/{name}", axum::routing::delete(unload_plugin))
@@ -254,6 +267,7 @@ async fn kick(
             By::Admin(admin.user),
             Act::Kick {
                 target: UserId(user),
+                ban: None,
             },
         )
         .await?;
@@ -314,4 +328,214 @@ async fn records(
     let Query(query) = query?;
     let records = state.store.records(query).await?;
     Ok(Json(json!({ "records": records })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    user: UserId,
+    /// For how long; without, for the room's life (a room ban) or until
+    /// lifted (a server ban).
+    #[serde(default)]
+    seconds: Option<u64>,
+    #[serde(default)]
+    reason: String,
+}
+
+fn until_after(now_ms: i64, seconds: u64) -> Until {
+    let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    Until::At(now_ms.saturating_add(ms))
+}
+
+/// Bans a user from a room, removing them if they are in it. A ban for the
+/// room's life needs the room open; a timed one may be set ahead.
+async fn ban_from_room(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    body: Result<Json<BanBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let name = room_name(room)?;
+    let open = state.rooms.find(&name).ok();
+    let now_ms = state.clock.unix_ms();
+    let until = match (body.seconds, &open) {
+        (Some(0), _) => {
+            return Err(Failure::new(Status::BadRequest, "`seconds` must be 1 or more").into());
+        }
+        (Some(seconds), _) => until_after(now_ms, seconds),
+        (None, Some(handle)) => Until::RoomLife(handle.channel_id()),
+        (None, None) => {
+            return Err(Failure::new(
+                Status::NotFound,
+                format!(
+                    "room `{name}` is not open: a ban for its life needs it open; give `seconds`"
+                ),
+            )
+            .into());
+        }
+    };
+    let ban = state.rooms.bans().ban_user(
+        Some(name.as_str()),
+        &body.user,
+        until,
+        &body.reason,
+        admin.user.as_str(),
+        now_ms,
+    );
+    tracing::info!(room = %name, user = %body.user, by = %admin.user, "banned from the room by admin");
+    if let Some(handle) = open
+        && handle.members().await?.iter().any(|m| m.user == body.user)
+    {
+        let kick = Act::Kick {
+            target: body.user,
+            ban: None,
+        };
+        handle.act(By::Admin(admin.user), kick).await?;
+    }
+    Ok(Json(json!({ "ban": ban })).into_response())
+}
+
+async fn list_room_bans(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    let name = room_name(room)?;
+    let bans = state
+        .rooms
+        .bans()
+        .list(Some(name.as_str()), state.clock.unix_ms());
+    Ok(Json(json!({ "bans": bans })).into_response())
+}
+
+fn lifted(found: bool, what: String) -> ApiResult<Response> {
+    if found {
+        Ok(Json(json!({})).into_response())
+    } else {
+        Err(Failure::new(Status::NotFound, what).into())
+    }
+}
+
+async fn lift_room_ban(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path((room, user)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let name = room_name(room)?;
+    let found = state
+        .rooms
+        .bans()
+        .lift(BanKind::User, Some(name.as_str()), &user);
+    tracing::info!(room = %name, user, by = %admin.user, found, "room ban lifted by admin");
+    lifted(found, format!("`{user}` is not banned from room `{name}`"))
+}
+
+/// Bans a user from the whole server: their sessions end at once, and no
+/// hello of theirs is accepted until the ban ends.
+async fn ban_from_server(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<BanBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let now_ms = state.clock.unix_ms();
+    let until = match body.seconds {
+        Some(0) => {
+            return Err(Failure::new(Status::BadRequest, "`seconds` must be 1 or more").into());
+        }
+        Some(seconds) => until_after(now_ms, seconds),
+        None => Until::Lifted,
+    };
+    let ban = state.rooms.bans().ban_user(
+        None,
+        &body.user,
+        until,
+        &body.reason,
+        admin.user.as_str(),
+        now_ms,
+    );
+    tracing::info!(user = %body.user, by = %admin.user, "banned from the server by admin");
+    Ok(Json(json!({ "ban": ban })).into_response())
+}
+
+/// Every ban in force, the server's and every room's (revocations are
+/// listed by `/api/revocations`).
+async fn list_bans(_: Admin, State(state): State<Arc<AppState>>) -> ApiResult<Response> {
+    let bans: Vec<_> = state
+        .rooms
+        .bans()
+        .list(None, state.clock.unix_ms())
+        .into_iter()
+        .filter(|b| b.kind == BanKind::User)
+        .collect();
+    Ok(Json(json!({ "bans": bans })).into_response())
+}
+
+async fn lift_server_ban(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+) -> ApiResult<Response> {
+    let found = state.rooms.bans().lift(BanKind::User, None, &user);
+    tracing::info!(user, by = %admin.user, found, "server ban lifted by admin");
+    lifted(found, format!("`{user}` is not banned from the server"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    jti: String,
+    #[serde(default)]
+    reason: String,
+    /// Unix seconds the entry may be forgotten at: the token's `exp`, past
+    /// which it is refused anyway. Without, kept until lifted.
+    #[serde(default)]
+    expires_at: Option<u64>,
+}
+
+/// Revokes one token by its `jti`: sessions using it end at once, and it is
+/// refused from then on however valid its signature.
+async fn revoke(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    if body.jti.is_empty() {
+        return Err(Failure::new(Status::BadRequest, "`jti` is empty").into());
+    }
+    let until = match body.expires_at {
+        Some(secs) => Until::At(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+        None => Until::Lifted,
+    };
+    let now_ms = state.clock.unix_ms();
+    let ban =
+        state
+            .rooms
+            .bans()
+            .revoke(&body.jti, until, &body.reason, admin.user.as_str(), now_ms);
+    tracing::info!(jti = %body.jti, by = %admin.user, "token revoked by admin");
+    Ok(Json(json!({ "revocation": ban })).into_response())
+}
+
+async fn list_revocations(_: Admin, State(state): State<Arc<AppState>>) -> ApiResult<Response> {
+    let revoked: Vec<_> = state
+        .rooms
+        .bans()
+        .list(None, state.clock.unix_ms())
+        .into_iter()
+        .filter(|b| b.kind == BanKind::Token)
+        .collect();
+    Ok(Json(json!({ "revocations": revoked })).into_response())
+}
+
+async fn unrevoke(
+    Admin(admin): Admin,
+    State(state): State<Arc<AppState>>,
+    Path(jti): Path<String>,
+) -> ApiResult<Response> {
+    let found = state.rooms.bans().lift(BanKind::Token, None, &jti);
+    tracing::info!(jti, by = %admin.user, found, "revocation lifted by admin");
+    lifted(found, format!("no revocation of token `{jti}`"))
 }

@@ -45,6 +45,8 @@ use crate::status::Status;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "layer", rename_all = "snake_case")]
 pub enum Decider {
+    /// A ban of the user (from the room or the server) or of the token.
+    Ban,
     /// The token's grants.
     Grants,
     /// The community's permission keys, in a media channel.

@@ -21,6 +21,7 @@
 //! [`runtime`] is one room's share of them.
 
 pub mod authz;
+pub mod bans;
 pub mod catalog;
 pub mod lua;
 pub mod reload;

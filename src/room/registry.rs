@@ -21,6 +21,7 @@ use crate::ids::{ChannelId, RoomName};
 use crate::media::Media;
 use crate::policy::FailureMode;
 use crate::policy::authz::{self, Access, Ask};
+use crate::policy::bans::Bans;
 use crate::policy::catalog::Catalog;
 use crate::policy::lua::{OwnedIdentity, RoomView};
 use crate::policy::runtime::RoomPolicy;
@@ -43,6 +44,8 @@ pub struct RoomServices {
     /// The WebRTC media plane; `None`: signaling only.
     pub media: Option<Media>,
     pub clock: Clock,
+    /// Who may not come back: checked at every join.
+    pub bans: Arc<Bans>,
 }
 
 pub(crate) struct RoomsInner {
@@ -82,6 +85,10 @@ impl Rooms {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.inner.services.catalog
+    }
+
+    pub fn bans(&self) -> &Arc<Bans> {
+        &self.inner.services.bans
     }
 
     /// Creates a room bound to a policy (`policy`, else the catalog's rules).
@@ -223,6 +230,7 @@ impl Rooms {
                 media: services.media.clone(),
                 binding,
                 clock: services.clock,
+                bans: services.bans.clone(),
             },
         );
         map.insert(name, handle.clone());

@@ -83,6 +83,8 @@ pub enum Act {
     },
     Kick {
         target: UserId,
+        /// Keep them out afterwards.
+        ban: Option<crate::model::BanTerms>,
     },
     ShareScreen {
         target: Option<UserId>,
@@ -287,6 +289,7 @@ pub(crate) struct RoomContext {
     /// asks the community (see `community::channel`).
     pub binding: Option<ChannelBinding>,
     pub clock: Clock,
+    pub bans: Arc<crate::policy::bans::Bans>,
 }
 
 /// Starts the task for `room` and returns its handle.
@@ -507,7 +510,20 @@ impl RoomTask {
         let mut effects = Vec::new();
         let attr_lines: Arc<str> = crate::auth::attr_lines(&identity.attrs).into();
         let resume = self.room.is_member(&identity.user);
-        let terms = if resume {
+        let banned = self.ctx.bans.refuses_join(
+            self.room.name().as_str(),
+            &identity.user,
+            identity.jti.as_deref(),
+            self.ctx.clock.unix_ms(),
+        );
+        let terms = if let Some(refusal) = banned {
+            // Before anything else is asked, a resume included.
+            Err(Error::from(crate::policy::authz::Denial::new(
+                refusal.status,
+                refusal.reason,
+                crate::policy::authz::Decider::Ban,
+            )))
+        } else if resume {
             // Role and mode stay the membership's; these are not used.
             Ok(crate::policy::authz::JoinTerms {
                 role: Role::Audience,
@@ -624,7 +640,7 @@ impl RoomTask {
                 kind: *kind,
                 muted: *muted,
             },
-            Act::Kick { target } => Ask::Kick { target },
+            Act::Kick { target, .. } => Ask::Kick { target },
             Act::ShareScreen { target, on } => Ask::ShareScreen {
                 target: target.as_ref(),
                 on: *on,
@@ -673,7 +689,15 @@ impl RoomTask {
                 muted,
             } => room.set_mute(operator, target.as_ref(), kind, muted),
             Act::MuteAll { kind, muted } => room.mute_all(operator, kind, muted),
-            Act::Kick { target } => room.kick(now, operator, &target),
+            Act::Kick { target, ban } => {
+                let kicked = room.kick(now, operator, &target);
+                if kicked.is_ok()
+                    && let Some(terms) = ban
+                {
+                    self.ban(operator, &target, &terms);
+                }
+                kicked
+            }
             Act::ShareScreen { target, on } => room.share_screen(operator, target.as_ref(), on),
             Act::Data { to, payload } => match data {
                 Some(DataTerms::Handled) => Ok(()),
@@ -682,6 +706,31 @@ impl RoomTask {
             },
         };
         result.map_err(Error::from)
+    }
+
+    /// Keeps `user` out of this room on `terms`: for some seconds, or for
+    /// the room's life.
+    fn ban(&self, operator: &Operator, user: &UserId, terms: &crate::model::BanTerms) {
+        let now_ms = self.ctx.clock.unix_ms();
+        let until = match terms.seconds {
+            Some(secs) => crate::policy::bans::Until::At(
+                now_ms.saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            ),
+            None => crate::policy::bans::Until::RoomLife(self.room.channel_id()),
+        };
+        let by = match operator {
+            Operator::Admin(user) => user.as_str().to_owned(),
+            Operator::Member(conn) | Operator::Moderator(conn) => self
+                .room
+                .user_of(*conn)
+                .map_or_else(String::new, |u| u.as_str().to_owned()),
+            Operator::Policy(name) => format!("policy:{name}"),
+        };
+        let room = self.room.name().as_str();
+        tracing::info!(user = user.as_str(), by, ?until, "banned from the room");
+        self.ctx
+            .bans
+            .ban_user(Some(room), user, until, &terms.reason, &by, now_ms);
     }
 
     async fn on_deadline(&mut self) {
@@ -985,6 +1034,14 @@ impl RoomTask {
             for effect in effects.drain(..) {
                 let result = match effect {
                     Effect::Kick { user } => self.room.kick(now, &operator, &user),
+                    Effect::Ban { user, terms } => {
+                        self.ban(&operator, &user, &terms);
+                        if self.room.is_member(&user) {
+                            self.room.kick(now, &operator, &user)
+                        } else {
+                            Ok(())
+                        }
+                    }
                     Effect::Mute { user, kind, muted } => {
                         self.room.set_mute(&operator, Some(&user), kind, muted)
                     }
@@ -1095,6 +1152,7 @@ impl RoomTask {
                         .registry
                         .remove(self.room.name(), self.room.channel_id());
                     self.ctx.metrics.room_closed(reason);
+                    self.ctx.bans.room_closed(self.room.channel_id());
                     reactions.push(Reaction::Closing(reason));
                 }
             }

@@ -121,6 +121,8 @@ struct Connection {
     rejected_in_a_row: u32,
     last_heard: Instant,
     opened: Instant,
+    /// Ticks when a ban or revocation is added: this session may be one.
+    bans: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Runs a connection to its end. `permit` holds one of the server's
@@ -149,6 +151,7 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemapho
             rejected_in_a_row: 0,
             last_heard: now,
             opened: now,
+            bans: state.rooms.bans().changed(),
             state,
         };
         connection.state.metrics.connections.inc();
@@ -175,6 +178,11 @@ impl Connection {
                         break stalled.into();
                     }
                     break End::close(close_code::GOING_AWAY, "server shutting down", "shutdown");
+                }
+                Ok(()) = self.bans.changed() => {
+                    if let Some(end) = self.still_welcome().await {
+                        break end;
+                    }
                 }
                 Some(out) = self.outbox.recv() => {
                     if let Err(stalled) = self.deliver(out).await {
@@ -416,7 +424,7 @@ impl Connection {
                 kind,
                 muted,
             },
-            Request::Kick { user } => Act::Kick { target: user },
+            Request::Kick { user, ban } => Act::Kick { target: user, ban },
             Request::MuteAll { kind, muted } => Act::MuteAll { kind, muted },
             Request::ShareScreen { on, user } => Act::ShareScreen { target: user, on },
             Request::Data { payload, to } => Act::Data { to, payload },
@@ -506,6 +514,36 @@ impl Connection {
         Ok(serde_json::Value::Null)
     }
 
+    /// After a new ban or revocation: ends the session if it names this
+    /// user (server-wide) or this token, removing it from its room first.
+    async fn still_welcome(&mut self) -> Option<End> {
+        let identity = self.identity.as_ref()?;
+        let refusal = self.state.rooms.bans().refuses_session(
+            &identity.user,
+            identity.jti.as_deref(),
+            self.state.clock.unix_ms(),
+        )?;
+        tracing::info!(reason = %refusal.reason, "session ended by a ban");
+        if let Some(joined) = self.room.take() {
+            let target = identity.user.clone();
+            let kicked = joined
+                .handle
+                .act(
+                    By::Admin(crate::ids::UserId::from("conclave")),
+                    Act::Kick { target, ban: None },
+                )
+                .await;
+            if let Err(e) = kicked {
+                tracing::debug!(error = %e, "banned member already gone");
+            }
+        }
+        Some(if refusal.status == Status::Unauthorized {
+            End::close(close_code::POLICY, "token revoked", "revoked")
+        } else {
+            End::close(close_code::POLICY, "banned from this server", "banned")
+        })
+    }
+
     fn hello(&mut self, version: u32, token: &str) -> Result<serde_json::Value, Failure> {
         if version != PROTOCOL_VERSION {
             return Err(Failure::new(
@@ -516,6 +554,13 @@ impl Connection {
             ));
         }
         let identity = self.state.auth.verify(token)?;
+        if let Some(refusal) = self.state.rooms.bans().refuses_session(
+            &identity.user,
+            identity.jti.as_deref(),
+            self.state.clock.unix_ms(),
+        ) {
+            return Err(Failure::new(refusal.status, refusal.reason));
+        }
         tracing::Span::current().record("user", identity.user.as_str());
         tracing::debug!("hello accepted");
         let config = &self.state.config;

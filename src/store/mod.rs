@@ -1,4 +1,4 @@
-//! Durable storage: call records and community servers.
+//! Durable storage: call records, community servers, bans and revocations.
 //!
 //! [`Store`] is the contract; [`sqlite::SqliteStore`] is the embedded default
 //! and a shared database can implement the same trait later. A store is driven
@@ -107,6 +107,53 @@ pub enum StoreError {
 
 pub use crate::community::hub::CommunityOp;
 
+/// What a ban or revocation stands against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BanKind {
+    /// A user, by id.
+    User,
+    /// One token, by its `jti` claim.
+    Token,
+}
+
+impl BanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanKind::User => "user",
+            BanKind::Token => "token",
+        }
+    }
+}
+
+/// A ban (of a user, from a room or the server) or a token revocation, as
+/// kept on disk. Bans for a room's life are never stored: the room they
+/// end with does not survive a restart either.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRecord {
+    pub kind: BanKind,
+    /// The room; `None` for the whole server (always so for tokens).
+    pub room: Option<String>,
+    /// The user id or the token's `jti`.
+    pub subject: String,
+    /// Unix milliseconds it ends at; `None`: until lifted.
+    pub until: Option<i64>,
+    pub reason: String,
+    /// Who banned: an operator's user id, `policy:NAME`, or a member.
+    pub by: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug)]
+pub enum BanOp {
+    Put(BanRecord),
+    Delete {
+        kind: BanKind,
+        room: Option<String>,
+        subject: String,
+    },
+}
+
 /// The durable store's contract. Methods take `&mut self`: a store is owned by
 /// one worker thread and never shared.
 pub trait Store: Send + 'static {
@@ -117,6 +164,10 @@ pub trait Store: Send + 'static {
     fn community(&mut self, op: &CommunityOp) -> Result<(), StoreError>;
     /// Every stored community server's snapshot JSON; called once at start.
     fn community_servers(&mut self) -> Result<Vec<String>, StoreError>;
+    fn ban(&mut self, op: &BanOp) -> Result<(), StoreError>;
+    /// Every stored ban and revocation that has not ended by `now_ms`
+    /// (ended ones are deleted); called once at start.
+    fn bans(&mut self, now_ms: i64) -> Result<Vec<BanRecord>, StoreError>;
 }
 
 enum Job {
@@ -126,6 +177,7 @@ enum Job {
         oneshot::Sender<Result<Vec<CallRecord>, StoreError>>,
     ),
     Community(CommunityOp),
+    Ban(BanOp),
     Flush(oneshot::Sender<()>),
     Stop,
 }
@@ -176,6 +228,11 @@ impl StoreHandle {
                                 tracing::error!(error = %e, ?op, "community write failed");
                             }
                         }
+                        Job::Ban(op) => {
+                            if let Err(e) = store.ban(&op) {
+                                tracing::error!(error = %e, ?op, "ban write failed");
+                            }
+                        }
                         Job::Flush(reply) => {
                             let _ = reply.send(());
                         }
@@ -199,6 +256,13 @@ impl StoreHandle {
     pub fn community(&self, op: CommunityOp) {
         if self.tx.send(Job::Community(op)).is_err() {
             tracing::error!("community write dropped: the store has stopped");
+        }
+    }
+
+    /// Queues a ban write; never blocks.
+    pub fn ban(&self, op: BanOp) {
+        if self.tx.send(Job::Ban(op)).is_err() {
+            tracing::error!("ban write dropped: the store has stopped");
         }
     }
 

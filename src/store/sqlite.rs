@@ -5,7 +5,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{CallRecord, CommunityOp, MemberRecord, RecordOp, RecordQuery, Store, StoreError};
+use super::{
+    BanKind, BanOp, BanRecord, CallRecord, CommunityOp, MemberRecord, RecordOp, RecordQuery, Store,
+    StoreError,
+};
 use crate::ids::ChannelId;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
@@ -37,6 +40,18 @@ CREATE INDEX call_members_channel ON call_members (channel_id, user);
 CREATE TABLE community_servers (
     id       INTEGER PRIMARY KEY,
     snapshot TEXT    NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE bans (
+    kind       TEXT    NOT NULL,
+    room       TEXT    NOT NULL, -- '' for the whole server
+    subject    TEXT    NOT NULL,
+    until      INTEGER,
+    reason     TEXT    NOT NULL,
+    by_whom    TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, room, subject)
 );
 "#,
 ];
@@ -264,6 +279,75 @@ impl Store for SqliteStore {
             .conn
             .prepare("SELECT snapshot FROM community_servers ORDER BY id")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ban(&mut self, op: &BanOp) -> Result<(), StoreError> {
+        match op {
+            BanOp::Put(ban) => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO bans (kind, room, subject, until, reason, by_whom, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (kind, room, subject) DO UPDATE SET
+                           until = excluded.until, reason = excluded.reason,
+                           by_whom = excluded.by_whom, created_at = excluded.created_at",
+                    )?
+                    .execute(params![
+                        ban.kind.as_str(),
+                        ban.room.as_deref().unwrap_or(""),
+                        ban.subject,
+                        ban.until,
+                        ban.reason,
+                        ban.by,
+                        ban.created_at
+                    ])?;
+            }
+            BanOp::Delete {
+                kind,
+                room,
+                subject,
+            } => {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM bans WHERE kind = ?1 AND room = ?2 AND subject = ?3",
+                    )?
+                    .execute(params![
+                        kind.as_str(),
+                        room.as_deref().unwrap_or(""),
+                        subject
+                    ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bans(&mut self, now_ms: i64) -> Result<Vec<BanRecord>, StoreError> {
+        self.conn.execute(
+            "DELETE FROM bans WHERE until IS NOT NULL AND until <= ?1",
+            [now_ms],
+        )?;
+        let mut stmt = self.conn.prepare(
+            "SELECT kind, room, subject, until, reason, by_whom, created_at FROM bans
+             ORDER BY created_at",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let kind: String = r.get(0)?;
+            let room: String = r.get(1)?;
+            Ok(BanRecord {
+                kind: if kind == "token" {
+                    BanKind::Token
+                } else {
+                    BanKind::User
+                },
+                room: (!room.is_empty()).then_some(room),
+                subject: r.get(2)?,
+                until: r.get(3)?,
+                reason: r.get(4)?,
+                by: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

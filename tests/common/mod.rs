@@ -45,6 +45,23 @@ impl TestServer {
 
     async fn start_in_mode(adjust: impl FnOnce(&mut Config), dev: bool) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_on(data_dir, adjust, dev).await
+    }
+
+    /// Stops the server and starts a new one on the same data directory
+    /// (its database, scripts and plugins), as a restart does.
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await;
+        let data_dir =
+            std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("temp dir"));
+        Self::start_on(data_dir, |_| {}, true).await
+    }
+
+    async fn start_on(
+        data_dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+        dev: bool,
+    ) -> TestServer {
         let mut config = Config::default();
         config.server.bind = "127.0.0.1:0".parse().expect("literal address");
         config.server.data_dir = data_dir.path().to_path_buf();
@@ -124,6 +141,22 @@ impl TestServer {
             Duration::from_secs(600),
         );
         claims.attrs = attrs.as_object().cloned().unwrap_or_default();
+        Auth::dev().mint(&claims).expect("mint")
+    }
+
+    /// A token that may create and join any room, with the id `jti`.
+    pub fn token_with_jti(&self, user: &str, jti: &str) -> String {
+        let mut claims = claims_for(
+            user,
+            "",
+            Grants {
+                create: true,
+                rooms: vec!["*".into()],
+                ..Grants::default()
+            },
+            Duration::from_secs(600),
+        );
+        claims.jti = Some(jti.to_owned());
         Auth::dev().mint(&claims).expect("mint")
     }
 

@@ -16,6 +16,7 @@ fn identity(user: &str, grants: Grants) -> Identity {
         name: user.into(),
         grants,
         attrs: json!({}),
+        jti: None,
     }
 }
 

@@ -175,6 +175,11 @@ pub enum Effect {
     Kick {
         user: UserId,
     },
+    /// Keep `user` out (and remove them if they are in).
+    Ban {
+        user: UserId,
+        terms: crate::model::BanTerms,
+    },
     Mute {
         user: UserId,
         kind: MediaKind,
@@ -415,6 +420,28 @@ pub fn install(
         lua.create_function(|lua, user: String| {
             push(lua, "kick", Effect::Kick { user: UserId(user) })
         })?,
+    )?;
+    api.raw_set(
+        "ban",
+        lua.create_function(
+            |lua, (user, seconds, reason): (String, Option<f64>, Option<String>)| {
+                let seconds = match seconds {
+                    None => None,
+                    Some(s) if s.is_finite() && s >= 1.0 => Some(s as u64),
+                    Some(s) => {
+                        return Err(located(
+                            lua,
+                            format!("room.ban: seconds must be 1 or more (or nil for the room's life), not {s}"),
+                        ));
+                    }
+                };
+                let terms = crate::model::BanTerms {
+                    seconds,
+                    reason: reason.unwrap_or_default(),
+                };
+                push(lua, "ban", Effect::Ban { user: UserId(user), terms })
+            },
+        )?,
     )?;
     api.raw_set(
         "mute",
