@@ -197,6 +197,7 @@ pub fn new_state(limits: &LuaLimits) -> mlua::Result<(Lua, Arc<Budget>)> {
     globals.raw_set("os", os)?;
 
     refuse_finalizers(&lua)?;
+    bound_library_loops(&lua, &budget)?;
     super::pattern::install(&lua, &budget, limits.memory_bytes)?;
 
     lua.set_memory_limit(limits.memory_bytes)?;
@@ -227,6 +228,91 @@ fn refuse_finalizers(lua: &Lua) -> mlua::Result<()> {
         original.call::<MultiValue>(args)
     })?;
     globals.raw_set("setmetatable", guarded)
+}
+
+/// Puts the loops of the library functions whose length a script can make
+/// arbitrary, without holding the memory it would take, under the budget.
+/// Each runs inside one C call, where the count hook never fires:
+///
+/// - `string.rep("", n)` copies nothing `n` times: answered at once;
+/// - `table.move(a, f, e, t)` moves `e - f + 1` slots, filled or not;
+/// - `table.insert(t, pos, v)` and `table.remove(t, pos)` shift every slot
+///   from `pos` to `#t`, and `__len` may claim any length.
+///
+/// The moves are charged to the call's instruction budget before the
+/// original runs (a slot moved costs one instruction), so one call can do
+/// no more than the budget allows. Everything else a library call does is
+/// bounded by the memory cap (docs/scripting.md §9 has the audit).
+fn bound_library_loops(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<()> {
+    let string: mlua::Table = lua.globals().raw_get("string")?;
+    let rep: Function = string.raw_get("rep")?;
+    string.raw_set(
+        "rep",
+        lua.create_function(move |lua, args: MultiValue| {
+            let empty = |v: Option<&Value>| match v {
+                Some(Value::String(s)) => s.as_bytes().is_empty(),
+                None | Some(Value::Nil) => true,
+                _ => false,
+            };
+            if matches!(args.front(), Some(Value::String(_)))
+                && empty(args.front())
+                && empty(args.get(2))
+            {
+                return Ok(MultiValue::from_iter([Value::String(
+                    lua.create_string("")?,
+                )]));
+            }
+            rep.call::<MultiValue>(args)
+        })?,
+    )?;
+
+    let table: mlua::Table = lua.globals().raw_get("table")?;
+    let charge = |budget: &Arc<Budget>, moves: i64| -> mlua::Result<()> {
+        if moves <= 0 {
+            return Ok(());
+        }
+        let units = u32::try_from(moves).unwrap_or(u32::MAX);
+        budget
+            .spend(units)
+            .map_err(|why| mlua::Error::RuntimeError(why.to_owned()))
+    };
+    let int = |v: Option<&Value>| match v {
+        Some(Value::Integer(i)) => Some(*i),
+        Some(Value::Number(n)) if n.fract() == 0.0 => Some(*n as i64),
+        _ => None,
+    };
+
+    let original: Function = table.raw_get("move")?;
+    let b = budget.clone();
+    table.raw_set(
+        "move",
+        lua.create_function(move |_, args: MultiValue| {
+            if let (Some(f), Some(e)) = (int(args.get(1)), int(args.get(2))) {
+                charge(&b, e.saturating_sub(f).saturating_add(1))?;
+            }
+            original.call::<MultiValue>(args)
+        })?,
+    )?;
+    for name in ["insert", "remove"] {
+        let original: Function = table.raw_get(name)?;
+        let b = budget.clone();
+        table.raw_set(
+            name,
+            lua.create_function(move |_, args: MultiValue| {
+                // Only a position makes them loop: appending and removing the
+                // last element move nothing.
+                let positioned = args.len() >= if name == "insert" { 3 } else { 2 };
+                if positioned
+                    && let (Some(Value::Table(t)), Some(pos)) = (args.front(), int(args.get(1)))
+                {
+                    let len = t.len()?;
+                    charge(&b, len.saturating_sub(pos).saturating_add(1))?;
+                }
+                original.call::<MultiValue>(args)
+            })?,
+        )?;
+    }
+    Ok(())
 }
 
 /// An error as a script author wants to read it: the innermost message,
@@ -293,6 +379,54 @@ mod tests {
                 .exec()
                 .is_err(),
             "a protected metatable stays protected"
+        );
+    }
+
+    #[test]
+    fn library_loops_a_script_can_stretch_are_under_the_budget() {
+        let (lua, budget) = new_state(&LuaLimits::default()).unwrap();
+        for (source, stretched) in [
+            ("table.move({}, 1, 1e15, 2)", true),
+            (
+                "table.insert(setmetatable({}, { __len = function() return 1e15 end }), 1, 'x')",
+                true,
+            ),
+            (
+                "table.remove(setmetatable({}, { __len = function() return 1e15 end }), 1)",
+                true,
+            ),
+            (
+                "local t = {1, 2, 3} table.move(t, 1, 3, 2) table.insert(t, 1, 0) table.remove(t, 1)",
+                false,
+            ),
+            ("for i = 1, 1000 do table.insert({}, 'x') end", false),
+        ] {
+            budget.reset();
+            let result = lua.load(source).exec();
+            if stretched {
+                let err = result.unwrap_err();
+                assert!(
+                    error_text(&err).contains("instruction budget exceeded"),
+                    "{source}: {err}"
+                );
+                assert!(budget.is_exhausted(), "{source}: counted as the budget's");
+            } else {
+                result.unwrap();
+            }
+        }
+        // Nothing repeated any number of times is nothing, at once.
+        budget.reset();
+        let empty: String = lua
+            .load("return string.rep('', math.maxinteger) .. string.rep('', 1e15, '')")
+            .eval()
+            .unwrap();
+        assert_eq!(empty, "");
+        let kept: String = lua.load("return string.rep('ab', 3, ',')").eval().unwrap();
+        assert_eq!(kept, "ab,ab,ab");
+        budget.reset();
+        assert!(
+            lua.load("return string.rep('x', 1e12)").exec().is_err(),
+            "a long result still meets the memory cap"
         );
     }
 }
