@@ -195,11 +195,13 @@ impl Bans {
             created_at: now_ms,
         };
         let key = (kind, room, subject.to_owned());
-        let replaced = self
-            .entries
-            .write()
-            .expect("ban list")
-            .insert(key.clone(), (ban.clone(), channel));
+        let replaced = {
+            let mut entries = self.entries.write().expect("ban list");
+            // Ended bans go when a new one comes (the store forgets them at
+            // the next start): the list holds what is in force, not history.
+            entries.retain(|_, (b, _)| !b.over(now_ms));
+            entries.insert(key.clone(), (ban.clone(), channel))
+        };
         if let Some(store) = &self.store {
             match ban.record() {
                 Some(record) => store.ban(BanOp::Put(record)),

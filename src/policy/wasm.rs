@@ -224,10 +224,16 @@ fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> String 
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         return String::new();
     };
-    let data = memory.data(&caller);
+    guest_text(memory.data(&caller), ptr, len)
+}
+
+/// The text at `ptr..ptr + len` of a guest's memory, at most
+/// [`MAX_REASON`] bytes, lossily decoded; empty when out of bounds. The
+/// pointer and length are the guest's, so anything may come.
+pub fn guest_text(memory: &[u8], ptr: i32, len: i32) -> String {
     let start = ptr as u32 as usize;
     let len = (len as u32 as usize).min(MAX_REASON);
-    match data.get(start..start.saturating_add(len)) {
+    match memory.get(start..start.saturating_add(len)) {
         Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
         None => String::new(),
     }
@@ -392,24 +398,32 @@ impl PluginInstance {
             (self.buffer as i32, self.scratch.len() as i32),
         );
         match answer {
-            Ok(0) => Verdict::Abstain,
-            Ok(1) => Verdict::Allow,
-            Ok(code) => match u16::try_from(code).ok().filter(|c| *c >= 100 && *c != 200) {
-                Some(code) => {
-                    // A code the protocol does not define still denies.
-                    let status = Status::from_code(code).unwrap_or(Status::Forbidden);
-                    let reason = std::mem::take(&mut self.store.data_mut().reason);
-                    let reason = if reason.is_empty() {
-                        "refused by a permission plugin".to_owned()
-                    } else {
-                        reason
-                    };
-                    Verdict::Deny(Failure::new(status, reason))
-                }
-                _ => Verdict::Failed(format!("answered {code}, which is not a verdict")),
-            },
+            Ok(code) => verdict(code, std::mem::take(&mut self.store.data_mut().reason)),
             Err(e) => Verdict::Failed(trap_text(&e)),
         }
+    }
+}
+
+/// What a plugin's answer `code` (with the reason it set) means: 0
+/// abstain, 1 allow, a status code of 100 or more (not 200) deny, anything
+/// else a failure.
+pub fn verdict(code: i32, reason: String) -> Verdict {
+    match code {
+        0 => Verdict::Abstain,
+        1 => Verdict::Allow,
+        code => match u16::try_from(code).ok().filter(|c| *c >= 100 && *c != 200) {
+            Some(code) => {
+                // A code the protocol does not define still denies.
+                let status = Status::from_code(code).unwrap_or(Status::Forbidden);
+                let reason = if reason.is_empty() {
+                    "refused by a permission plugin".to_owned()
+                } else {
+                    reason
+                };
+                Verdict::Deny(Failure::new(status, reason))
+            }
+            None => Verdict::Failed(format!("answered {code}, which is not a verdict")),
+        },
     }
 }
 

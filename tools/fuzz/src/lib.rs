@@ -1,0 +1,4 @@
+//! The fuzz targets' shared bodies (see `targets.rs`).
+
+mod targets;
+pub use targets::*;
