@@ -61,7 +61,7 @@ impl Default for WasmLimits {
             memory_bytes: 16 * 1024 * 1024,
             time: Duration::from_millis(10),
             max_instances: 10_000,
-            module_bytes: 4 * 1024 * 1024,
+            module_bytes: 1024 * 1024,
         }
     }
 }
