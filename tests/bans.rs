@@ -270,3 +270,34 @@ async fn refused(srv: &TestServer, token: &str) -> conclave::client::ClientError
         Err(e) => e,
     }
 }
+
+#[tokio::test]
+async fn a_ban_holds_in_a_community_media_channel_too() {
+    let srv = TestServer::start().await;
+    let server = srv.community("olivia", &["alice", "bob"]).await;
+    let channel = srv.media_channel(server, "stage").await;
+    let mut alice = srv.client("alice").await;
+    let ok = alice.connect_channel(server, channel, None).await.unwrap();
+    let room = ok.join.room.as_str().to_owned();
+    let bob = srv.client("bob").await;
+    bob.connect_channel(server, channel, None).await.unwrap();
+
+    let (status, body) = srv
+        .post(
+            &format!("/api/rooms/{room}/bans"),
+            Some(&srv.admin_token()),
+            json!({ "user": "bob", "seconds": 600, "reason": "heckling" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(left(&mut alice, "bob").await, LeaveReason::Kicked);
+    // The community would let bob in; the ban is asked first.
+    let again = srv.client("bob").await;
+    let err = again
+        .connect_channel(server, channel, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::Forbidden), "{err}");
+    assert!(err.to_string().ends_with(": heckling"), "{err}");
+    srv.shutdown().await;
+}
