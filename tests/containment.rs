@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, next_event};
+use common::{TestServer, eventually_within, next_event};
 use conclave::protocol::{MediaKind, Mode, ServerMessage};
 use conclave::status::Status;
 
@@ -82,22 +82,11 @@ fn switches(tid: u64) -> u64 {
 /// Waits until no server of an earlier test has script or epoch threads.
 async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
     let serial = SERIAL.lock().await;
-    wait_long("the threads of earlier servers to end", async || {
+    eventually_within(STALL, "the threads of earlier servers to end", || async {
         threads_named("conclave-lua-").is_empty() && threads_named("conclave-wasm-").is_empty()
     })
     .await;
     serial
-}
-
-async fn wait_long(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + STALL;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +181,7 @@ async fn stuck_scripts_cost_only_their_own_rooms() {
 
     // The abandoned calls reach a budget check at last, and their threads
     // end: the pool is at strength already.
-    wait_long("the abandoned threads to end", async || {
+    eventually_within(STALL, "the abandoned threads to end", || async {
         threads(&srv, "stuck").await == 0
     })
     .await;
@@ -256,7 +245,7 @@ async fn past_the_cap_stuck_threads_are_not_replaced() {
     assert_eq!(status, 200);
 
     // Freed at last, a stuck thread rejoins the short pool.
-    wait_long("the pool to be whole again", async || {
+    eventually_within(STALL, "the pool to be whole again", || async {
         threads(&srv, "serving").await == 1 && threads(&srv, "stuck").await == 0
     })
     .await;

@@ -74,21 +74,17 @@ async fn flow(from: &mut Participant, to: &mut Participant, tag: &str) -> u32 {
     );
 }
 
-#[tokio::test]
-async fn a_muted_track_is_not_forwarded_even_if_the_client_keeps_sending() {
-    let server = TestServer::start().await;
-    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
-    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
-    flow(&mut alice, &mut bob, "before").await;
-
+/// Media flows, alice mutes and sends 25 `muted:` packets anyway, unmutes,
+/// and media flows again. The SFU hears of the mute before the answer
+/// arrives, so everything sent after it is dropped; the unmuted run after it
+/// proves the path was open the whole time.
+async fn across_a_mute(alice: &mut Participant, bob: &mut Participant) {
+    flow(alice, bob, "before").await;
     alice
         .client
         .mute(MediaKind::Audio, true, None)
         .await
         .unwrap();
-    // The SFU hears of the mute before the answer arrives, so everything
-    // sent after it is dropped; the unmuted run after it proves the path
-    // was open the whole time.
     for n in 0..25u32 {
         alice
             .media
@@ -101,7 +97,15 @@ async fn a_muted_track_is_not_forwarded_even_if_the_client_keeps_sending() {
         .mute(MediaKind::Audio, false, None)
         .await
         .unwrap();
-    flow(&mut alice, &mut bob, "after").await;
+    flow(alice, bob, "after").await;
+}
+
+#[tokio::test]
+async fn a_muted_track_is_not_forwarded_even_if_the_client_keeps_sending() {
+    let server = TestServer::start().await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
+    across_a_mute(&mut alice, &mut bob).await;
     // Everything bob received, the packets `flow` read included.
     assert_eq!(
         bob.ever_received(b"muted:").await,
@@ -545,27 +549,9 @@ async fn sequence_numbers_run_on_across_a_mute() {
     let server = TestServer::start().await;
     let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
     let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
-    flow(&mut alice, &mut bob, "before").await;
-    alice
-        .client
-        .mute(MediaKind::Audio, true, None)
-        .await
-        .unwrap();
     // Alice's client goes on numbering while muted: 25 sequence numbers
     // bob never sees.
-    for n in 0..25u32 {
-        alice
-            .media
-            .send_audio(&marked("muted", n), n * 960, 30)
-            .await
-            .unwrap();
-    }
-    alice
-        .client
-        .mute(MediaKind::Audio, false, None)
-        .await
-        .unwrap();
-    flow(&mut alice, &mut bob, "after").await;
+    across_a_mute(&mut alice, &mut bob).await;
     for n in 0..10u32 {
         alice
             .media

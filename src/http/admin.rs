@@ -342,11 +342,6 @@ struct BanBody {
     reason: String,
 }
 
-fn until_after(now_ms: i64, seconds: u64) -> Until {
-    let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-    Until::At(now_ms.saturating_add(ms))
-}
-
 /// Bans a user from a room, removing them if they are in it. A ban for the
 /// room's life needs the room open; a timed one may be set ahead.
 async fn ban_from_room(
@@ -363,7 +358,7 @@ async fn ban_from_room(
         (Some(0), _) => {
             return Err(Failure::new(Status::BadRequest, "`seconds` must be 1 or more").into());
         }
-        (Some(seconds), _) => until_after(now_ms, seconds),
+        (Some(seconds), _) => Until::after(now_ms, seconds),
         (None, Some(handle)) => Until::RoomLife(handle.channel_id()),
         (None, None) => {
             return Err(Failure::new(
@@ -444,7 +439,7 @@ async fn ban_from_server(
         Some(0) => {
             return Err(Failure::new(Status::BadRequest, "`seconds` must be 1 or more").into());
         }
-        Some(seconds) => until_after(now_ms, seconds),
+        Some(seconds) => Until::after(now_ms, seconds),
         None => Until::Lifted,
     };
     let ban = state.rooms.bans().ban_user(
@@ -506,7 +501,7 @@ async fn revoke(
         return Err(Failure::new(Status::BadRequest, "`jti` is empty").into());
     }
     let until = match body.expires_at {
-        Some(secs) => Until::At(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+        Some(secs) => Until::at_unix_secs(secs),
         None => Until::Lifted,
     };
     let now_ms = state.clock.unix_ms();

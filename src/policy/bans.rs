@@ -34,6 +34,22 @@ pub enum Until {
     Lifted,
 }
 
+impl Until {
+    /// `seconds` after `now_ms`.
+    pub fn after(now_ms: i64, seconds: u64) -> Until {
+        Until::At(now_ms.saturating_add(seconds_to_ms(seconds)))
+    }
+
+    /// At Unix second `secs`.
+    pub fn at_unix_secs(secs: u64) -> Until {
+        Until::At(seconds_to_ms(secs))
+    }
+}
+
+fn seconds_to_ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
 /// One ban or revocation, as the admin API lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ban {

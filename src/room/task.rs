@@ -713,9 +713,7 @@ impl RoomTask {
     fn ban(&self, operator: &Operator, user: &UserId, terms: &crate::model::BanTerms) {
         let now_ms = self.ctx.clock.unix_ms();
         let until = match terms.seconds {
-            Some(secs) => crate::policy::bans::Until::At(
-                now_ms.saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
-            ),
+            Some(secs) => crate::policy::bans::Until::after(now_ms, secs),
             None => crate::policy::bans::Until::RoomLife(self.room.channel_id()),
         };
         let by = match operator {

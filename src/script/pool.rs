@@ -200,6 +200,36 @@ struct Inner {
     inline: bool,
 }
 
+impl Inner {
+    /// The shared state of a pool with no threads started yet.
+    fn new(
+        name: &str,
+        config: PoolConfig,
+        target: usize,
+        metrics: Arc<PoolMetrics>,
+        inline: bool,
+    ) -> Arc<Inner> {
+        Arc::new(Inner {
+            target,
+            config,
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
+            workers: Mutex::new(Vec::new()),
+            serving: AtomicUsize::new(0),
+            stuck: AtomicUsize::new(0),
+            serving_gauge: metrics.gauge("serving"),
+            stuck_gauge: metrics.gauge("stuck"),
+            metrics,
+            watchdog: Mutex::new(None),
+            name: name.to_owned(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            inline,
+        })
+    }
+}
+
 /// The script threads. Cheap to clone; the threads end when the last clone
 /// is dropped (a stuck one when its call returns, if ever).
 #[derive(Clone)]
@@ -236,24 +266,7 @@ impl Pool {
         metrics: Arc<PoolMetrics>,
     ) -> std::io::Result<Pool> {
         let target = config.thread_count();
-        let inner = Arc::new(Inner {
-            target,
-            config,
-            queue: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-            queued: AtomicUsize::new(0),
-            sleeping: AtomicUsize::new(0),
-            workers: Mutex::new(Vec::new()),
-            serving: AtomicUsize::new(0),
-            stuck: AtomicUsize::new(0),
-            serving_gauge: metrics.gauge("serving"),
-            stuck_gauge: metrics.gauge("stuck"),
-            metrics,
-            watchdog: Mutex::new(None),
-            name: name.to_owned(),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            inline: false,
-        });
+        let inner = Inner::new(name, config, target, metrics, false);
         let weak = Arc::downgrade(&inner);
         let watchdog = Ticker::spawn(
             &format!("{name}-watchdog"),
@@ -282,24 +295,7 @@ impl Pool {
     #[doc(hidden)]
     pub fn inline() -> Pool {
         let metrics = Arc::new(PoolMetrics::default());
-        let inner = Arc::new(Inner {
-            target: 0,
-            config: PoolConfig::default(),
-            queue: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-            queued: AtomicUsize::new(0),
-            sleeping: AtomicUsize::new(0),
-            workers: Mutex::new(Vec::new()),
-            serving: AtomicUsize::new(0),
-            stuck: AtomicUsize::new(0),
-            serving_gauge: metrics.gauge("serving"),
-            stuck_gauge: metrics.gauge("stuck"),
-            metrics,
-            watchdog: Mutex::new(None),
-            name: "inline".into(),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            inline: true,
-        });
+        let inner = Inner::new("inline", PoolConfig::default(), 0, metrics, true);
         Pool {
             _owner: Arc::new(Owner(inner.clone())),
             inner,

@@ -130,46 +130,21 @@ impl TestServer {
 
     /// A token with `attrs` (for room policies), that may create and join any room.
     pub fn token_with_attrs(&self, user: &str, attrs: Value) -> String {
-        let mut claims = claims_for(
-            user,
-            "",
-            Grants {
-                create: true,
-                rooms: vec!["*".into()],
-                ..Grants::default()
-            },
-            Duration::from_secs(600),
-        );
+        let mut claims = anywhere(user);
         claims.attrs = attrs.as_object().cloned().unwrap_or_default();
         Auth::dev().mint(&claims).expect("mint")
     }
 
     /// A token that may create and join any room, with the id `jti`.
     pub fn token_with_jti(&self, user: &str, jti: &str) -> String {
-        let mut claims = claims_for(
-            user,
-            "",
-            Grants {
-                create: true,
-                rooms: vec!["*".into()],
-                ..Grants::default()
-            },
-            Duration::from_secs(600),
-        );
+        let mut claims = anywhere(user);
         claims.jti = Some(jti.to_owned());
         Auth::dev().mint(&claims).expect("mint")
     }
 
     /// A token that may create and join any room.
     pub fn user_token(&self, user: &str) -> String {
-        self.token(
-            user,
-            Grants {
-                create: true,
-                rooms: vec!["*".into()],
-                ..Grants::default()
-            },
-        )
+        Auth::dev().mint(&anywhere(user)).expect("mint")
     }
 
     pub fn admin_token(&self) -> String {
@@ -290,6 +265,16 @@ impl TestServer {
     }
 }
 
+/// Claims for `user` that may create and join any room, for ten minutes.
+fn anywhere(user: &str) -> conclave::auth::Claims {
+    let grants = Grants {
+        create: true,
+        rooms: vec!["*".into()],
+        ..Grants::default()
+    };
+    claims_for(user, "", grants, Duration::from_secs(600))
+}
+
 /// The next event or unmatched response, failing the test if none comes.
 pub async fn next_event(client: &mut SignalClient) -> ServerMessage {
     tokio::time::timeout(PATIENCE, client.next_event())
@@ -310,12 +295,22 @@ pub async fn closed(client: &mut SignalClient) -> Option<(u16, String)> {
 
 /// Polls `check` until it holds; for state that has no event to wait on
 /// (a room with nobody in it expiring, say).
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_within(PATIENCE, what, check).await
+}
+
+/// [`eventually`] with a deadline of its own, for state that takes longer
+/// than [`PATIENCE`] by design.
+pub async fn eventually_within<F, Fut>(patience: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
