@@ -297,7 +297,10 @@ impl ServerMessage {
             id,
             code: failure.status,
             message: Some(failure.message),
-            data: Value::Null,
+            // A refusal a room decided names its decision-log record.
+            data: failure
+                .decision
+                .map_or(Value::Null, |id| serde_json::json!({ "decision": id })),
         }
     }
 

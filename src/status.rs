@@ -100,6 +100,9 @@ impl<'de> Deserialize<'de> for Status {
 pub struct Failure {
     pub status: Status,
     pub message: String,
+    /// The id of the decision-log record that refused the request, when a
+    /// room decided it (`GET /api/decisions/{id}` resolves it).
+    pub decision: Option<String>,
 }
 
 impl Failure {
@@ -107,7 +110,14 @@ impl Failure {
         Self {
             status,
             message: message.into(),
+            decision: None,
         }
+    }
+
+    /// The same failure, naming the decision that refused it.
+    pub fn decided(mut self, decision: Option<String>) -> Self {
+        self.decision = decision;
+        self
     }
 }
 

@@ -27,6 +27,9 @@ impl From<RoomFailure> for Failure {
         let status = match &e {
             RoomFailure::Rule(rule) => return Failure::from(rule.clone()),
             RoomFailure::Denied(denial) => return Failure::from(denial.clone()),
+            RoomFailure::Decided { decision, error } => {
+                return Failure::from(error.clone()).decided(Some(decision.clone()));
+            }
             RoomFailure::Media(media) => return failure(media_status(media), media),
             RoomFailure::Closed(_)
             | RoomFailure::NoSuchRoom(_)
@@ -47,25 +50,15 @@ impl From<RoomFailure> for Failure {
 
 impl From<RoomError> for Failure {
     fn from(e: RoomError) -> Failure {
-        let status = match &e {
-            RoomError::Closed(_) | RoomError::NoSuchMember(_) | RoomError::NotMember(_) => {
-                Status::NotFound
-            }
-            RoomError::NoVideoInAudioMode
-            | RoomError::NoScreenInAudioMode
-            | RoomError::CannotStartForOthers => Status::BadRequest,
-            RoomError::AudienceCannotShare
-            | RoomError::AudienceCannotUnmute
-            | RoomError::NotPermitted
-            | RoomError::KickNotPermitted => Status::Forbidden,
-        };
-        failure(status, e)
+        // The room's own refusals know their status (the decision log
+        // records it): `RoomError::status`.
+        failure(e.status(), e)
     }
 }
 
 impl From<Denial> for Failure {
     fn from(d: Denial) -> Failure {
-        Failure::new(d.status, d.reason)
+        Failure::new(d.status, d.reason).decided(d.decision)
     }
 }
 

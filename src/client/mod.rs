@@ -69,6 +69,14 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The decision-log id a refusal names (`GET /api/decisions/{id}`).
+    pub fn decision(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused(f) => f.decision.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Requests waiting for their response, by id; `None` once the connection
@@ -452,9 +460,17 @@ async fn request_on(
             data,
             ..
         }) => Ok(data),
-        Ok(ServerMessage::Response { code, message, .. }) => Err(ClientError::Refused(
-            Failure::new(code, message.unwrap_or_default()),
-        )),
+        Ok(ServerMessage::Response {
+            code,
+            message,
+            data,
+            ..
+        }) => {
+            let decision = data["decision"].as_str().map(str::to_owned);
+            Err(ClientError::Refused(
+                Failure::new(code, message.unwrap_or_default()).decided(decision),
+            ))
+        }
         Ok(other) => Err(ClientError::Protocol(format!(
             "expected a response, got {other:?}"
         ))),

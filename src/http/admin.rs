@@ -19,6 +19,7 @@ use crate::auth::Identity;
 use crate::ids::{RoomName, UserId};
 use crate::model::{MediaKind, Role};
 use crate::policy::bans::Until;
+use crate::policy::decisions::DecisionQuery;
 use crate::protocol::CreateOk;
 use crate::room::{Act, By, CloseReason, RoomHandle};
 use crate::status::{Failure, Status};
@@ -45,6 +46,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/revocations", get(list_revocations).post(revoke))
         .route("/revocations/{jti}", axum::routing::delete(unrevoke))
         .route("/records", get(records))
+        .route("/rooms/{room}/decisions", get(room_decisions))
+        .route("/decisions", get(outside_decisions))
+        .route("/decisions/{id}", get(decision))
         .route("/policies", get(policies))
         .route("/plugins/{name}", axum::routing::delete(unload_plugin))
 }
@@ -110,11 +114,11 @@ impl From<QueryRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.0.status;
-        (
-            super::http_status(status),
-            Json(json!({ "code": status.code(), "message": self.0.message })),
-        )
-            .into_response()
+        let mut body = json!({ "code": status.code(), "message": self.0.message });
+        if let Some(decision) = self.0.decision {
+            body["decision"] = json!(decision);
+        }
+        (super::http_status(status), Json(body)).into_response()
     }
 }
 
@@ -328,6 +332,66 @@ async fn records(
     let Query(query) = query?;
     let records = state.store.records(query).await?;
     Ok(Json(json!({ "records": records })).into_response())
+}
+
+/// A room's decision log, oldest first (`?user=`, `?refused=true`,
+/// `?limit=`).
+async fn room_decisions(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    query: Result<Query<DecisionQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query?;
+    let decisions = find(&state, room)?.decisions(query).await?;
+    Ok(Json(json!({ "decisions": decisions })).into_response())
+}
+
+/// Decisions made where no room exists yet.
+async fn outside_decisions(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<DecisionQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query?;
+    let decisions = state.rooms.outside_decisions(&query);
+    Ok(Json(json!({ "decisions": decisions })).into_response())
+}
+
+/// The record a refused request's `decision` id names, wherever it was
+/// made: its prefix is the room instance's channel id (or `s`, outside
+/// any room).
+async fn decision(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let gone = || {
+        Failure::new(
+            Status::NotFound,
+            format!(
+                "no decision `{id}` is kept: the room closed or the record aged out of its log"
+            ),
+        )
+    };
+    if let Some(record) = state.rooms.outside_decision(&id) {
+        return Ok(Json(record).into_response());
+    }
+    let channel = id
+        .split_once('-')
+        .and_then(|(prefix, _)| prefix.parse::<i64>().ok())
+        .ok_or_else(gone)?;
+    let handle = state
+        .rooms
+        .by_channel(crate::ids::ChannelId(channel))
+        .ok_or_else(gone)?;
+    let found = handle
+        .decisions(DecisionQuery::default())
+        .await?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(gone)?;
+    Ok(Json(found).into_response())
 }
 
 #[derive(Deserialize)]

@@ -27,7 +27,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::lua::{Decision, Effect, RoomView};
@@ -42,7 +42,7 @@ use crate::model::{MediaKind, Mode, Role};
 use crate::status::Status;
 
 /// Which step of the pipeline refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "layer", rename_all = "snake_case")]
 pub enum Decider {
     /// A ban of the user (from the room or the server) or of the token.
@@ -57,6 +57,9 @@ pub enum Decider {
     Policy { script: String, hook: String },
     /// The rules that hold after every step (acting on others, roles).
     Rules,
+    /// The room's own state machine, after the pipeline allowed the request
+    /// (an audience member cannot unmute, say).
+    Room,
 }
 
 /// A refusal: what the client is told, and who decided.
@@ -66,6 +69,8 @@ pub struct Denial {
     pub status: Status,
     pub reason: String,
     pub by: Decider,
+    /// The decision-log record of this refusal, once it is written down.
+    pub decision: Option<String>,
 }
 
 impl Denial {
@@ -74,6 +79,7 @@ impl Denial {
             status,
             reason: reason.into(),
             by,
+            decision: None,
         }
     }
 }
@@ -151,6 +157,8 @@ pub enum DataTerms {
 /// An allowed request and its terms.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Granted {
+    /// The decision-log record of this decision.
+    pub decision: String,
     /// The member may act on others for this request.
     pub elevated: bool,
     /// For joins.
@@ -170,6 +178,32 @@ impl Ask<'_> {
             | Ask::Mute { target, .. }
             | Ask::ShareScreen { target, .. } => other(*target),
             Ask::MuteAll { .. } | Ask::Kick { .. } => true,
+        }
+    }
+
+    /// The action's name in the decision log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Ask::Create { .. } => "create",
+            Ask::Join { .. } => "join",
+            Ask::SetRole { .. } => "set_role",
+            Ask::Mute { .. } => "mute",
+            Ask::MuteAll { .. } => "mute_all",
+            Ask::Kick { .. } => "kick",
+            Ask::ShareScreen { .. } => "share_screen",
+            Ask::Data { .. } => "send",
+        }
+    }
+
+    /// Whom the request is aimed at, if anyone.
+    pub fn target(&self) -> Option<&UserId> {
+        match *self {
+            Ask::SetRole { target, .. }
+            | Ask::Mute { target, .. }
+            | Ask::ShareScreen { target, .. } => target,
+            Ask::Kick { target } => Some(target),
+            Ask::Data { to, .. } => to,
+            _ => None,
         }
     }
 
@@ -335,10 +369,12 @@ struct HookRequest {
 }
 
 impl RoomPolicy {
-    /// Runs `access` through the pipeline (module docs). `channel` is set in
-    /// a media channel's room; `view` is the room as hooks read it. Effects
-    /// the decide hook queued are added to `effects`; the caller applies
-    /// them only if the request then succeeds.
+    /// Runs `access` through the pipeline (module docs) and writes the
+    /// decision down in the room's decision log: the answer names its
+    /// record. `channel` is set in a media channel's room; `view` is the
+    /// room as hooks read it. Effects the decide hook queued are added to
+    /// `effects`; the caller applies them only if the request then
+    /// succeeds.
     pub async fn authorize(
         &mut self,
         access: &Access<'_>,
@@ -346,6 +382,34 @@ impl RoomPolicy {
         view: &Arc<RoomView>,
         effects: &mut Vec<Effect>,
     ) -> Result<Granted, Denial> {
+        let started = std::time::Instant::now();
+        let answer = self.run_pipeline(access, channel, view, effects).await;
+        let micros = started.elapsed().as_micros() as u64;
+        let (allowed, code, reason, by) = match &answer {
+            Ok((_, by)) => (true, Status::Ok.code(), None, by.clone()),
+            Err(d) => (false, d.status.code(), Some(d.reason.clone()), d.by.clone()),
+        };
+        let id = self.record_decision(access, allowed, code, reason, by, micros);
+        match answer {
+            Ok((mut granted, _)) => {
+                granted.decision = id;
+                Ok(granted)
+            }
+            Err(mut denial) => {
+                denial.decision = Some(id);
+                Err(denial)
+            }
+        }
+    }
+
+    /// The pipeline itself; an allowed request also says who decided.
+    async fn run_pipeline(
+        &mut self,
+        access: &Access<'_>,
+        channel: Option<&ChannelBinding>,
+        view: &Arc<RoomView>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(Granted, Decider), Denial> {
         let identity = access.identity;
         let me = &identity.user;
         let ask = access.ask;
@@ -387,14 +451,7 @@ impl RoomPolicy {
             Ask::SetRole { role, .. } => Some(role),
             _ => None,
         };
-        let target = match ask {
-            Ask::SetRole { target, .. }
-            | Ask::Mute { target, .. }
-            | Ask::ShareScreen { target, .. } => target,
-            Ask::Kick { target } => Some(target),
-            Ask::Data { to, .. } => to,
-            _ => None,
-        };
+        let target = ask.target();
         if let Some(action) = action {
             let mut check = Check::new(action, access.room, me.as_str());
             check.target = target.map_or("", |t| t.as_str());
@@ -417,6 +474,7 @@ impl RoomPolicy {
             _ => None,
         };
         let hook = ask.hook();
+        let mut decided_by = Decider::Rules;
         if self.wants(hook) {
             let request = HookRequest {
                 user: me.to_string(),
@@ -459,7 +517,14 @@ impl RoomPolicy {
                     _ => access.community.cloned(),
                 },
             };
-            match self.decide(hook, view, request, effects).await? {
+            let decision = self.decide(hook, view, request, effects).await?;
+            if decision != Decision::Pass {
+                decided_by = Decider::Policy {
+                    script: self.status().version.clone().unwrap_or_default(),
+                    hook: hook.to_owned(),
+                };
+            }
+            match decision {
                 Decision::Pass => {}
                 Decision::Allow => elevated |= on_others,
                 Decision::Deny(refusal) => {
@@ -504,11 +569,15 @@ impl RoomPolicy {
             Ask::Join { role, .. } => Some(join_terms(identity, role, channel_role, join)?),
             _ => None,
         };
-        Ok(Granted {
-            elevated,
-            join,
-            data,
-        })
+        Ok((
+            Granted {
+                decision: String::new(),
+                elevated,
+                join,
+                data,
+            },
+            decided_by,
+        ))
     }
 }
 

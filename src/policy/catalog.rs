@@ -74,6 +74,8 @@ pub struct PolicyConfig {
     pub wasm: WasmLimits,
     /// Per-plugin settings, by plugin name (the file stem).
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// Decisions each room keeps in its decision log (0: none).
+    pub decision_log: usize,
 }
 
 impl Default for PolicyConfig {
@@ -90,6 +92,7 @@ impl Default for PolicyConfig {
             effects: super::lua::EffectLimits::default(),
             wasm: WasmLimits::default(),
             plugins: BTreeMap::new(),
+            decision_log: 256,
         }
     }
 }

@@ -23,6 +23,7 @@
 pub mod authz;
 pub mod bans;
 pub mod catalog;
+pub mod decisions;
 pub mod lua;
 pub mod reload;
 pub mod runtime;

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::authz::{Decider, Denial};
+use super::authz::{Access, Decider, Denial};
 use super::catalog::{Catalog, Script};
+use super::decisions::{DecisionLog, DecisionRecord};
 use super::lua::{Decision, Effect, HookError, LuaPolicy, OwnedIdentity, RoomView};
 use super::wasm::{Plugin, PluginInstance, Verdict};
 use super::{Check, FailureMode};
@@ -109,6 +110,7 @@ pub struct RoomPolicy {
     instances: Vec<Option<PluginInstance>>,
     timers: BTreeMap<String, Timer>,
     status: PolicyStatus,
+    decisions: DecisionLog,
 }
 
 impl std::fmt::Debug for RoomPolicy {
@@ -129,7 +131,10 @@ impl RoomPolicy {
     ) -> RoomPolicy {
         let plugins = catalog.plugins();
         let lua = lua.map_or(Lua::None, Lua::ready);
+        let decisions =
+            DecisionLog::new(room.channel_id.to_string(), catalog.config().decision_log);
         let mut policy = RoomPolicy {
+            decisions,
             catalog,
             room,
             kv,
@@ -146,6 +151,43 @@ impl RoomPolicy {
         policy.refresh_labels();
         policy.status.since = Some(policy.catalog.clock().unix_ms());
         policy
+    }
+
+    /// The room's decision log.
+    pub fn decisions(&self) -> &DecisionLog {
+        &self.decisions
+    }
+
+    pub fn decisions_mut(&mut self) -> &mut DecisionLog {
+        &mut self.decisions
+    }
+
+    /// Writes one decision of the pipeline down; returns its id.
+    pub(crate) fn record_decision(
+        &mut self,
+        access: &Access<'_>,
+        allowed: bool,
+        code: u16,
+        reason: Option<String>,
+        by: Decider,
+        micros: u64,
+    ) -> String {
+        let record = DecisionRecord {
+            id: String::new(),
+            at: self.catalog.clock().unix_ms(),
+            room: access.room.to_owned(),
+            action: access.ask.name().to_owned(),
+            actor: access.identity.user.to_string(),
+            target: access.ask.target().map(|t| t.to_string()),
+            allowed,
+            code,
+            reason,
+            by,
+            policy: self.status.version.clone(),
+            plugins: self.status.plugins.clone(),
+            micros,
+        };
+        self.decisions.push(record)
     }
 
     /// Versions, failures and when the current script version started.

@@ -52,4 +52,8 @@ pub enum Error {
     NotInRoom,
     #[error(transparent)]
     Media(#[from] MediaError),
+    /// The room's own rules refused what authorization allowed; `decision`
+    /// names the decision-log record (amended to say so).
+    #[error("{error}")]
+    Decided { decision: String, error: RoomError },
 }

@@ -20,9 +20,10 @@ use crate::community::channel::{ChannelBinding, ROOM_PREFIX};
 use crate::ids::{ChannelId, RoomName};
 use crate::media::Media;
 use crate::policy::FailureMode;
-use crate::policy::authz::{self, Access, Ask};
+use crate::policy::authz::{self, Access, Ask, Denial};
 use crate::policy::bans::Bans;
 use crate::policy::catalog::Catalog;
+use crate::policy::decisions::{DecisionLog, DecisionQuery, DecisionRecord};
 use crate::policy::lua::{OwnedIdentity, RoomView};
 use crate::policy::runtime::RoomPolicy;
 use crate::store::StoreHandle;
@@ -50,6 +51,8 @@ pub struct RoomServices {
 
 pub(crate) struct RoomsInner {
     map: Mutex<HashMap<RoomName, RoomHandle>>,
+    /// Decisions made where no room exists (see [`Rooms::outside_decisions`]).
+    outside: Mutex<DecisionLog>,
     services: RoomServices,
     shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -76,6 +79,10 @@ impl Rooms {
         Rooms {
             inner: Arc::new(RoomsInner {
                 map: Mutex::new(HashMap::new()),
+                outside: Mutex::new(DecisionLog::new(
+                    "s",
+                    services.catalog.config().decision_log,
+                )),
                 services,
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -106,7 +113,7 @@ impl Rooms {
             // The token answers first: a name it does not cover is refused
             // before anything is said about the room or the server.
             let access = create_access(&name, &custom_info, creator, "");
-            authz::grants(&access, false)?;
+            authz::grants(&access, false).map_err(|d| self.refused_outside(&access, d))?;
         }
         if name.as_str().starts_with(ROOM_PREFIX) {
             return Err(Error::Reserved(ROOM_PREFIX));
@@ -200,9 +207,18 @@ impl Rooms {
             // Effects make no sense before the room exists; they are dropped.
             let mut effects = Vec::new();
             let view = Arc::new(RoomView::default());
-            room_policy
+            let refused = room_policy
                 .authorize(&access, None, &view, &mut effects)
-                .await?;
+                .await
+                .err();
+            if let Some(denial) = refused {
+                // The room never opens: its one decision is kept with the
+                // others made outside any room.
+                if let Some(record) = room_policy.decisions().last() {
+                    self.lock_outside().keep(record.clone());
+                }
+                return Err(denial.into());
+            }
         }
 
         let mut map = self.inner.map.lock().expect("room map lock poisoned");
@@ -235,6 +251,53 @@ impl Rooms {
         );
         map.insert(name, handle.clone());
         Ok(handle)
+    }
+
+    fn lock_outside(&self) -> std::sync::MutexGuard<'_, DecisionLog> {
+        self.inner
+            .outside
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes down a refusal made before any room was involved (the
+    /// token's grants, checked before a room is looked up) and returns it
+    /// naming its record.
+    pub fn refused_outside(&self, access: &Access<'_>, mut denial: Denial) -> Denial {
+        let record = DecisionRecord {
+            id: String::new(),
+            at: self.inner.services.clock.unix_ms(),
+            room: access.room.to_owned(),
+            action: access.ask.name().to_owned(),
+            actor: access.identity.user.to_string(),
+            target: None,
+            allowed: false,
+            code: denial.status.code(),
+            reason: Some(denial.reason.clone()),
+            by: denial.by.clone(),
+            policy: None,
+            plugins: Vec::new(),
+            micros: 0,
+        };
+        denial.decision = Some(self.lock_outside().push(record));
+        denial
+    }
+
+    /// Decisions made where no room exists: creates refused by the token
+    /// or `can_create`, joins the token's room patterns refused.
+    pub fn outside_decisions(&self, query: &DecisionQuery) -> Vec<DecisionRecord> {
+        self.lock_outside().query(query)
+    }
+
+    /// The record `id` names, among the decisions made outside rooms.
+    pub fn outside_decision(&self, id: &str) -> Option<DecisionRecord> {
+        self.lock_outside().get(id).cloned()
+    }
+
+    /// The open room whose instance is `channel_id`.
+    pub fn by_channel(&self, channel_id: ChannelId) -> Option<RoomHandle> {
+        let map = self.inner.map.lock().expect("room map lock poisoned");
+        map.values().find(|h| h.channel_id() == channel_id).cloned()
     }
 
     fn check_free(&self, name: &RoomName) -> Result<(), Error> {

@@ -155,6 +155,26 @@ pub enum RoomError {
     KickNotPermitted,
 }
 
+impl RoomError {
+    /// The status a client is answered with. Kept with the type (not in
+    /// `app::errors` with the others) because the room's decision log
+    /// records it too.
+    pub fn status(&self) -> Status {
+        match self {
+            RoomError::Closed(_) | RoomError::NoSuchMember(_) | RoomError::NotMember(_) => {
+                Status::NotFound
+            }
+            RoomError::NoVideoInAudioMode
+            | RoomError::NoScreenInAudioMode
+            | RoomError::CannotStartForOthers => Status::BadRequest,
+            RoomError::AudienceCannotShare
+            | RoomError::AudienceCannotUnmute
+            | RoomError::NotPermitted
+            | RoomError::KickNotPermitted => Status::Forbidden,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Member {
     info: MemberInfo,

@@ -39,7 +39,8 @@ use crate::community::hub::{Change, MemberContext};
 use crate::ids::{ChannelId, ConnId, RoomName, UserId};
 use crate::media::{Gate, Media, MediaCommand, MediaEvent, MediaReply, RoomMedia};
 use crate::model::{ChannelEndReason, LeaveReason, MediaKind, MemberInfo, Mode, Role, VolumeLevel};
-use crate::policy::authz::{Access, Ask, DataTerms, Granted};
+use crate::policy::authz::{Access, Ask, DataTerms, Decider, Denial, Granted};
+use crate::policy::decisions::{DecisionQuery, DecisionRecord};
 use crate::policy::lua::{Effect, MemberView, RoomView};
 use crate::policy::runtime::{PolicyStatus, RoomPolicy};
 use crate::protocol::{JoinOk, ServerMessage};
@@ -137,6 +138,10 @@ pub(crate) enum Command {
     },
     Info {
         reply: Reply<RoomInfo>,
+    },
+    Decisions {
+        query: DecisionQuery,
+        reply: Reply<Vec<DecisionRecord>>,
     },
 }
 
@@ -274,6 +279,11 @@ impl RoomHandle {
 
     pub async fn info(&self) -> Result<RoomInfo, Error> {
         self.ask(|reply| Command::Info { reply }).await
+    }
+
+    /// What the room's decision log holds, as `query` selects.
+    pub async fn decisions(&self, query: DecisionQuery) -> Result<Vec<DecisionRecord>, Error> {
+        self.ask(|reply| Command::Decisions { query, reply }).await
     }
 }
 
@@ -476,6 +486,9 @@ impl RoomTask {
                     reply,
                 });
             }
+            Command::Decisions { query, reply } => {
+                let _ = reply.send(Ok(self.policy.decisions().query(&query)));
+            }
             Command::Info { reply } => {
                 let view = self.view();
                 let info = RoomInfo {
@@ -516,41 +529,53 @@ impl RoomTask {
             identity.jti.as_deref(),
             self.ctx.clock.unix_ms(),
         );
+        let community = self.community_of(&identity.user);
+        let room = self.room.name().clone();
+        let access = Access {
+            room: room.as_str(),
+            identity: &identity,
+            community: community.as_ref(),
+            attr_lines: &attr_lines,
+            ask: Ask::Join {
+                mode,
+                role,
+                members: self.room.member_count(),
+            },
+        };
         let terms = if let Some(refusal) = banned {
             // Before anything else is asked, a resume included.
-            Err(Error::from(crate::policy::authz::Denial::new(
-                refusal.status,
-                refusal.reason,
-                crate::policy::authz::Decider::Ban,
-            )))
+            let decision = self.policy.record_decision(
+                &access,
+                false,
+                refusal.status.code(),
+                Some(refusal.reason.clone()),
+                Decider::Ban,
+                0,
+            );
+            let mut denial = Denial::new(refusal.status, refusal.reason, Decider::Ban);
+            denial.decision = Some(decision);
+            Err(Error::from(denial))
         } else if resume {
             // Role and mode stay the membership's; these are not used.
-            Ok(crate::policy::authz::JoinTerms {
-                role: Role::Audience,
-                muted: false,
-            })
-        } else {
-            let community = self.community_of(&identity.user);
-            let room = self.room.name().clone();
-            let access = Access {
-                room: room.as_str(),
-                identity: &identity,
-                community: community.as_ref(),
-                attr_lines: &attr_lines,
-                ask: Ask::Join {
-                    mode,
-                    role,
-                    members: self.room.member_count(),
+            Ok((
+                crate::policy::authz::JoinTerms {
+                    role: Role::Audience,
+                    muted: false,
                 },
-            };
+                None,
+            ))
+        } else {
             let view = self.view();
             self.policy
                 .authorize(&access, self.ctx.binding.as_ref(), &view, &mut effects)
                 .await
-                .map(|granted| granted.join.expect("a granted join has its terms"))
+                .map(|granted| {
+                    let terms = granted.join.expect("a granted join has its terms");
+                    (terms, Some(granted.decision))
+                })
                 .map_err(Error::from)
         };
-        let result = terms.and_then(|terms| {
+        let result = terms.and_then(|(terms, decision)| {
             let joiner = Joiner {
                 user: &identity.user,
                 name: &identity.name,
@@ -558,9 +583,8 @@ impl RoomTask {
                 role: terms.role,
                 muted: terms.muted,
             };
-            self.room
-                .join(self.ctx.clock.now(), conn, joiner)
-                .map_err(Error::from)
+            let joined = self.room.join(self.ctx.clock.now(), conn, joiner);
+            joined.map_err(|e| self.refused_after(decision, e))
         });
         if result.is_ok() {
             self.sinks.insert(conn, sink);
@@ -669,7 +693,23 @@ impl RoomTask {
         } else {
             Operator::Member(conn)
         };
-        self.apply_act(&operator, act, granted.data)
+        match self.apply_act(&operator, act, granted.data) {
+            Err(Error::Rule(e)) => Err(self.refused_after(Some(granted.decision), e)),
+            other => other,
+        }
+    }
+
+    /// The room's own rules refused what the pipeline allowed: the
+    /// decision's record says so, and the answer names it.
+    fn refused_after(&mut self, decision: Option<String>, error: RoomError) -> Error {
+        let Some(decision) = decision else {
+            return Error::Rule(error);
+        };
+        let code = error.status().code();
+        self.policy
+            .decisions_mut()
+            .refused_after(&decision, code, error.to_string());
+        Error::Decided { decision, error }
     }
 
     /// Applies an authorized action to the state machine.

@@ -401,7 +401,8 @@ impl Connection {
                         members: 0,
                     },
                 };
-                authz::grants(&access, false)?;
+                authz::grants(&access, false)
+                    .map_err(|d| self.state.rooms.refused_outside(&access, d))?;
                 let handle = self.state.rooms.find(&room)?;
                 let ok = handle
                     .join(self.conn, identity, mode, role, self.sink.clone())
