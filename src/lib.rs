@@ -24,7 +24,7 @@
 //! | 5 | `room` `client` | the room state machine, its task and the registry; the Rust client |
 //! | 6 | `bot` `loadtest` | Lua-scripted participants; simulated load |
 //! | 7 | `app` | configuration, shared state, services across rooms, errors to statuses, metrics |
-//! | 8 | `signal` | one task per WebSocket connection |
+//! | 8 | `signal` `authoring` | one task per WebSocket connection; the authoring toolkit (policy check, test, replay; plugin check), offline |
 //! | 9 | `http` | the router: `/ws`, the admin and community APIs, health, metrics, the page |
 //! | 10 | `server` | assembles everything and shuts it down in order |
 //! <!-- layers:end -->
@@ -39,6 +39,7 @@
 pub mod app;
 pub mod audio;
 pub mod auth;
+pub mod authoring;
 pub mod bot;
 pub mod client;
 pub mod clock;

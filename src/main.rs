@@ -74,6 +74,12 @@ enum Command {
     Bot(conclave::bot::BotArgs),
     /// Load-test a server with simulated participants and report what they saw.
     Loadtest(conclave::loadtest::LoadtestArgs),
+    /// Check, test and replay room policies, offline.
+    #[command(subcommand)]
+    Policy(conclave::authoring::PolicyCommand),
+    /// Check a permission plugin, offline.
+    #[command(subcommand)]
+    Plugin(conclave::authoring::PluginCommand),
 }
 
 fn parse_attr(s: &str) -> Result<(String, serde_json::Value), String> {
@@ -91,6 +97,16 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { dev, config } => serve(dev, config),
         Command::Bot(args) => Ok(runtime()?.block_on(conclave::bot::run_cli(args))?),
         Command::Loadtest(args) => Ok(runtime()?.block_on(conclave::loadtest::run_cli(args))?),
+        Command::Policy(command) => {
+            quiet_logging();
+            let status = conclave::authoring::run_policy(command)?;
+            std::process::exit(status)
+        }
+        Command::Plugin(command) => {
+            quiet_logging();
+            let status = conclave::authoring::run_plugin(command)?;
+            std::process::exit(status)
+        }
         Command::Token {
             user,
             name,
@@ -217,4 +233,10 @@ fn print_dev_banner(server: &Server) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     Ok(())
+}
+
+/// The authoring commands print their own report on stdout; the log keeps
+/// to warnings (a script's `log.info` included) unless `RUST_LOG` says more.
+fn quiet_logging() {
+    conclave::telemetry::init_logging(conclave::telemetry::LogFormat::Human, "warn");
 }

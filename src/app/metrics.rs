@@ -107,6 +107,11 @@ impl Metrics {
             "Failed hook calls and plugin checks in rooms, by hook (or load, plugin) and kind: error, budget, memory, plugin",
             catalog.failures.clone(),
         );
+        registry.register(
+            "policy_shadow_decisions",
+            "Decide hooks a shadow policy answered beside the live one, by outcome: agree, disagree, failed, dropped",
+            catalog.shadow.clone(),
+        );
         Arc::new(Metrics {
             registry: root,
             rooms,

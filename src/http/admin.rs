@@ -20,8 +20,9 @@ use crate::ids::{RoomName, UserId};
 use crate::model::{MediaKind, Role};
 use crate::policy::bans::Until;
 use crate::policy::decisions::DecisionQuery;
+use crate::policy::shadow::ShadowStatus;
 use crate::protocol::CreateOk;
-use crate::room::{Act, By, CloseReason, RoomHandle};
+use crate::room::{Act, By, CloseReason, RecordingOp, RoomHandle, ShadowOp};
 use crate::status::{Failure, Status};
 use crate::store::{BanKind, RecordQuery};
 
@@ -47,6 +48,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/revocations/{jti}", axum::routing::delete(unrevoke))
         .route("/records", get(records))
         .route("/rooms/{room}/decisions", get(room_decisions))
+        .route(
+            "/rooms/{room}/shadow",
+            get(get_shadow).post(set_shadow).delete(clear_shadow),
+        )
+        .route(
+            "/rooms/{room}/recording",
+            get(get_recording)
+                .post(start_recording)
+                .delete(stop_recording),
+        )
         .route("/decisions", get(outside_decisions))
         .route("/decisions/{id}", get(decision))
         .route("/policies", get(policies))
@@ -345,6 +356,85 @@ async fn room_decisions(
     let Query(query) = query?;
     let decisions = find(&state, room)?.decisions(query).await?;
     Ok(Json(json!({ "decisions": decisions })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowBody {
+    policy: String,
+}
+
+fn shadow_answer(answer: Result<Option<ShadowStatus>, String>) -> ApiResult<Response> {
+    match answer {
+        Ok(status) => Ok(Json(json!({ "shadow": status })).into_response()),
+        Err(e) => Err(Failure::new(Status::BadRequest, e).into()),
+    }
+}
+
+/// The room's shadow policy: version, counts, the newest disagreements.
+async fn get_shadow(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    shadow_answer(find(&state, room)?.shadow(ShadowOp::Status).await?)
+}
+
+/// Runs `{"policy": NAME}` as the room's shadow from now on.
+async fn set_shadow(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    body: Result<Json<ShadowBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    shadow_answer(
+        find(&state, room)?
+            .shadow(ShadowOp::Set(body.policy))
+            .await?,
+    )
+}
+
+/// Stops the room's shadow; answers its final status.
+async fn clear_shadow(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    shadow_answer(find(&state, room)?.shadow(ShadowOp::Clear).await?)
+}
+
+fn recording_answer(answer: Result<Option<std::path::PathBuf>, String>) -> ApiResult<Response> {
+    match answer {
+        Ok(file) => Ok(Json(json!({ "file": file })).into_response()),
+        Err(e) => Err(Failure::new(Status::Internal, e).into()),
+    }
+}
+
+async fn get_recording(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    recording_answer(find(&state, room)?.recording(RecordingOp::Status).await?)
+}
+
+/// Starts recording the room's policy inputs under `[policy]
+/// recordings_dir`; answers the file.
+async fn start_recording(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    recording_answer(find(&state, room)?.recording(RecordingOp::Start).await?)
+}
+
+async fn stop_recording(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> ApiResult<Response> {
+    recording_answer(find(&state, room)?.recording(RecordingOp::Stop).await?)
 }
 
 /// Decisions made where no room exists yet.

@@ -76,6 +76,21 @@ pub struct PolicyConfig {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// Decisions each room keeps in its decision log (0: none).
     pub decision_log: usize,
+    /// Candidate policies run as shadows in matching rooms (first match).
+    pub shadows: Vec<PolicyRule>,
+    /// Rooms whose policy inputs are recorded from their start (the
+    /// `policy` field of these rules is not used).
+    pub record: Vec<RecordRule>,
+    /// Where recordings are written, `<room>-<channel id>.jsonl`.
+    pub recordings_dir: PathBuf,
+}
+
+/// A `[[policy.record]]` rule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRule {
+    /// Room-name pattern; `*` matches any run of characters.
+    pub rooms: String,
 }
 
 impl Default for PolicyConfig {
@@ -93,6 +108,9 @@ impl Default for PolicyConfig {
             wasm: WasmLimits::default(),
             plugins: BTreeMap::new(),
             decision_log: 256,
+            shadows: Vec::new(),
+            record: Vec::new(),
+            recordings_dir: PathBuf::from("recordings"),
         }
     }
 }
@@ -228,6 +246,8 @@ pub struct CatalogMetrics {
     pub failures: Family<FailureLabel, Counter>,
     /// Script API calls refused at a `[policy.effects]` limit.
     pub limits: super::lua::LimitHits,
+    /// Shadow policies' decide hooks compared with the live ones, by outcome.
+    pub shadow: super::shadow::ShadowCounts,
 }
 
 impl CatalogMetrics {
@@ -686,6 +706,30 @@ impl Catalog {
             (None, Some(name)) => Ok(name.to_owned()),
             (None, None) => Ok(self.config.default.clone()),
         }
+    }
+
+    /// The shadow policy a `[[policy.shadows]]` rule gives `room`, if any.
+    pub fn shadow_for(&self, room: &str) -> Option<&str> {
+        self.config
+            .shadows
+            .iter()
+            .find(|r| glob_match(&r.rooms, room))
+            .map(|r| r.policy.as_str())
+    }
+
+    /// Whether a `[[policy.record]]` rule records `room`.
+    pub fn records(&self, room: &str) -> bool {
+        self.config
+            .record
+            .iter()
+            .any(|r| glob_match(&r.rooms, room))
+    }
+
+    /// Where a recording of the room instance `channel_id` is written.
+    pub fn recording_path(&self, room: &str, channel_id: i64) -> PathBuf {
+        self.config
+            .recordings_dir
+            .join(format!("{room}-{channel_id}.jsonl"))
     }
 
     /// A fresh policy state for a new room, from `name`'s current version,

@@ -25,8 +25,10 @@ pub mod bans;
 pub mod catalog;
 pub mod decisions;
 pub mod lua;
+pub mod recording;
 pub mod reload;
 pub mod runtime;
+pub mod shadow;
 pub mod wasm;
 
 use serde::{Deserialize, Serialize};

@@ -25,6 +25,8 @@ use super::authz::{Access, Decider, Denial};
 use super::catalog::{Catalog, Script};
 use super::decisions::{DecisionLog, DecisionRecord};
 use super::lua::{Decision, Effect, HookError, LuaPolicy, OwnedIdentity, RoomView};
+use super::recording::{Line, Recorder};
+use super::shadow::{Shadow, ShadowStatus};
 use super::wasm::{Plugin, PluginInstance, Verdict};
 use super::{Check, FailureMode};
 use crate::script::ScriptError;
@@ -111,6 +113,10 @@ pub struct RoomPolicy {
     timers: BTreeMap<String, Timer>,
     status: PolicyStatus,
     decisions: DecisionLog,
+    /// A candidate policy running beside the live one ([`super::shadow`]).
+    shadow: Option<Shadow>,
+    /// Where the room's policy inputs are being written, when they are.
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for RoomPolicy {
@@ -135,6 +141,8 @@ impl RoomPolicy {
             DecisionLog::new(room.channel_id.to_string(), catalog.config().decision_log);
         let mut policy = RoomPolicy {
             decisions,
+            shadow: None,
+            recorder: None,
             catalog,
             room,
             kv,
@@ -187,7 +195,114 @@ impl RoomPolicy {
             plugins: self.status.plugins.clone(),
             micros,
         };
+        if let Some(recorder) = &mut self.recorder {
+            let mut record = record.clone();
+            record.id = self.decisions.next_id();
+            recorder.decision(&record);
+        }
         self.decisions.push(record)
+    }
+
+    /// Runs `policy` (its current version, a fresh state) as this room's
+    /// shadow, replacing any other. Its store is its own, in memory.
+    pub async fn set_shadow(&mut self, policy: &str) -> Result<ShadowStatus, String> {
+        let script =
+            self.catalog
+                .script(policy)
+                .ok_or_else(|| match self.catalog.script_error(policy) {
+                    Some(error) => format!("the policy `{policy}` does not load: {error}"),
+                    None => format!("no room policy named `{policy}`"),
+                })?;
+        let kv = crate::store::kv::SqliteKv::in_memory()
+            .map(|kv| Arc::new(kv) as Arc<dyn KvStore>)
+            .ok();
+        let lua = self
+            .catalog
+            .load(script, self.room.clone(), kv)
+            .await
+            .map_err(|e| format!("the shadow `{policy}` failed to load: {e}"))?;
+        let counts = self.catalog.metrics().shadow.clone();
+        let shadow = Shadow::start(self.catalog.clone(), policy.to_owned(), lua, counts);
+        let status = shadow.status();
+        tracing::info!(policy = %self.name, shadow = %status.version, "shadow policy started");
+        self.shadow = Some(shadow);
+        Ok(status)
+    }
+
+    pub fn clear_shadow(&mut self) -> Option<ShadowStatus> {
+        self.shadow.take().map(|s| s.status())
+    }
+
+    pub fn shadow_status(&self) -> Option<ShadowStatus> {
+        self.shadow.as_ref().map(Shadow::status)
+    }
+
+    /// Starts writing the room's policy inputs to `path`
+    /// ([`super::recording`]).
+    pub fn start_recording(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        let first = Line::Start {
+            at: self.catalog.clock().unix_ms(),
+            room: self.room.name.clone(),
+            channel_id: self.room.channel_id,
+            custom_info: self.room.custom_info.clone(),
+            policy: self.status.version.clone(),
+        };
+        self.stop_recording();
+        self.recorder = Some(Recorder::start(path, first)?);
+        Ok(())
+    }
+
+    /// Stops the recording, if there is one; returns its file.
+    pub fn stop_recording(&mut self) -> Option<std::path::PathBuf> {
+        let recorder = self.recorder.take()?;
+        let path = recorder.path().to_path_buf();
+        recorder.finish(self.catalog.clock().unix_ms());
+        Some(path)
+    }
+
+    pub fn recording(&self) -> Option<&std::path::Path> {
+        self.recorder.as_ref().map(Recorder::path)
+    }
+
+    /// Whether a shadow or a recording wants to see hook calls.
+    fn observed(&self) -> bool {
+        self.shadow.is_some() || self.recorder.is_some()
+    }
+
+    /// Hands a decide hook's inputs and live verdict to the shadow and
+    /// the recording.
+    fn observe_decide(
+        &mut self,
+        hook: &'static str,
+        view: &Arc<RoomView>,
+        request: serde_json::Value,
+        verdict: serde_json::Value,
+    ) {
+        let at = self.catalog.clock().unix_ms();
+        let version = self.status.version.clone().unwrap_or_default();
+        if let Some(recorder) = &mut self.recorder {
+            recorder.decide(
+                at,
+                hook,
+                view,
+                request.clone(),
+                verdict.clone(),
+                version.clone(),
+            );
+        }
+        if let Some(shadow) = &self.shadow {
+            shadow.decide(at, hook, view, request, verdict, version);
+        }
+    }
+
+    fn observe_react(&mut self, hook: &'static str, view: &Arc<RoomView>, arg: serde_json::Value) {
+        let at = self.catalog.clock().unix_ms();
+        if let Some(recorder) = &mut self.recorder {
+            recorder.react(at, hook, view, arg.clone());
+        }
+        if let Some(shadow) = &self.shadow {
+            shadow.react(hook, view, arg);
+        }
     }
 
     /// Versions, failures and when the current script version started.
@@ -197,6 +312,10 @@ impl RoomPolicy {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     fn refresh_labels(&mut self) {
@@ -294,11 +413,27 @@ impl RoomPolicy {
             }
             _ => {}
         }
+        self.sync_shadow().await;
         self.refresh_labels();
         if self.status.version != before {
             self.status.since = Some(self.catalog.clock().unix_ms());
         }
         reloaded
+    }
+
+    /// A shadow follows its policy's newest version (a fresh state: the
+    /// live policy's `on_reload` is its own business). A stopped shadow
+    /// restarts this way too.
+    async fn sync_shadow(&mut self) {
+        let Some(shadow) = &self.shadow else { return };
+        let status = shadow.status();
+        let newest = self.catalog.script(&status.policy).map(|s| s.label());
+        if newest.is_some()
+            && newest.as_deref() != Some(status.version.as_str())
+            && let Err(e) = self.set_shadow(&status.policy).await
+        {
+            tracing::warn!(policy = %self.name, "{e}");
+        }
     }
 
     /// Runs `call` on the room's state on a script thread. A call the pool
@@ -399,6 +534,17 @@ impl RoomPolicy {
         Ok(())
     }
 
+    /// `room.state` as JSON; `Null` without a script (or once quarantined).
+    pub async fn room_state(&mut self) -> Result<serde_json::Value, String> {
+        let Lua::Ready { state, .. } = &self.lua else {
+            return Ok(serde_json::Value::Null);
+        };
+        let state = state.clone();
+        self.on_thread("state", state, |lua| Ok(lua.room_state()))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
     pub fn has_script(&self) -> bool {
         !matches!(self.lua, Lua::None)
     }
@@ -430,14 +576,27 @@ impl RoomPolicy {
             }
             Lua::Ready { state, .. } => state.clone(),
         };
-        let view = view.clone();
+        // Only a shadow or a recording needs the request as data.
+        let observed = self
+            .observed()
+            .then(|| serde_json::to_value(&request).unwrap_or_default());
+        let shared = view.clone();
         let answer = self
             .on_thread(hook, state, move |lua| {
                 let mut queued = Vec::new();
-                lua.decide(hook, &view, &request, &mut queued)
+                lua.decide(hook, &shared, &request, &mut queued)
                     .map(|decision| (decision, queued))
             })
             .await;
+        if let Some(request) = observed {
+            let verdict = super::shadow::verdict(
+                &answer
+                    .as_ref()
+                    .map(|(d, _)| d.clone())
+                    .map_err(Clone::clone),
+            );
+            self.observe_decide(hook, view, request, verdict);
+        }
         match answer {
             Ok((decision, queued)) => {
                 effects.extend(queued);
@@ -474,7 +633,7 @@ impl RoomPolicy {
 
     /// Runs a react hook with `arg`; a failure is reported and otherwise
     /// ignored. Returns the effects it queued.
-    pub async fn react<A: crate::script::ToLua + Send + 'static>(
+    pub async fn react<A: Serialize + Send + 'static>(
         &mut self,
         hook: &'static str,
         view: &Arc<RoomView>,
@@ -484,6 +643,10 @@ impl RoomPolicy {
             return Vec::new();
         };
         let state = state.clone();
+        if self.observed() {
+            let arg = serde_json::to_value(&arg).unwrap_or_default();
+            self.observe_react(hook, view, arg);
+        }
         let view = view.clone();
         let answer = self
             .on_thread(hook, state, move |lua| {

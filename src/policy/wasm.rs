@@ -220,6 +220,49 @@ impl PluginHost {
     }
 }
 
+/// What a module declares, as `conclave plugin check` lists it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ModuleShape {
+    /// `name (kind)` of each export.
+    pub exports: Vec<String>,
+    /// `module.name (kind)` of each import.
+    pub imports: Vec<String>,
+}
+
+impl PluginHost {
+    /// The exports and imports of a plugin file's `bytes`, compiled as
+    /// [`PluginHost::compile`] would but not instantiated.
+    pub fn shape(&self, path: &Path, bytes: &[u8]) -> Result<ModuleShape, PluginError> {
+        let module = if path.extension().is_some_and(|e| e == "wat") {
+            Module::new(&self.engine, bytes)
+        } else {
+            Module::from_binary(&self.engine, bytes)
+        }
+        .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        let kind = |ty: wasmtime::ExternType| match ty {
+            wasmtime::ExternType::Func(_) => "function",
+            wasmtime::ExternType::Memory(_) => "memory",
+            wasmtime::ExternType::Table(_) => "table",
+            wasmtime::ExternType::Global(_) => "global",
+            _ => "other",
+        };
+        Ok(ModuleShape {
+            exports: module
+                .exports()
+                .map(|e| format!("{} ({})", e.name(), kind(e.ty())))
+                .collect(),
+            imports: module
+                .imports()
+                .map(|i| format!("{}.{} ({})", i.module(), i.name(), kind(i.ty())))
+                .collect(),
+        })
+    }
+
+    pub fn limits(&self) -> &WasmLimits {
+        &self.limits
+    }
+}
+
 fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> String {
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         return String::new();

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::Error;
 pub use registry::{RoomServices, Rooms};
 pub use state::{CloseReason, Joiner, Now, Operator, Room, RoomError, RoomSettings};
-pub use task::{Act, By, RoomHandle, RoomInfo, RoomSummary};
+pub use task::{Act, By, RecordingOp, RoomHandle, RoomInfo, RoomSummary, ShadowOp};
 
 use crate::ids::ChannelId;
 use crate::model::LeaveReason;

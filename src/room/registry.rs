@@ -201,6 +201,18 @@ impl Rooms {
         if let Some(e) = &load_error {
             room_policy.load_failed(e);
         }
+        if let Some(shadow) = catalog.shadow_for(name.as_str()) {
+            // A shadow that cannot start never stops the room opening.
+            if let Err(e) = room_policy.set_shadow(shadow).await {
+                tracing::warn!(room = %name, "{e}");
+            }
+        }
+        if catalog.records(name.as_str()) {
+            let path = catalog.recording_path(name.as_str(), channel_id.0);
+            if let Err(e) = room_policy.start_recording(&path) {
+                tracing::warn!(room = %name, "cannot record to {}: {e}", path.display());
+            }
+        }
         if let Some(creator) = creator {
             let attr_lines = crate::auth::attr_lines(&creator.attrs);
             let access = create_access(&name, &custom_info, creator, &attr_lines);

@@ -43,6 +43,7 @@ use crate::policy::authz::{Access, Ask, DataTerms, Decider, Denial, Granted};
 use crate::policy::decisions::{DecisionQuery, DecisionRecord};
 use crate::policy::lua::{Effect, MemberView, RoomView};
 use crate::policy::runtime::{PolicyStatus, RoomPolicy};
+use crate::policy::shadow::ShadowStatus;
 use crate::protocol::{JoinOk, ServerMessage};
 use crate::store::StoreHandle;
 
@@ -143,6 +144,35 @@ pub(crate) enum Command {
         query: DecisionQuery,
         reply: Reply<Vec<DecisionRecord>>,
     },
+    ScriptState {
+        reply: Reply<Result<Value, String>>,
+    },
+    Shadow {
+        op: ShadowOp,
+        reply: Reply<Result<Option<ShadowStatus>, String>>,
+    },
+    Recording {
+        op: RecordingOp,
+        reply: Reply<Result<Option<std::path::PathBuf>, String>>,
+    },
+}
+
+/// What is asked of a room's shadow policy.
+#[derive(Clone, Debug)]
+pub enum ShadowOp {
+    /// Run this policy as the shadow (replacing any other).
+    Set(String),
+    Clear,
+    Status,
+}
+
+/// What is asked of a room's recording.
+#[derive(Clone, Debug)]
+pub enum RecordingOp {
+    /// Start recording to the configured directory.
+    Start,
+    Stop,
+    Status,
 }
 
 /// A room as the admin API lists it.
@@ -279,6 +309,27 @@ impl RoomHandle {
 
     pub async fn info(&self) -> Result<RoomInfo, Error> {
         self.ask(|reply| Command::Info { reply }).await
+    }
+
+    /// Sets, clears or reads the room's shadow policy.
+    pub async fn shadow(
+        &self,
+        op: ShadowOp,
+    ) -> Result<Result<Option<ShadowStatus>, String>, Error> {
+        self.ask(|reply| Command::Shadow { op, reply }).await
+    }
+
+    /// Starts, stops or reads the room's recording; answers its file.
+    pub async fn recording(
+        &self,
+        op: RecordingOp,
+    ) -> Result<Result<Option<std::path::PathBuf>, String>, Error> {
+        self.ask(|reply| Command::Recording { op, reply }).await
+    }
+
+    /// The room policy's `room.state`, as JSON (`Null` without a script).
+    pub async fn script_state(&self) -> Result<Result<Value, String>, Error> {
+        self.ask(|reply| Command::ScriptState { reply }).await
     }
 
     /// What the room's decision log holds, as `query` selects.
@@ -432,6 +483,7 @@ impl RoomTask {
         // Commands still queued get their reply dropped, which the handle
         // reports as "room closed".
         rx.close();
+        self.policy.stop_recording();
         tracing::debug!("room closed");
     }
 
@@ -485,6 +537,33 @@ impl RoomTask {
                     candidate,
                     reply,
                 });
+            }
+            Command::Shadow { op, reply } => {
+                let answer = match op {
+                    ShadowOp::Set(policy) => self.policy.set_shadow(&policy).await.map(Some),
+                    ShadowOp::Clear => Ok(self.policy.clear_shadow()),
+                    ShadowOp::Status => Ok(self.policy.shadow_status()),
+                };
+                let _ = reply.send(Ok(answer));
+            }
+            Command::Recording { op, reply } => {
+                let answer = match op {
+                    RecordingOp::Start => {
+                        let catalog = self.policy.catalog().clone();
+                        let path = catalog
+                            .recording_path(self.room.name().as_str(), self.room.channel_id().0);
+                        self.policy
+                            .start_recording(&path)
+                            .map(|()| Some(path.clone()))
+                            .map_err(|e| format!("cannot record to {}: {e}", path.display()))
+                    }
+                    RecordingOp::Stop => Ok(self.policy.stop_recording()),
+                    RecordingOp::Status => Ok(self.policy.recording().map(|p| p.to_path_buf())),
+                };
+                let _ = reply.send(Ok(answer));
+            }
+            Command::ScriptState { reply } => {
+                let _ = reply.send(Ok(self.policy.room_state().await));
             }
             Command::Decisions { query, reply } => {
                 let _ = reply.send(Ok(self.policy.decisions().query(&query)));

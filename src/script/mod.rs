@@ -332,6 +332,144 @@ fn run_chunk<C: Send + 'static>(
     }
 }
 
+/// What `policy check` reports about one script: what it defines, and what
+/// it may not mean.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Inspection {
+    /// Every hook the chunk's table defines, in the order of `known`.
+    pub hooks: Vec<HookInfo>,
+    pub warnings: Vec<Warning>,
+    /// Bytes the state held once the chunk ran.
+    pub memory: usize,
+}
+
+/// One hook a script defines.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HookInfo {
+    pub name: String,
+    /// Where its definition starts.
+    pub line: Option<usize>,
+    pub params: u8,
+    pub vararg: bool,
+}
+
+/// Something a script does that is legal and probably not meant.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Warning {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Loads `source` as [`Vm::load`] would, then looks at it: the hooks it
+/// defines and their parameters (more than `params(hook)` is a warning:
+/// the extra ones are always nil), functions under names that are no hook,
+/// and globals the chunk set (shared by every call, kept across reloads,
+/// and easy to create by a missing `local`).
+pub fn inspect<C: Send + 'static>(
+    limits: &LuaLimits,
+    install: impl FnOnce(&Lua) -> mlua::Result<()>,
+    source: &Source<'_>,
+    known: &[&str],
+    params: impl Fn(&str) -> u8,
+    context: C,
+) -> Result<Inspection, ScriptError> {
+    let fail = |e: mlua::Error| ScriptError {
+        script: source.label.to_owned(),
+        hook: "load".into(),
+        kind: ErrorKind::Error,
+        message: error_text(&e),
+    };
+    let (lua, budget) = sandbox::new_state(limits).map_err(fail)?;
+    install(&lua).map_err(fail)?;
+    let before: std::collections::BTreeSet<String> = global_names(&lua);
+    let (table, _) = run_chunk(&lua, &budget, source, known, context)?;
+    let line_of = |value: &Value| match value {
+        Value::Function(f) => f.info().line_defined,
+        _ => None,
+    };
+    let mut inspection = Inspection {
+        memory: lua.used_memory(),
+        ..Inspection::default()
+    };
+    for hook in known {
+        let Ok(value) = table.raw_get::<Value>(*hook) else {
+            continue;
+        };
+        match &value {
+            Value::Nil => {}
+            Value::Function(f) => {
+                let info = f.info();
+                let expected = params(hook);
+                if info.num_params > expected {
+                    inspection.warnings.push(Warning {
+                        line: info.line_defined,
+                        message: format!(
+                            "`{hook}` takes {} parameters but is called with {expected}; the rest are always nil",
+                            info.num_params
+                        ),
+                    });
+                }
+                inspection.hooks.push(HookInfo {
+                    name: (*hook).to_owned(),
+                    line: info.line_defined,
+                    params: info.num_params,
+                    vararg: info.is_vararg,
+                });
+            }
+            other => inspection.warnings.push(Warning {
+                line: None,
+                message: format!(
+                    "`{hook}` is a {}, not a function: calling it fails",
+                    other.type_name()
+                ),
+            }),
+        }
+    }
+    for message in hook_warnings(&table, known) {
+        // `hook_warnings` names the function first, in backquotes.
+        let name = message.split('`').nth(1).unwrap_or_default();
+        let line = table.raw_get::<Value>(name).ok().and_then(|v| line_of(&v));
+        inspection.warnings.push(Warning { line, message });
+    }
+    for name in global_names(&lua).difference(&before) {
+        inspection.warnings.push(Warning {
+            line: assignment_line(source.text, name),
+            message: format!(
+                "the chunk sets the global `{name}`: it is shared by every hook and kept across reloads; make it `local`, or keep the room's data in `room.state`"
+            ),
+        });
+    }
+    inspection.warnings.sort_by_key(|w| w.line.unwrap_or(0));
+    inspection.hooks.sort_by_key(|h| h.line.unwrap_or(0));
+    Ok(inspection)
+}
+
+fn global_names(lua: &Lua) -> std::collections::BTreeSet<String> {
+    lua.globals()
+        .pairs::<Value, Value>()
+        .flatten()
+        .filter_map(|(k, _)| match k {
+            Value::String(s) => Some(s.to_string_lossy()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first line that assigns `name` or defines it as a function, if the
+/// source says so plainly.
+fn assignment_line(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            let rest = line.strip_prefix("function ").unwrap_or(line).trim_start();
+            rest.strip_prefix(name).is_some_and(|after| {
+                let after = after.trim_start();
+                (after.starts_with('=') && !after.starts_with("==")) || after.starts_with('(')
+            }) && !line.starts_with("local ")
+        })
+        .map(|i| i + 1)
+}
+
 /// What a loaded chunk's table of hooks says that it may not mean: each
 /// function under a name that is no hook, with the closest hook name when one
 /// is near (`can_joni` → `can_join`). Non-function values are the script's

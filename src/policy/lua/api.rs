@@ -21,7 +21,7 @@ use crate::model::{MediaKind, MemberInfo, Role};
 use crate::store::kv::KvStore;
 
 /// A member as a script sees it: the public info plus the token's attributes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MemberView {
     #[serde(flatten)]
     pub info: MemberInfo,

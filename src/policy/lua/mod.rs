@@ -179,8 +179,49 @@ impl LuaPolicy {
         Ok(LuaPolicy { vm, script })
     }
 
+    /// What `conclave policy check` reports about `script`: its chunk run
+    /// within `limits` in a state like a room's (named `check`, with an
+    /// empty store), then looked at ([`crate::script::inspect`]).
+    pub fn inspect(
+        script: &Script,
+        limits: &LuaLimits,
+        kv: Option<Arc<dyn KvStore>>,
+    ) -> Result<crate::script::Inspection, HookError> {
+        let label = script.label();
+        let path = script.display_path();
+        let source = Source {
+            label: &label,
+            path: &path,
+            text: &script.source,
+        };
+        let install = |lua: &mlua::Lua| {
+            api::install(
+                lua,
+                "check",
+                0,
+                "",
+                &script.name,
+                kv.map(|kv| (kv, script.name.clone())),
+                EffectLimits::default(),
+                api::LimitHits::default(),
+            )
+        };
+        let empty = Arc::new(RoomView::default());
+        // Every hook is called with one table (or string) today.
+        crate::script::inspect(limits, install, &source, HOOKS, |_| 1, loading(&empty))
+    }
+
     pub fn script(&self) -> &Arc<Script> {
         &self.script
+    }
+
+    /// `room.state` as JSON (what `policy test` asserts on); a value JSON
+    /// cannot hold (a function, say) is an error naming it.
+    pub fn room_state(&self) -> Result<serde_json::Value, String> {
+        let lua = self.vm.lua();
+        let room: mlua::Table = lua.globals().raw_get("room").map_err(|e| e.to_string())?;
+        let state: Value = room.raw_get("state").map_err(|e| e.to_string())?;
+        lua.from_value(state).map_err(|e| e.to_string())
     }
 
     /// What loading the current version noticed (functions under names
