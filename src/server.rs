@@ -112,9 +112,12 @@ impl Server {
             metrics.scripts.clone(),
         )
         .map_err(|e| ServerError::Policy(format!("cannot start the script threads: {e}")))?;
-        let catalog =
-            Catalog::open_with(config.policy.clone(), metrics.catalog.clone(), clock, pool)
-                .map_err(|e| ServerError::Policy(e.to_string()))?;
+        let mut policy = config.policy.clone();
+        if policy.recordings_dir.as_os_str().is_empty() {
+            policy.recordings_dir = config.server.data_dir.join("recordings");
+        }
+        let catalog = Catalog::open_with(policy, metrics.catalog.clone(), clock, pool)
+            .map_err(|e| ServerError::Policy(e.to_string()))?;
         let watcher = if config.policy.watch {
             let watcher = crate::policy::reload::watch(catalog.clone(), stop_accepting.clone())
                 .map_err(|e| ServerError::Policy(format!("cannot watch for changes: {e}")))?;

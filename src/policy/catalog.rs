@@ -81,7 +81,8 @@ pub struct PolicyConfig {
     /// Rooms whose policy inputs are recorded from their start (the
     /// `policy` field of these rules is not used).
     pub record: Vec<RecordRule>,
-    /// Where recordings are written, `<room>-<channel id>.jsonl`.
+    /// Where recordings are written, `<room>-<channel id>.jsonl`; empty
+    /// (the default): `<[server] data_dir>/recordings`.
     pub recordings_dir: PathBuf,
 }
 
@@ -110,7 +111,7 @@ impl Default for PolicyConfig {
             decision_log: 256,
             shadows: Vec::new(),
             record: Vec::new(),
-            recordings_dir: PathBuf::from("recordings"),
+            recordings_dir: PathBuf::new(),
         }
     }
 }

@@ -566,7 +566,6 @@ impl RoomPolicy {
         effects: &mut Vec<Effect>,
     ) -> Result<Decision, Denial> {
         let state = match &self.lua {
-            Lua::None => return Ok(Decision::Pass),
             Lua::Quarantined { hooks, .. } if !hooks.contains(&hook) => {
                 return Ok(Decision::Pass);
             }
@@ -574,20 +573,31 @@ impl RoomPolicy {
                 let script = script.label();
                 return self.failure_answer(hook, script, crate::script::ErrorKind::Stuck);
             }
-            Lua::Ready { state, .. } => state.clone(),
+            // Asked only for a shadow's or a recording's sake: the live
+            // answer is "no objection", and no thread is asked for it.
+            _ if !self.live_defines(hook) => None,
+            Lua::Ready { state, .. } => Some(state.clone()),
+            Lua::None => None,
         };
+        if state.is_none() && !self.observed() {
+            return Ok(Decision::Pass);
+        }
         // Only a shadow or a recording needs the request as data.
         let observed = self
             .observed()
             .then(|| serde_json::to_value(&request).unwrap_or_default());
         let shared = view.clone();
-        let answer = self
-            .on_thread(hook, state, move |lua| {
-                let mut queued = Vec::new();
-                lua.decide(hook, &shared, &request, &mut queued)
-                    .map(|decision| (decision, queued))
-            })
-            .await;
+        let answer = match state {
+            Some(state) => {
+                self.on_thread(hook, state, move |lua| {
+                    let mut queued = Vec::new();
+                    lua.decide(hook, &shared, &request, &mut queued)
+                        .map(|decision| (decision, queued))
+                })
+                .await
+            }
+            None => Ok((Decision::Pass, Vec::new())),
+        };
         if let Some(request) = observed {
             let verdict = super::shadow::verdict(
                 &answer
@@ -639,14 +649,14 @@ impl RoomPolicy {
         view: &Arc<RoomView>,
         arg: A,
     ) -> Vec<Effect> {
-        let Lua::Ready { state, .. } = &self.lua else {
-            return Vec::new();
-        };
-        let state = state.clone();
         if self.observed() {
             let arg = serde_json::to_value(&arg).unwrap_or_default();
             self.observe_react(hook, view, arg);
         }
+        let state = match &self.lua {
+            Lua::Ready { state, .. } if self.live_defines(hook) => state.clone(),
+            _ => return Vec::new(),
+        };
         let view = view.clone();
         let answer = self
             .on_thread(hook, state, move |lua| {
@@ -664,11 +674,21 @@ impl RoomPolicy {
     /// Whether the script defines `hook` (so nothing is built, and no
     /// thread asked, for a hook that is not there). A quarantined state is
     /// not looked at: the hooks it defined answer by the failure mode.
+    /// A shadow or a recording wants every hook, defined live or not: the
+    /// candidate may define what the live policy does not.
     pub fn wants(&self, hook: &str) -> bool {
+        self.observed()
+            || match &self.lua {
+                Lua::Quarantined { hooks, .. } => hook.starts_with("can_") && hooks.contains(&hook),
+                _ => self.live_defines(hook),
+            }
+    }
+
+    /// Whether the live state is ready and defines `hook`.
+    fn live_defines(&self, hook: &str) -> bool {
         match &self.lua {
             Lua::Ready { state, .. } => state.try_lock().map_or(true, |l| l.defines(hook)),
-            Lua::Quarantined { hooks, .. } => hook.starts_with("can_") && hooks.contains(&hook),
-            Lua::None => false,
+            _ => false,
         }
     }
 

@@ -159,7 +159,8 @@ impl Shadow {
     }
 
     fn push(&self, job: Job) {
-        if self.tx.try_send(job).is_err() {
+        // A stopped shadow's queue is closed: nothing to count.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(job) {
             self.counts
                 .get_or_create(&ShadowLabel { outcome: "dropped" })
                 .inc();
