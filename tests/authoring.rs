@@ -318,3 +318,54 @@ fn plugin_check_fails_clearly_on_what_would_not_load() {
         text(&out)
     );
 }
+
+#[test]
+fn the_test_api_annotations_declare_everything_the_runner_installs() {
+    let root = repo();
+    let runner = std::fs::read_to_string(root.join("src/authoring/suite.rs")).unwrap();
+    let prelude = std::fs::read_to_string(root.join("src/authoring/prelude.lua")).unwrap();
+    let types = std::fs::read_to_string(root.join("scripts/types/policy_test.lua")).unwrap();
+    let mut missing = Vec::new();
+    // Methods, by the userdata they are added to.
+    let mut class = "";
+    for line in runner.lines() {
+        if line.contains("impl UserData for SimRoom") {
+            class = "SimRoom";
+        } else if line.contains("impl UserData for SimMember") {
+            class = "SimMember";
+        }
+        if let Some(rest) = line.trim().strip_prefix("methods.add_method(\"") {
+            let name = rest.split('"').next().unwrap();
+            if !types.contains(&format!("function {class}:{name}(")) {
+                missing.push(format!("{class}:{name}"));
+            }
+        }
+    }
+    for line in runner.lines() {
+        if let Some(rest) = line.trim().strip_prefix("sim.set(") {
+            let name = rest.trim_start_matches('"').split('"').next().unwrap();
+            if !name.is_empty() && !types.contains(&format!("function sim.{name}(")) {
+                missing.push(format!("sim.{name}"));
+            }
+        }
+    }
+    // The prelude's globals.
+    for line in prelude.lines() {
+        let Some(rest) = line.strip_prefix("function ") else {
+            continue;
+        };
+        let name = rest.split('(').next().unwrap();
+        if !types.contains(&format!("function {name}(")) {
+            missing.push(name.to_owned());
+        }
+    }
+    assert!(prelude.contains("show_value = show") && types.contains("function show_value("));
+    assert!(
+        runner.contains("\"room\",") && types.contains("function sim.room("),
+        "sim.room is installed and declared"
+    );
+    assert!(
+        missing.is_empty(),
+        "not declared in scripts/types/policy_test.lua: {missing:?}"
+    );
+}
