@@ -212,7 +212,141 @@ fn lua_join_hook(c: &mut Criterion) {
     group.bench_function("can_join_capacity_10_members_same_thread", |b| {
         b.iter_custom(|iters| decide_loop(&rt, &mut inline_room, &view, iters))
     });
+    // With a shadow (the same script, a state of its own): the live path
+    // pays for the request as JSON and a queue push; the shadow's call runs
+    // on its own task and script thread.
+    let mut shadowed = rt.block_on(capacity_room(&catalog));
+    rt.block_on(shadowed.set_shadow("capacity"))
+        .expect("the shadow starts");
+    group.bench_function("can_join_capacity_10_members_with_shadow", |b| {
+        b.iter_custom(|iters| decide_loop(&rt, &mut shadowed, &view, iters))
+    });
+    // The live path's own share: on the caller's thread, the shadow's call
+    // runs on a runtime worker (the other core), so what the live call pays
+    // is the request as JSON, the verdict and the push.
+    let mut inline_shadowed = rt.block_on(capacity_room(&inline));
+    rt.block_on(inline_shadowed.set_shadow("capacity"))
+        .expect("the shadow starts");
+    group.bench_function(
+        "can_join_capacity_10_members_same_thread_with_shadow",
+        |b| b.iter_custom(|iters| decide_loop(&rt, &mut inline_shadowed, &view, iters)),
+    );
     group.finish();
+    let status = shadowed.shadow_status().expect("still running");
+    eprintln!(
+        "shadow (back to back): {} compared, {} dropped (its queue full), {} disagreements",
+        status.compared, status.dropped, status.disagreements
+    );
+    // Back to back, the shadow's own work competes with the live calls for
+    // both cores. A room's hooks come spaced out (1,000 joins/s is one per
+    // millisecond): at one every 250 µs, what the shadow costs the live
+    // call is its hand-off alone.
+    let mut spaced_shadow = rt.block_on(capacity_room(&catalog));
+    rt.block_on(spaced_shadow.set_shadow("capacity"))
+        .expect("the shadow starts");
+    let (plain, with) = spaced(&rt, &mut room, &mut spaced_shadow, &view);
+    let status = spaced_shadow.shadow_status().expect("still running");
+    eprintln!(
+        "lua/spaced (one call every 250 µs, alternating rooms, 4,000 calls each): \
+         without a shadow p50 {:.1} µs p99 {:.1} µs; with a shadow p50 {:.1} µs p99 {:.1} µs \
+         ({} compared, {} dropped)",
+        plain.0, plain.1, with.0, with.1, status.compared, status.dropped
+    );
+}
+
+/// p50 and p99 of `can_join` round trips, in µs, one call every 250 µs,
+/// alternating between `a` and `b` so both meet the same machine.
+fn spaced(
+    rt: &tokio::runtime::Runtime,
+    a: &mut RoomPolicy,
+    b: &mut RoomPolicy,
+    view: &Arc<RoomView>,
+) -> ((f64, f64), (f64, f64)) {
+    let request = join_request();
+    let (mut took_a, mut took_b) = rt.block_on(async {
+        let mut effects = Vec::new();
+        let (mut took_a, mut took_b) = (Vec::with_capacity(4000), Vec::with_capacity(4000));
+        for i in 0..8000 {
+            let (room, took) = if i % 2 == 0 {
+                (&mut *a, &mut took_a)
+            } else {
+                (&mut *b, &mut took_b)
+            };
+            let start = Instant::now();
+            let decision = room
+                .decide("can_join", view, request.clone(), &mut effects)
+                .await;
+            took.push(start.elapsed().as_secs_f64() * 1e6);
+            black_box(decision).expect("the hook runs");
+            effects.clear();
+            while start.elapsed() < Duration::from_micros(250) {
+                tokio::task::yield_now().await;
+            }
+        }
+        (took_a, took_b)
+    });
+    let pick = |took: &mut Vec<f64>| {
+        took.sort_by(f64::total_cmp);
+        (took[took.len() / 2], took[took.len() * 99 / 100])
+    };
+    (pick(&mut took_a), pick(&mut took_b))
+}
+
+/// The whole pipeline for one join on a room without a script or plugins,
+/// with the decision log keeping 256 records and with it off: the
+/// difference is what writing a decision down costs.
+fn decision_log(c: &mut Criterion) {
+    use conclave::auth::{Grants, Identity};
+    use conclave::policy::authz::{Access, Ask};
+    let rt = runtime();
+    let identity = Identity {
+        user: "visitor".into(),
+        name: "Visitor".into(),
+        grants: Grants {
+            rooms: vec!["*".into()],
+            ..Grants::default()
+        },
+        attrs: serde_json::json!({}),
+        jti: None,
+    };
+    let access = Access {
+        room: "bench",
+        identity: &identity,
+        community: None,
+        attr_lines: "",
+        ask: Ask::Join {
+            mode: Mode::Audio,
+            role: Some(Role::Interactor),
+            members: 10,
+        },
+    };
+    let view = view(10);
+    let mut group = c.benchmark_group("decision_log");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(3));
+    for keep in [256, 0] {
+        let catalog = Catalog::open(PolicyConfig {
+            scripts_dir: std::path::PathBuf::new(),
+            plugins_dir: std::path::PathBuf::new(),
+            watch: false,
+            decision_log: keep,
+            ..PolicyConfig::default()
+        })
+        .expect("catalog opens");
+        let mut room = RoomPolicy::new(catalog, "none".into(), identity_named(), None, None);
+        group.bench_function(format!("authorize_join_keeping_{keep}"), |b| {
+            b.iter(|| {
+                let mut effects = Vec::new();
+                let granted = rt.block_on(room.authorize(&access, None, &view, &mut effects));
+                black_box(granted).expect("allowed");
+            })
+        });
+    }
+    group.finish();
+}
+
+fn identity_named() -> OwnedIdentity {
+    identity("")
 }
 
 /// Hook calls per second with `rooms` rooms each calling `calls` hooks in a
@@ -278,5 +412,11 @@ fn parallel_rooms(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, wasm_check, lua_join_hook, parallel_rooms);
+criterion_group!(
+    benches,
+    wasm_check,
+    lua_join_hook,
+    decision_log,
+    parallel_rooms
+);
 criterion_main!(benches);

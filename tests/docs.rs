@@ -1,6 +1,7 @@
 //! Every command the documentation shows, run the way a reader pastes it:
 //! each `curl` against a real dev server, each `conclave token` with the
-//! built binary. A command that the server cannot read (a missing header, a
+//! built binary, each `conclave policy check|test` and `plugin check` from
+//! the repository's root (where the paths they name are). A command that the server cannot read (a missing header, a
 //! wrong path, no token) or that exits with an error fails the test with the
 //! file and line it came from.
 //!
@@ -68,9 +69,19 @@ fn documented_commands() -> Vec<Documented> {
                 continue;
             }
             let trimmed = line.trim();
-            let runnable = ["curl ", "conclave token ", "cargo run --release -- token "]
-                .iter()
-                .any(|p| trimmed.starts_with(p));
+            let runnable = [
+                "curl ",
+                "conclave token ",
+                "cargo run --release -- token ",
+                "conclave policy check ",
+                "conclave policy test",
+                "conclave plugin check ",
+                "cargo run --release -- policy check ",
+                "cargo run --release -- policy test",
+                "cargo run --release -- plugin check ",
+            ]
+            .iter()
+            .any(|p| trimmed.starts_with(p));
             if !runnable {
                 continue;
             }
@@ -129,7 +140,15 @@ async fn every_documented_command_works() {
             .replace("cargo run --release -- ", "conclave ");
         let out = tokio::task::spawn_blocking({
             let script = format!("{prelude}{text}");
-            let (work, path, token) = (work.path().to_owned(), path.clone(), srv.admin_token());
+            // The authoring commands name files of the repository.
+            let authoring =
+                text.starts_with("conclave policy") || text.starts_with("conclave plugin");
+            let work = if authoring {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            } else {
+                work.path().to_owned()
+            };
+            let (path, token) = (path.clone(), srv.admin_token());
             move || {
                 Command::new("bash")
                     .args(["-c", &script])

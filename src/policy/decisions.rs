@@ -97,6 +97,18 @@ impl DecisionLog {
         }
     }
 
+    /// Whether records are kept at all (a capacity above 0).
+    pub fn keeps(&self) -> bool {
+        self.capacity > 0
+    }
+
+    /// Hands out the next id without keeping a record.
+    pub fn skip(&mut self) -> String {
+        let id = self.next_id();
+        self.next += 1;
+        id
+    }
+
     /// The id the next decision will get.
     pub fn next_id(&self) -> String {
         format!("{}-{}", self.prefix, self.next)

@@ -171,7 +171,7 @@ impl RoomPolicy {
     }
 
     /// Writes one decision of the pipeline down; returns its id.
-    pub(crate) fn record_decision(
+    pub fn record_decision(
         &mut self,
         access: &Access<'_>,
         allowed: bool,
@@ -180,6 +180,10 @@ impl RoomPolicy {
         by: Decider,
         micros: u64,
     ) -> String {
+        if !self.decisions.keeps() && self.recorder.is_none() {
+            // Nothing keeps it: the id alone, and no record is built.
+            return self.decisions.skip();
+        }
         let record = DecisionRecord {
             id: String::new(),
             at: self.catalog.clock().unix_ms(),
@@ -573,9 +577,12 @@ impl RoomPolicy {
                 let script = script.label();
                 return self.failure_answer(hook, script, crate::script::ErrorKind::Stuck);
             }
-            // Asked only for a shadow's or a recording's sake: the live
-            // answer is "no objection", and no thread is asked for it.
-            _ if !self.live_defines(hook) => None,
+            // Asked only for a shadow's or a recording's sake (the live
+            // state lacks the hook: `wants` let it through for them): the
+            // live answer is "no objection", and no thread is asked for it.
+            // The hook list is the one taken at load, so the live state is
+            // not touched from this thread.
+            Lua::Ready { hooks, .. } if self.observed() && !hooks.contains(&hook) => None,
             Lua::Ready { state, .. } => Some(state.clone()),
             Lua::None => None,
         };
@@ -654,7 +661,10 @@ impl RoomPolicy {
             self.observe_react(hook, view, arg);
         }
         let state = match &self.lua {
-            Lua::Ready { state, .. } if self.live_defines(hook) => state.clone(),
+            Lua::Ready { hooks, .. } if self.observed() && !hooks.contains(&hook) => {
+                return Vec::new();
+            }
+            Lua::Ready { state, .. } => state.clone(),
             _ => return Vec::new(),
         };
         let view = view.clone();

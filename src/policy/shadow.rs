@@ -222,7 +222,7 @@ async fn run(
             } => {
                 let answer = catalog
                     .pool()
-                    .run(limit, move || {
+                    .run_unhurried(limit, move || {
                         let mut lua = shared.lock().unwrap_or_else(|p| p.into_inner());
                         let mut dropped = Vec::new();
                         let answer = lua.decide(hook, &view, &request, &mut dropped);
@@ -269,7 +269,7 @@ async fn run(
             Job::React { hook, view, arg } => {
                 let answer = catalog
                     .pool()
-                    .run(limit, move || {
+                    .run_unhurried(limit, move || {
                         let mut lua = shared.lock().unwrap_or_else(|p| p.into_inner());
                         let mut dropped = Vec::new();
                         let args: [&dyn ToLua; 1] = [&arg];

@@ -336,6 +336,26 @@ impl Pool {
         limit: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Overrun> {
+        self.run_waiting(limit, CALLER_SPIN, f).await
+    }
+
+    /// [`Pool::run`] for a caller nobody waits on (a shadow policy): it
+    /// awaits its answer without yielding for it first, so it never takes
+    /// a core from callers that are waited on.
+    pub async fn run_unhurried<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Overrun> {
+        self.run_waiting(limit, Duration::ZERO, f).await
+    }
+
+    async fn run_waiting<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        spin: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Overrun> {
         if self.inner.inline {
             return run_inline(f);
         }
@@ -351,8 +371,8 @@ impl Pool {
             },
         );
         let (mut done_rx, mut over_rx) = (done_rx, over_rx);
-        let spin_until = Instant::now() + CALLER_SPIN;
-        loop {
+        let spin_until = Instant::now() + spin;
+        while !spin.is_zero() {
             use tokio::sync::oneshot::error::TryRecvError;
             match done_rx.try_recv() {
                 Ok(answer) => return Ok(answer),
