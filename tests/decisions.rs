@@ -165,3 +165,42 @@ async fn a_create_refused_by_can_create_is_kept_though_the_room_never_opens() {
         .await;
     assert_eq!(code, 404, "{body}");
 }
+
+#[tokio::test]
+async fn a_channel_connect_refused_by_the_community_names_its_record() {
+    let srv = TestServer::start().await;
+    let server = srv.community("olivia", &["alice", "bob"]).await;
+    let channel = srv.media_channel(server, "hall").await;
+    srv.op(
+        "PUT",
+        &format!("/servers/{server}/channels/{channel}/lists/black/members/bob"),
+        Value::Null,
+    )
+    .await;
+    // Refused before the channel's room exists: kept with the decisions
+    // made outside rooms.
+    let bob = srv.client("bob").await;
+    let err = bob
+        .connect_channel(server, channel, None)
+        .await
+        .unwrap_err();
+    let id = err.decision().expect("named");
+    assert!(id.starts_with("s-"), "{id}");
+    let record = decision(&srv, id).await;
+    assert_eq!(record["by"]["layer"], "community");
+    assert_eq!(record["actor"], "bob");
+    assert!(
+        record["reason"].as_str().unwrap().contains("not visible"),
+        "{record}"
+    );
+    // Once the room is open, the room decides, and its log keeps it.
+    let alice = srv.client("alice").await;
+    alice.connect_channel(server, channel, None).await.unwrap();
+    let err = bob
+        .connect_channel(server, channel, None)
+        .await
+        .unwrap_err();
+    let id = err.decision().expect("named").to_owned();
+    let record = decision(&srv, &id).await;
+    assert_eq!(record["by"]["layer"], "community");
+}

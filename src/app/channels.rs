@@ -25,21 +25,36 @@ async fn open_room(
     hub: &Arc<CommunityHub>,
     server: ServerId,
     channel: CommunityChannelId,
-    user: &UserId,
-    admin: bool,
+    identity: &Identity,
+    mode: Mode,
 ) -> Result<(RoomHandle, MediaSettings), Error> {
     let binding = ChannelBinding {
         hub: hub.clone(),
         server,
         channel,
     };
-    let ctx = binding.member(user);
+    let ctx = binding.member(&identity.user);
+    let name = room_name(server, channel);
     // The member limit is the room's to check: it knows how many are in.
-    authz::admission(&binding, &ctx, admin, 0)?;
+    // A refusal here is made before any room exists: it goes to the
+    // registry's decision log.
+    authz::admission(&binding, &ctx, identity.grants.admin, 0).map_err(|denial| {
+        let access = authz::Access {
+            room: name.as_str(),
+            identity,
+            community: Some(&ctx),
+            attr_lines: "",
+            ask: authz::Ask::Join {
+                mode,
+                role: None,
+                members: 0,
+            },
+        };
+        rooms.refused_outside(&access, denial)
+    })?;
     let settings = binding
         .settings()
         .ok_or_else(|| no_channel(server, channel))?;
-    let name = room_name(server, channel);
     if let Some(handle) = rooms.get(&name) {
         return Ok((handle, settings));
     }
@@ -71,12 +86,10 @@ pub async fn connect(
     mode: Mode,
     sink: Sink,
 ) -> Result<(RoomHandle, ConnectOk), Error> {
-    let admin = identity.grants.admin;
     let mut attempts = 2;
     loop {
         attempts -= 1;
-        let (handle, settings) =
-            open_room(rooms, hub, server, channel, &identity.user, admin).await?;
+        let (handle, settings) = open_room(rooms, hub, server, channel, &identity, mode).await?;
         match handle
             .join(conn, identity.clone(), mode, None, sink.clone())
             .await
