@@ -36,6 +36,9 @@ use crate::model::{MediaKind, Mode, PublishSlot, TrackInfo, VolumeLevel};
 /// How often peer timers (DTLS retransmits, RTCP reports, NACKs) and the
 /// media timeout are looked at.
 const TICK: Duration = Duration::from_millis(20);
+/// The longest a peer is left unvisited by the tick when nothing happens to
+/// it and it has no timer.
+const QUIET_AT_MOST: Duration = Duration::from_secs(1);
 /// Datagrams handled per wake before timers get a turn.
 const BATCH: usize = 64;
 /// Datagrams queued for a room before the port's reader drops more.
@@ -224,10 +227,13 @@ impl MediaTask {
     }
 
     fn peer_on(&mut self, conn: ConnId) -> Result<&mut Peer, MediaError> {
-        self.by_conn
+        let peer = self
+            .by_conn
             .get(&conn)
             .and_then(|key| self.peers.get_mut(key))
-            .ok_or(MediaError::NotStarted)
+            .ok_or(MediaError::NotStarted)?;
+        peer.quiet_until = None;
+        Ok(peer)
     }
 
     fn start(&mut self, conn: ConnId, user: UserId, mode: Mode) -> Result<(), MediaError> {
@@ -280,6 +286,7 @@ impl MediaTask {
         let now = self.shared.clock.now().at;
         {
             let peer = self.peers.get_mut(&key).expect("indexed by conn");
+            peer.quiet_until = None;
             peer.answer(now, sdp)?;
         }
         self.flush(key);
@@ -368,6 +375,7 @@ impl MediaTask {
         for key in keys {
             let changed = {
                 let peer = self.peers.get_mut(&key).expect("listed above");
+                peer.quiet_until = None;
                 let mut want: HashSet<(UserId, MediaKind)> = HashSet::new();
                 for (user, mode) in &publishers {
                     if *user == peer.user {
@@ -398,6 +406,7 @@ impl MediaTask {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        peer.quiet_until = None;
         if peer.awaiting_answer {
             peer.renegotiate = true;
             return;
@@ -433,6 +442,7 @@ impl MediaTask {
             return;
         };
         peer.last_heard = inbound.at;
+        peer.quiet_until = None;
         let read = peer.pc.handle_read(TaggedBytesMut {
             now: inbound.at,
             transport: TransportContext {
@@ -596,6 +606,7 @@ impl MediaTask {
             if !out.negotiated {
                 continue;
             }
+            peer.quiet_until = None;
             let mut packet = forward.packet.clone();
             packet.header.ssrc = out.ssrc;
             packet.header.payload_type = out.payload_type;
@@ -648,6 +659,7 @@ impl MediaTask {
             return true;
         };
         let peer = self.peers.get_mut(&key).expect("found above");
+        peer.quiet_until = None;
         let video: Vec<(rtc::rtp_transceiver::RTCRtpReceiverId, u32)> = peer
             .incoming
             .values()
@@ -680,6 +692,14 @@ impl MediaTask {
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
             let peer = self.peers.get_mut(&key).expect("listed above");
+            if peer.quiet_until.is_some_and(|t| t > now) {
+                // Nothing reached it and none of its timers is due: only
+                // the media timeout can have changed.
+                if peer.failed || now.duration_since(peer.last_heard) > timeout {
+                    lost.push((key, peer.conn));
+                }
+                continue;
+            }
             if peer.pc.poll_timeout().is_some_and(|t| t <= now)
                 && let Err(e) = peer.pc.handle_timeout(now)
             {
@@ -703,10 +723,20 @@ impl MediaTask {
                     None => {}
                 }
             }
+            let asking = !wanted.is_empty();
             for source in wanted {
                 let _ = self.request_keyframe(&source, now);
             }
-            let peer = &self.peers[&key];
+            let peer = self.peers.get_mut(&key).expect("listed above");
+            // Quiet until its next timer, unless it still asks for
+            // keyframes (every tick until `keyframes_until`). Without a
+            // timer, looked at again within a second all the same.
+            peer.quiet_until = (!asking).then(|| {
+                peer.pc
+                    .poll_timeout()
+                    .unwrap_or(now + QUIET_AT_MOST)
+                    .min(now + QUIET_AT_MOST)
+            });
             if peer.failed || now.duration_since(peer.last_heard) > timeout {
                 lost.push((key, peer.conn));
             }

@@ -83,6 +83,11 @@ pub(crate) struct Peer {
     /// Tracks changed while an offer was out: offer again after the answer.
     pub renegotiate: bool,
     pub last_heard: Instant,
+    /// Nothing can be due for this peer before then: no input reached it
+    /// since the tick that set it, and its own timers fire later. `None`:
+    /// the next tick looks at it. (A sans-I/O peer connection changes only
+    /// on input or on its timers, so a peer left alone has nothing to say.)
+    pub quiet_until: Option<Instant>,
     pub failed: bool,
     /// The last offer listed publish slots (the member may publish).
     pub publish_offered: bool,
@@ -148,6 +153,7 @@ impl Peer {
             awaiting_answer: false,
             renegotiate: false,
             last_heard: now,
+            quiet_until: None,
             failed: false,
             publish_offered: false,
         })
