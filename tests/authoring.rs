@@ -369,3 +369,59 @@ fn the_test_api_annotations_declare_everything_the_runner_installs() {
         "not declared in scripts/types/policy_test.lua: {missing:?}"
     );
 }
+
+#[test]
+fn a_suite_runs_with_the_configured_limits_and_room_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("scripts");
+    std::fs::create_dir_all(scripts.join("tests")).unwrap();
+    std::fs::write(
+        scripts.join("greedy.lua"),
+        "return { can_join = function(req) local t = {} for i = 1, 40000 do t[i] = i end end }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        scripts.join("tests/config_test.lua"),
+        r#"
+local t = {}
+function t.test_the_empty_room_closes_after_the_configured_timeout()
+  local room = sim.room { policy = "greedy" }
+  room:advance(9)
+  assert_true(room:is_open())
+  room:advance(2)
+  assert_false(room:is_open(), "closed after [rooms] empty_timeout = 10s")
+end
+function t.test_the_configured_memory_cap_holds()
+  local room = sim.room { policy = "greedy" }
+  local refused = room:member { user = "a" }:join()
+  assert_refused(refused, 403, "memory")
+  assert_eq(room:policy().errors, 1)
+end
+return t
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("conclave.toml"),
+        "[rooms]\nempty_timeout = \"10s\"\n[policy.lua]\nmemory_bytes = 1048576\n",
+    )
+    .unwrap();
+    let out = conclave(
+        &[
+            "policy",
+            "test",
+            "scripts/tests",
+            "--config",
+            "conclave.toml",
+        ],
+        dir.path(),
+    );
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("2 passed, 0 failed"), "{report}");
+    // Without the file, the defaults (300 s, 4 MiB) hold and both fail.
+    let out = conclave(&["policy", "test", "scripts/tests"], dir.path());
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("0 passed, 2 failed"), "{report}");
+}

@@ -101,9 +101,14 @@ pub enum AuthoringError {
 fn policy_config(
     config: Option<&std::path::Path>,
 ) -> Result<crate::policy::catalog::PolicyConfig, AuthoringError> {
+    Ok(load_config(config)?.policy)
+}
+
+/// The configuration file's settings, or the defaults without one.
+fn load_config(config: Option<&std::path::Path>) -> Result<Config, AuthoringError> {
     Ok(match config {
-        Some(path) => Config::load(Some(path))?.policy,
-        None => crate::policy::catalog::PolicyConfig::default(),
+        Some(path) => Config::load(Some(path))?,
+        None => Config::default(),
     })
 }
 
@@ -148,9 +153,11 @@ pub fn run_policy(command: PolicyCommand) -> Result<i32, AuthoringError> {
                     .filter(|p| !p.as_os_str().is_empty())
                     .map_or_else(|| PathBuf::from("scripts"), PathBuf::from)
             });
+            let config = load_config(config.as_deref())?;
             let options = suite::SuiteOptions {
                 scripts_dir,
-                policy: policy_config(config.as_deref())?,
+                policy: config.policy,
+                rooms: config.rooms.settings(),
             };
             let files = suite::discover(&paths);
             if files.is_empty() {

@@ -49,6 +49,8 @@ pub struct SuiteOptions {
     pub scripts_dir: PathBuf,
     /// Limits, effects and failure mode, as the server's `[policy]`.
     pub policy: PolicyConfig,
+    /// The empty-room timeout and reconnect grace, as `[rooms]`.
+    pub rooms: RoomSettings,
 }
 
 /// One test's result.
@@ -258,7 +260,7 @@ impl SimRoom {
             let (store, _worker) = StoreHandle::spawn(SqliteStore::in_memory().map_err(lua_error)?);
             let kv = Arc::new(SqliteKv::in_memory().map_err(lua_error)?);
             let rooms = Rooms::new(RoomServices {
-                settings: RoomSettings::default(),
+                settings: options.rooms.clone(),
                 max_rooms: 16,
                 command_queue: 64,
                 store,
