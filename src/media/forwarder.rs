@@ -129,6 +129,7 @@ impl RoomMedia {
             meters: HashMap::new(),
             last_keyframe: HashMap::new(),
             next_volume: shared.clock.now().at,
+            next_due: shared.clock.now().at,
         };
         shared.tracker.spawn(tracing::Instrument::in_current_span(
             task.run(rx, inbound_rx),
@@ -153,6 +154,9 @@ struct MediaTask {
     /// Last keyframe request per publisher, for throttling.
     last_keyframe: HashMap<UserId, Instant>,
     next_volume: Instant,
+    /// The earliest a peer timer, keyframe retry, media timeout or volume
+    /// report is due, as the last tick found it.
+    next_due: Instant,
 }
 
 /// A packet to forward: who sent it and what.
@@ -168,13 +172,23 @@ impl MediaTask {
         mut cmds: mpsc::UnboundedReceiver<MediaCommand>,
         mut inbound: mpsc::Receiver<Inbound>,
     ) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Ticks at most every TICK, and only while something may be due:
+        // soon after input (which may have given a peer work), else at the
+        // earliest deadline the last tick found. An idle room sleeps until
+        // its peers' next timer.
+        let mut last_tick = self.shared.clock.now().at;
+        let mut wake_at = last_tick + TICK;
+        let tick = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at));
+        tokio::pin!(tick);
         loop {
+            let mut input = false;
             tokio::select! {
                 biased;
                 cmd = cmds.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => {
+                        self.command(cmd);
+                        input = true;
+                    }
                     None => break,
                 },
                 Some(first) = inbound.recv() => {
@@ -185,8 +199,22 @@ impl MediaTask {
                             Err(_) => break,
                         }
                     }
+                    input = true;
                 },
-                _ = tick.tick() => self.on_tick(),
+                () = &mut tick => {
+                    last_tick = self.shared.clock.now().at;
+                    self.next_due = self.on_tick();
+                },
+            }
+            let soonest = last_tick + TICK;
+            let want = if input {
+                soonest.min(wake_at)
+            } else {
+                self.next_due.max(soonest)
+            };
+            if want != wake_at {
+                wake_at = want;
+                tick.as_mut().reset(tokio::time::Instant::from_std(wake_at));
             }
         }
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
@@ -685,19 +713,22 @@ impl MediaTask {
         true
     }
 
-    fn on_tick(&mut self) {
+    /// Runs what is due; returns when the next thing will be.
+    fn on_tick(&mut self) -> Instant {
         let now = self.shared.clock.now().at;
         let timeout = self.shared.config.timeout;
         let mut lost = Vec::new();
+        let mut due = now + QUIET_AT_MOST;
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
             let peer = self.peers.get_mut(&key).expect("listed above");
-            if peer.quiet_until.is_some_and(|t| t > now) {
+            if let Some(quiet) = peer.quiet_until.filter(|t| *t > now) {
                 // Nothing reached it and none of its timers is due: only
                 // the media timeout can have changed.
                 if peer.failed || now.duration_since(peer.last_heard) > timeout {
                     lost.push((key, peer.conn));
                 }
+                due = due.min(quiet).min(peer.last_heard + timeout);
                 continue;
             }
             if peer.pc.poll_timeout().is_some_and(|t| t <= now)
@@ -737,6 +768,10 @@ impl MediaTask {
                     .unwrap_or(now + QUIET_AT_MOST)
                     .min(now + QUIET_AT_MOST)
             });
+            // A peer still asking for keyframes wants the next tick.
+            due = due
+                .min(peer.quiet_until.unwrap_or(now))
+                .min(peer.last_heard + timeout);
             if peer.failed || now.duration_since(peer.last_heard) > timeout {
                 lost.push((key, peer.conn));
             }
@@ -752,6 +787,11 @@ impl MediaTask {
             self.next_volume = now + self.shared.config.volume_interval;
             self.volume();
         }
+        // Volume reports matter only while someone publishes audio.
+        if !self.meters.is_empty() {
+            due = due.min(self.next_volume);
+        }
+        due
     }
 
     /// Reports who speaks: to the room (event and `on_speaking` hook) when
