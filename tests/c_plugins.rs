@@ -4,26 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::TestServer;
 use conclave::app::config::Config;
 use conclave::client::ClientError;
 use conclave::protocol::{MediaKind, Mode};
 use conclave::status::Status;
-
-/// A C plugin built by tools/build-plugins.
-fn built_c_plugin(name: &str) -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins/target/c")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run tools/build-plugins (tools/test does)",
-        path.display()
-    );
-    path
-}
 
 /// A server running `blocklist` with the `[policy.plugins.blocklist]` TOML.
 async fn server_with_blocklist(toml: &str) -> TestServer {
@@ -34,7 +19,7 @@ async fn server_with_blocklist(toml: &str) -> TestServer {
     TestServer::start_with(|c| {
         c.policy.plugins = settings;
         std::fs::copy(
-            built_c_plugin("blocklist"),
+            common::built_c_plugin("blocklist"),
             c.policy.plugins_dir.join("blocklist.wasm"),
         )
         .expect("copy plugin");

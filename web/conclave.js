@@ -314,6 +314,9 @@
       await pc.setLocalDescription(answer);
       if (this.closed) return;
       const resp = await this.signal.request("media_answer", { sdp: pc.localDescription.sdp });
+      // The membership may have ended while the answer was out (a kick):
+      // its 404 must not replace the reason the page already shows.
+      if (this.closed) return;
       this.counts.answers++;
       this.answered = true;
       check("media_answer", resp);

@@ -338,10 +338,19 @@ pub async fn event_where<T>(
     }
 }
 
-/// A plugin built by tools/build-plugins.
+/// A Rust plugin built by tools/build-plugins.
 pub fn built_plugin(name: &str) -> std::path::PathBuf {
+    built("plugins/target/wasm32-unknown-unknown/release", name)
+}
+
+/// A C plugin built by tools/build-plugins.
+pub fn built_c_plugin(name: &str) -> std::path::PathBuf {
+    built("plugins/target/c", name)
+}
+
+fn built(dir: &str, name: &str) -> std::path::PathBuf {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins/target/wasm32-unknown-unknown/release")
+        .join(dir)
         .join(format!("{name}.wasm"));
     assert!(
         path.exists(),

@@ -116,6 +116,37 @@ impl std::fmt::Debug for LuaPolicy {
     }
 }
 
+/// How a script version is named in messages, and its text.
+fn source<'a>(script: &'a Script, label: &'a str, path: &'a str) -> Source<'a> {
+    Source {
+        label,
+        path,
+        text: &script.source,
+    }
+}
+
+/// What installs a policy's API (`room`, `store`, `log`) for `room`.
+fn installer<'a>(
+    script: &'a Script,
+    room: RoomIdentity<'a>,
+    effects: EffectLimits,
+    hits: api::LimitHits,
+    kv: Option<Arc<dyn KvStore>>,
+) -> impl FnOnce(&mlua::Lua) -> mlua::Result<()> + 'a {
+    move |lua| {
+        api::install(
+            lua,
+            room.name,
+            room.channel_id,
+            room.custom_info,
+            &script.name,
+            kv.map(|kv| (kv, script.name.clone())),
+            effects,
+            hits,
+        )
+    }
+}
+
 /// The context of a load: the chunk reads the room as `view`, and may not act.
 fn loading(view: &Arc<RoomView>) -> api::HookContext {
     api::HookContext {
@@ -154,25 +185,9 @@ impl LuaPolicy {
         hits: api::LimitHits,
         kv: Option<Arc<dyn KvStore>>,
     ) -> Result<LuaPolicy, HookError> {
-        let label = script.label();
-        let path = script.display_path();
-        let source = Source {
-            label: &label,
-            path: &path,
-            text: &script.source,
-        };
-        let install = |lua: &mlua::Lua| {
-            api::install(
-                lua,
-                room.name,
-                room.channel_id,
-                room.custom_info,
-                &script.name,
-                kv.map(|kv| (kv, script.name.clone())),
-                effects.clone(),
-                hits,
-            )
-        };
+        let (label, path) = (script.label(), script.display_path());
+        let source = source(&script, &label, &path);
+        let install = installer(&script, room, effects.clone(), hits, kv);
         // A new room is empty while its script loads.
         let empty = Arc::new(RoomView::default());
         let vm = Vm::load(limits, install, &source, HOOKS, loading(&empty))?;
@@ -187,25 +202,20 @@ impl LuaPolicy {
         limits: &LuaLimits,
         kv: Option<Arc<dyn KvStore>>,
     ) -> Result<crate::script::Inspection, HookError> {
-        let label = script.label();
-        let path = script.display_path();
-        let source = Source {
-            label: &label,
-            path: &path,
-            text: &script.source,
+        let (label, path) = (script.label(), script.display_path());
+        let source = source(script, &label, &path);
+        let room = RoomIdentity {
+            name: "check",
+            channel_id: 0,
+            custom_info: "",
         };
-        let install = |lua: &mlua::Lua| {
-            api::install(
-                lua,
-                "check",
-                0,
-                "",
-                &script.name,
-                kv.map(|kv| (kv, script.name.clone())),
-                EffectLimits::default(),
-                api::LimitHits::default(),
-            )
-        };
+        let install = installer(
+            script,
+            room,
+            EffectLimits::default(),
+            Default::default(),
+            kv,
+        );
         let empty = Arc::new(RoomView::default());
         // Every hook is called with one table (or string) today.
         crate::script::inspect(limits, install, &source, HOOKS, |_| 1, loading(&empty))
@@ -233,14 +243,9 @@ impl LuaPolicy {
     /// Switches to another version of the script, keeping `room.state`; the
     /// chunk reads the room as `view`. On failure the old version stays.
     pub fn reload(&mut self, script: Arc<Script>, view: &Arc<RoomView>) -> Result<(), HookError> {
-        let label = script.label();
-        let path = script.display_path();
-        let source = Source {
-            label: &label,
-            path: &path,
-            text: &script.source,
-        };
-        self.vm.reload(&source, HOOKS, loading(view))?;
+        let (label, path) = (script.label(), script.display_path());
+        self.vm
+            .reload(&source(&script, &label, &path), HOOKS, loading(view))?;
         self.script = script;
         Ok(())
     }
