@@ -151,16 +151,11 @@ impl Vm {
         known: &[&str],
         context: C,
     ) -> Result<Vm, ScriptError> {
-        let fail = |e: mlua::Error| ScriptError {
-            script: source.label.to_owned(),
-            hook: "load".into(),
-            kind: ErrorKind::Error,
-            message: error_text(&e),
-        };
-        let (lua, budget) = sandbox::new_state(limits).map_err(fail)?;
-        install(&lua).map_err(fail)?;
+        let (lua, budget) = installed(limits, install, source)?;
         let (hooks, warnings) = run_chunk(&lua, &budget, source, known, context)?;
-        let hooks = lua.create_registry_value(hooks).map_err(fail)?;
+        let hooks = lua
+            .create_registry_value(hooks)
+            .map_err(|e| load_error(source, &e))?;
         Ok(Vm {
             lua,
             budget,
@@ -297,6 +292,27 @@ fn classify(label: &str, hook: &str, budget: &Budget, e: &mlua::Error) -> Script
     }
 }
 
+/// A fresh sandboxed state with `install`'s API, before any chunk runs.
+fn installed(
+    limits: &LuaLimits,
+    install: impl FnOnce(&Lua) -> mlua::Result<()>,
+    source: &Source<'_>,
+) -> Result<(Lua, Arc<Budget>), ScriptError> {
+    let (lua, budget) = sandbox::new_state(limits).map_err(|e| load_error(source, &e))?;
+    install(&lua).map_err(|e| load_error(source, &e))?;
+    Ok((lua, budget))
+}
+
+/// A failure of the host while loading `source` (not the chunk's own).
+fn load_error(source: &Source<'_>, e: &mlua::Error) -> ScriptError {
+    ScriptError {
+        script: source.label.to_owned(),
+        hook: "load".into(),
+        kind: ErrorKind::Error,
+        message: error_text(e),
+    }
+}
+
 /// Runs a chunk within a fresh budget and checks that it returned a table
 /// of hooks; returns the table and the warnings about it.
 fn run_chunk<C: Send + 'static>(
@@ -373,14 +389,7 @@ pub fn inspect<C: Send + 'static>(
     params: impl Fn(&str) -> u8,
     context: C,
 ) -> Result<Inspection, ScriptError> {
-    let fail = |e: mlua::Error| ScriptError {
-        script: source.label.to_owned(),
-        hook: "load".into(),
-        kind: ErrorKind::Error,
-        message: error_text(&e),
-    };
-    let (lua, budget) = sandbox::new_state(limits).map_err(fail)?;
-    install(&lua).map_err(fail)?;
+    let (lua, budget) = installed(limits, install, source)?;
     let before: std::collections::BTreeSet<String> = global_names(&lua);
     let (table, _) = run_chunk(&lua, &budget, source, known, context)?;
     let line_of = |value: &Value| match value {
