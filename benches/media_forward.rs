@@ -9,12 +9,18 @@
 //!   from the server's `/metrics` and `/proc/<pid>/stat`;
 //! - join to first media packet: from sending `join` to the first forwarded
 //!   packet arriving, per subscriber (p50, p95);
-//! - the server's resident memory per connected member.
+//! - the server's resident memory per connected member;
+//! - first, a baseline: the same datagrams (182 bytes, the size of the SRTP
+//!   packets conclave forwards) relayed to the same number of receivers by
+//!   a process that does nothing but `recv_from` and one plain `send_to` per
+//!   receiver, measured the same way; and conclave's cost as a multiple of
+//!   it (`--no-baseline` skips it).
 //!
 //! ```text
 //! cargo bench --bench media_forward                                   # 1 publisher -> 50 subscribers
 //! cargo bench --bench media_forward -- --publishers 10 --subscribers 0 # a 10-publisher room
 //! cargo bench --bench media_forward -- --subscribers 100 --pps 100 --secs 20
+//! cargo bench --bench media_forward -- --publishers 0 --subscribers 1000 --secs 60  # idle
 //! ```
 
 use std::net::{TcpListener, UdpSocket};
@@ -28,13 +34,15 @@ use conclave::client::SignalClient;
 use conclave::client::media::{MediaOptions, MediaSession};
 use conclave::protocol::{Mode, Request, Role, ServerMessage};
 
-const USAGE: &str = "usage: media_forward [--publishers N] [--subscribers N] [--pps N] [--secs S]";
+const USAGE: &str =
+    "usage: media_forward [--publishers N] [--subscribers N] [--pps N] [--secs S] [--no-baseline]";
 
 struct Options {
     publishers: usize,
     subscribers: usize,
     pps: u64,
     secs: u64,
+    baseline: bool,
 }
 
 fn options() -> Options {
@@ -43,6 +51,7 @@ fn options() -> Options {
         subscribers: 50,
         pps: 50,
         secs: 10,
+        baseline: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -56,6 +65,7 @@ fn options() -> Options {
             "--subscribers" => o.subscribers = value() as usize,
             "--pps" => o.pps = value(),
             "--secs" => o.secs = value(),
+            "--no-baseline" => o.baseline = false,
             // cargo bench passes --bench to every harness=false target.
             "--bench" => {}
             other => panic!("unknown option {other}\n{USAGE}"),
@@ -243,6 +253,108 @@ async fn member(
     media
 }
 
+/// A forwarded packet's size on the wire: RTP header, the 160-byte payload
+/// the publishers send, and SRTP's 10-byte tag.
+const FORWARDED_BYTES: usize = 12 + 160 + 10;
+
+/// The baseline relay, run as a child process of this bench (`--relay`):
+/// prints its port, reads the receivers' addresses from stdin, then sends
+/// every datagram it gets to each of them with a plain `send_to`.
+fn relay_main() -> ! {
+    use std::io::{BufRead, Write};
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("relay socket");
+    println!("{}", socket.local_addr().unwrap().port());
+    std::io::stdout().flush().unwrap();
+    let receivers: Vec<std::net::SocketAddr> = std::io::stdin()
+        .lock()
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.parse().expect("receiver address"))
+        .collect();
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((n, _)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        for to in &receivers {
+            let _ = socket.send_to(&buf[..n], to);
+        }
+    }
+}
+
+/// What the baseline measured.
+struct Baseline {
+    per_packet_us: f64,
+    delivered: f64,
+}
+
+/// Relays the publishers' rate to `receivers` sockets through the plain
+/// relay process and measures its CPU per delivered datagram.
+async fn raw_baseline(o: &Options, receivers: usize) -> Baseline {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--relay")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the relay");
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .expect("relay port");
+    let relay: std::net::SocketAddr = format!("127.0.0.1:{}", port.trim()).parse().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut list = String::new();
+    for _ in 0..receivers {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        list.push_str(&format!("{}\n", socket.local_addr().unwrap()));
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while socket.recv_from(&mut buf).await.is_ok() {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    list.push('\n');
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
+    for _ in 0..o.publishers {
+        let pps = o.pps;
+        tokio::spawn(async move {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let payload = [0x5au8; FORWARDED_BYTES];
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / pps));
+            loop {
+                tick.tick().await;
+                let _ = socket.send_to(&payload, relay).await;
+            }
+        });
+    }
+    // The same settling time as the server gets after its joins.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id();
+    let cpu0 = cpu_seconds(pid);
+    let rx0 = received.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(o.secs)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let rx = (received.load(Ordering::Relaxed) - rx0) as f64;
+    let _ = child.kill();
+    let _ = child.wait();
+    let expected = o.publishers as f64 * o.pps as f64 * elapsed * receivers as f64;
+    Baseline {
+        per_packet_us: 1e6 * cpu / rx.max(1.0),
+        delivered: 100.0 * rx / expected.max(1.0),
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -251,13 +363,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--relay") {
+        relay_main();
+    }
     let o = options();
-    let server = start_server();
-    let pid = server.child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    let members = o.publishers + o.subscribers;
+    let fanout = if o.publishers > 1 {
+        members - 1
+    } else {
+        o.subscribers
+    };
+    let baseline = (o.baseline && o.publishers > 0).then(|| {
+        eprintln!("media_forward: raw UDP baseline, {fanout} receivers...");
+        runtime.block_on(raw_baseline(&o, fanout))
+    });
+    let server = start_server();
+    let pid = server.child.id();
     runtime.block_on(async {
         let ws = format!("ws://{}/ws", server.http);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -302,7 +427,6 @@ fn main() {
                 .await,
             );
         }
-        let members = o.publishers + o.subscribers;
         // Everyone with someone to hear hears a first packet.
         let expecting = if o.publishers > 1 {
             members
@@ -310,7 +434,8 @@ fn main() {
             o.subscribers
         };
         let mut firsts = Vec::new();
-        while firsts.len() < expecting {
+        // With no publisher the run measures what idle members cost.
+        while o.publishers > 0 && firsts.len() < expecting {
             match tokio::time::timeout(Duration::from_secs(20), first_rx.recv()).await {
                 Ok(Some(d)) => firsts.push(d),
                 _ => break,
@@ -332,11 +457,6 @@ fn main() {
         let rx = received.load(Ordering::Relaxed) - rx0;
 
         let sent_expected = o.publishers as f64 * o.pps as f64 * elapsed;
-        let fanout = if o.publishers > 1 {
-            members - 1
-        } else {
-            o.subscribers
-        };
         let expected = sent_expected * fanout as f64;
         println!(
             "members                      {members} ({} publishing at {} pps)",
@@ -349,15 +469,35 @@ fn main() {
             100.0 * rx as f64 / expected.max(1.0)
         );
         println!(
-            "server CPU                   {:.1}% of one core",
+            "server CPU                   {:.2}% of one core",
             100.0 * cpu / elapsed
         );
+        if o.publishers == 0 {
+            println!(
+                "idle, per member             {:.4}% of one core",
+                100.0 * cpu / elapsed / members.max(1) as f64
+            );
+        }
         if cpu > 0.0 {
             println!("forwarded per CPU-second     {:.0}", fwd / cpu);
             println!(
                 "server CPU per packet        {:.2} us",
                 1e6 * cpu / fwd.max(1.0)
             );
+        }
+        if let Some(b) = &baseline {
+            println!(
+                "raw UDP relay per packet     {:.2} us ({:.0} per CPU-second, {:.2}% delivered)",
+                b.per_packet_us,
+                1e6 / b.per_packet_us.max(1e-9),
+                b.delivered
+            );
+            if cpu > 0.0 {
+                println!(
+                    "conclave / raw UDP           {:.2}x the CPU per packet",
+                    1e6 * cpu / fwd.max(1.0) / b.per_packet_us.max(1e-9)
+                );
+            }
         }
         println!(
             "join -> first packet         p50 {:.0} ms, p95 {:.0} ms ({} of {expecting} members)",

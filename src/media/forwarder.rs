@@ -11,7 +11,8 @@
 //! ready, a member's media is lost, who speaks): the media plane knows
 //! nothing of rooms' commands or of signaling messages.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 
+use super::batch::SendBatch;
 use super::codec::AUDIO_LEVEL_URI;
 use super::level::LevelMeter;
 use super::peer::{Peer, PeerSetup};
@@ -130,6 +132,13 @@ impl RoomMedia {
             last_keyframe: HashMap::new(),
             next_volume: shared.clock.now().at,
             next_due: shared.clock.now().at,
+            out: shared
+                .ports
+                .iter()
+                .map(|p| SendBatch::new(p.socket.clone()))
+                .collect(),
+            awake: HashSet::new(),
+            deadlines: BinaryHeap::new(),
         };
         shared.tracker.spawn(tracing::Instrument::in_current_span(
             task.run(rx, inbound_rx),
@@ -157,6 +166,16 @@ struct MediaTask {
     /// The earliest a peer timer, keyframe retry, media timeout or volume
     /// report is due, as the last tick found it.
     next_due: Instant,
+    /// What the peers wrote during this wake, per port, sent at its end.
+    out: Vec<SendBatch>,
+    /// Peers the next tick must visit: input reached them since their last
+    /// visit (their `quiet_until` is `None`).
+    awake: HashSet<PeerKey>,
+    /// When each quiet peer is next due (its own timer, or its media
+    /// timeout), earliest first. Entries go stale when input wakes a peer
+    /// early; a stale one is skipped when it comes up. The tick touches only
+    /// the awake and the due, never every peer.
+    deadlines: BinaryHeap<Reverse<(Instant, PeerKey)>>,
 }
 
 /// A packet to forward: who sent it and what.
@@ -216,10 +235,28 @@ impl MediaTask {
                 wake_at = want;
                 tick.as_mut().reset(tokio::time::Instant::from_std(wake_at));
             }
+            self.send();
         }
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
             self.close_peer(key);
+        }
+        self.send();
+    }
+
+    /// Hands what this wake wrote to the kernel.
+    fn send(&mut self) {
+        for batch in &mut self.out {
+            if batch.is_empty() {
+                continue;
+            }
+            let done = batch.flush();
+            let metrics = &self.shared.metrics;
+            for _ in 0..done.dropped {
+                metrics.dropped("send_buffer_full");
+            }
+            metrics.send_calls.inc_by(done.calls as u64);
+            metrics.sent_datagrams.inc_by(done.sent as u64);
         }
     }
 
@@ -255,12 +292,10 @@ impl MediaTask {
     }
 
     fn peer_on(&mut self, conn: ConnId) -> Result<&mut Peer, MediaError> {
-        let peer = self
-            .by_conn
-            .get(&conn)
-            .and_then(|key| self.peers.get_mut(key))
-            .ok_or(MediaError::NotStarted)?;
+        let key = *self.by_conn.get(&conn).ok_or(MediaError::NotStarted)?;
+        let peer = self.peers.get_mut(&key).ok_or(MediaError::NotStarted)?;
         peer.quiet_until = None;
+        self.awake.insert(key);
         Ok(peer)
     }
 
@@ -301,6 +336,7 @@ impl MediaTask {
         });
         shared.metrics.peers.inc();
         self.peers.insert(key, peer);
+        self.awake.insert(key);
         self.by_conn.insert(conn, key);
         tracing::debug!(%user, ?mode, "media started");
         // Everyone's track set changed: the newcomer gets the others' tracks,
@@ -315,6 +351,7 @@ impl MediaTask {
         {
             let peer = self.peers.get_mut(&key).expect("indexed by conn");
             peer.quiet_until = None;
+            self.awake.insert(key);
             peer.answer(now, sdp)?;
         }
         self.flush(key);
@@ -404,6 +441,7 @@ impl MediaTask {
             let changed = {
                 let peer = self.peers.get_mut(&key).expect("listed above");
                 peer.quiet_until = None;
+                self.awake.insert(key);
                 let mut want: HashSet<(UserId, MediaKind)> = HashSet::new();
                 for (user, mode) in &publishers {
                     if *user == peer.user {
@@ -435,6 +473,7 @@ impl MediaTask {
             return;
         };
         peer.quiet_until = None;
+        self.awake.insert(key);
         if peer.awaiting_answer {
             peer.renegotiate = true;
             return;
@@ -456,7 +495,7 @@ impl MediaTask {
         };
         self.by_conn.remove(&peer.conn);
         let _ = peer.pc.close();
-        flush_peer(&self.shared, &mut peer);
+        flush_peer(&mut self.out, &mut peer);
         let _ = self.shared.ports[peer.port].routes.send(RouteCmd::Remove {
             ufrag: peer.ufrag.clone(),
         });
@@ -471,6 +510,7 @@ impl MediaTask {
         };
         peer.last_heard = inbound.at;
         peer.quiet_until = None;
+        self.awake.insert(inbound.peer);
         let read = peer.pc.handle_read(TaggedBytesMut {
             now: inbound.at,
             transport: TransportContext {
@@ -534,8 +574,10 @@ impl MediaTask {
                 }
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                     tracing::debug!(user = %peer.user, %state, "peer connection");
-                    if state == RTCPeerConnectionState::Failed {
-                        peer.failed = true;
+                    match state {
+                        RTCPeerConnectionState::Failed => peer.failed = true,
+                        RTCPeerConnectionState::Connected => peer.connected = true,
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -624,6 +666,8 @@ impl MediaTask {
     fn forward(&mut self, from_key: PeerKey, forward: Forward, now: Instant) {
         let track = (forward.from, forward.kind);
         let shared = &self.shared;
+        let batches = &mut self.out;
+        let awake = &mut self.awake;
         for (key, peer) in self.peers.iter_mut() {
             if *key == from_key {
                 continue;
@@ -634,27 +678,44 @@ impl MediaTask {
             if !out.negotiated {
                 continue;
             }
-            peer.quiet_until = None;
+            if !peer.connected {
+                shared.metrics.dropped("not_connected");
+                continue;
+            }
+            // A write starts no timer but the sender reports' (rtc arms it
+            // at the first packet it sees) and reads nothing, and what it
+            // writes is flushed below: only a track's first packet can
+            // bring the peer's next deadline forward. A steady stream leaves
+            // a subscriber quiet, so the tick does not visit every
+            // subscriber after every packet.
+            if !out.sent_any {
+                peer.quiet_until = None;
+                awake.insert(*key);
+            }
             let mut packet = forward.packet.clone();
             packet.header.ssrc = out.ssrc;
             packet.header.payload_type = out.payload_type;
             packet.header.sequence_number = out.seq.rewrite(packet.header.sequence_number);
-            let sender = out.sender;
             if !out.sent_any {
                 out.sent_any = true;
                 tracing::debug!(to = %peer.user, from = %track.0, kind = ?track.1, "first packet forwarded");
             }
-            match peer.pc.rtp_sender(sender) {
-                Some(mut s) => match s.write_rtp(now, packet) {
-                    Ok(()) => {
-                        shared.metrics.forwarded_packets.inc();
-                    }
-                    // Not negotiated yet (an offer is out): nothing to send on.
-                    Err(_) => shared.metrics.dropped("not_negotiated"),
-                },
-                None => shared.metrics.dropped("not_negotiated"),
+            // Straight into the pipeline rather than through
+            // `RTCRtpSender::write_rtp`, which rebuilds the sender's whole
+            // parameter set (codecs, extensions, their URIs) per packet to
+            // check what was set right here: this sender's SSRC and payload
+            // type, and no header extensions. The track id is not read.
+            let written = peer.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), packet),
+            });
+            match written {
+                Ok(()) => {
+                    shared.metrics.forwarded_packets.inc();
+                }
+                Err(_) => shared.metrics.dropped("not_negotiated"),
             }
-            flush_peer(shared, peer);
+            flush_peer(batches, peer);
         }
     }
 
@@ -688,6 +749,7 @@ impl MediaTask {
         };
         let peer = self.peers.get_mut(&key).expect("found above");
         peer.quiet_until = None;
+        self.awake.insert(key);
         let video: Vec<(rtc::rtp_transceiver::RTCRtpReceiverId, u32)> = peer
             .incoming
             .values()
@@ -714,21 +776,34 @@ impl MediaTask {
     }
 
     /// Runs what is due; returns when the next thing will be.
+    ///
+    /// Visits the peers input woke and those whose deadline has come, and
+    /// no other: a room of a thousand quiet members costs nothing between
+    /// their timers.
     fn on_tick(&mut self) -> Instant {
         let now = self.shared.clock.now().at;
         let timeout = self.shared.config.timeout;
         let mut lost = Vec::new();
-        let mut due = now + QUIET_AT_MOST;
-        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
-        for key in keys {
-            let peer = self.peers.get_mut(&key).expect("listed above");
-            if let Some(quiet) = peer.quiet_until.filter(|t| *t > now) {
-                // Nothing reached it and none of its timers is due: only
-                // the media timeout can have changed.
-                if peer.failed || now.duration_since(peer.last_heard) > timeout {
-                    lost.push((key, peer.conn));
-                }
-                due = due.min(quiet).min(peer.last_heard + timeout);
+        let mut visit: Vec<PeerKey> = self.awake.drain().collect();
+        while let Some(Reverse((at, key))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            visit.push(key);
+        }
+        visit.sort_unstable();
+        visit.dedup();
+        for key in visit {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if let Some(quiet) = peer.quiet_until
+                && quiet > now
+                && peer.last_heard + timeout > now
+            {
+                // A stale deadline: the peer was visited since, and its
+                // current one is in the heap.
                 continue;
             }
             if peer.pc.poll_timeout().is_some_and(|t| t <= now)
@@ -745,7 +820,9 @@ impl MediaTask {
             for source in keyframes {
                 self.subscriber_asks_keyframe(&source, now);
             }
-            let peer = self.peers.get_mut(&key).expect("listed above");
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
             let mut wanted = Vec::new();
             for ((source, _), out) in peer.outgoing.iter_mut() {
                 match out.keyframes_until {
@@ -758,22 +835,33 @@ impl MediaTask {
             for source in wanted {
                 let _ = self.request_keyframe(&source, now);
             }
-            let peer = self.peers.get_mut(&key).expect("listed above");
-            // Quiet until its next timer, unless it still asks for
-            // keyframes (every tick until `keyframes_until`). Without a
-            // timer, looked at again within a second all the same.
-            peer.quiet_until = (!asking).then(|| {
-                peer.pc
-                    .poll_timeout()
-                    .unwrap_or(now + QUIET_AT_MOST)
-                    .min(now + QUIET_AT_MOST)
-            });
-            // A peer still asking for keyframes wants the next tick.
-            due = due
-                .min(peer.quiet_until.unwrap_or(now))
-                .min(peer.last_heard + timeout);
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
             if peer.failed || now.duration_since(peer.last_heard) > timeout {
                 lost.push((key, peer.conn));
+                continue;
+            }
+            if asking {
+                // Still asking for keyframes: every tick until
+                // `keyframes_until`.
+                peer.quiet_until = None;
+                self.awake.insert(key);
+                continue;
+            }
+            // Quiet until its next timer (looked at again within a second
+            // all the same), or until its media timeout.
+            let quiet = peer
+                .pc
+                .poll_timeout()
+                .unwrap_or(now + QUIET_AT_MOST)
+                .min(now + QUIET_AT_MOST);
+            peer.quiet_until = Some(quiet);
+            // Input during the visit (a keyframe request it relayed to
+            // itself, say) woke it again: it is visited next tick anyway.
+            if !self.awake.contains(&key) {
+                self.deadlines
+                    .push(Reverse((quiet.min(peer.last_heard + timeout), key)));
             }
         }
         for (key, conn) in lost {
@@ -787,6 +875,11 @@ impl MediaTask {
             self.next_volume = now + self.shared.config.volume_interval;
             self.volume();
         }
+        let mut due = match self.deadlines.peek() {
+            _ if !self.awake.is_empty() => now,
+            Some(Reverse((at, _))) => *at,
+            None => now + QUIET_AT_MOST,
+        };
         // Volume reports matter only while someone publishes audio.
         if !self.meters.is_empty() {
             due = due.min(self.next_volume);
@@ -819,22 +912,16 @@ impl MediaTask {
 
     fn flush(&mut self, key: PeerKey) {
         if let Some(peer) = self.peers.get_mut(&key) {
-            flush_peer(&self.shared, peer);
+            flush_peer(&mut self.out, peer);
         }
     }
 }
 
-/// Sends whatever the peer connection has queued.
-fn flush_peer(shared: &Shared, peer: &mut Peer) {
-    let socket = &shared.ports[peer.port].socket;
+/// Moves whatever the peer connection has written to its port's batch.
+fn flush_peer(batches: &mut [SendBatch], peer: &mut Peer) {
+    let batch = &mut batches[peer.port];
     while let Some(out) = peer.pc.poll_write() {
-        if let Err(e) = socket.try_send_to(&out.message, out.transport.peer_addr) {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                shared.metrics.dropped("send_buffer_full");
-            } else {
-                tracing::trace!(error = %e, "udp send");
-            }
-        }
+        batch.push(out.message, out.transport.peer_addr);
     }
 }
 

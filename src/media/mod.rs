@@ -9,6 +9,8 @@
 //! - [`codec`]: what both ends negotiate (shared with the Rust client).
 //! - `interceptor`: our links in webrtc-rs's RTP/RTCP chain: keyframe
 //!   requests delivered to the application, unknown SSRCs dropped.
+//! - `batch`: datagrams to and from the kernel many at a time (`sendmmsg`,
+//!   `recvmmsg`).
 //! - `rewrite`, `level`: sequence rewriting and speaking detection.
 //!
 //! The room task (signaling) and the media task of a room are separate:
@@ -16,6 +18,7 @@
 //! tells the media task who may publish what (a snapshot after each change);
 //! the media task tells the room task about speaking levels and lost members.
 
+mod batch;
 pub mod codec;
 mod config;
 mod forwarder;
@@ -66,6 +69,12 @@ pub struct MediaMetrics {
     pub forwarded_packets: Counter,
     pub dropped_packets: Family<ReasonLabel, Counter>,
     pub keyframe_requests: Counter,
+    /// System calls that sent datagrams, and the datagrams they sent.
+    pub send_calls: Counter,
+    pub sent_datagrams: Counter,
+    /// System calls that received datagrams, and what they received.
+    pub recv_calls: Counter,
+    pub received_datagrams: Counter,
 }
 
 impl MediaMetrics {
@@ -90,6 +99,26 @@ impl MediaMetrics {
             "media_keyframe_requests",
             "Keyframe requests (PLI) sent to publishers",
             self.keyframe_requests.clone(),
+        );
+        registry.register(
+            "media_udp_send_calls",
+            "System calls that sent media datagrams (sendmmsg batches)",
+            self.send_calls.clone(),
+        );
+        registry.register(
+            "media_udp_sent_datagrams",
+            "Media datagrams handed to the kernel",
+            self.sent_datagrams.clone(),
+        );
+        registry.register(
+            "media_udp_recv_calls",
+            "System calls that received media datagrams (recvmmsg batches)",
+            self.recv_calls.clone(),
+        );
+        registry.register(
+            "media_udp_received_datagrams",
+            "Media datagrams taken from the kernel",
+            self.received_datagrams.clone(),
         );
     }
 

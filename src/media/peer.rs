@@ -89,6 +89,10 @@ pub(crate) struct Peer {
     /// on input or on its timers, so a peer left alone has nothing to say.)
     pub quiet_until: Option<Instant>,
     pub failed: bool,
+    /// DTLS is up (the connection reached `connected`). Before that the
+    /// pipeline has no SRTP keys and discards, with a warning each, what
+    /// it is given: nothing is forwarded to it.
+    pub connected: bool,
     /// The last offer listed publish slots (the member may publish).
     pub publish_offered: bool,
 }
@@ -155,6 +159,7 @@ impl Peer {
             last_heard: now,
             quiet_until: None,
             failed: false,
+            connected: false,
             publish_offered: false,
         })
     }

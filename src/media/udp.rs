@@ -19,6 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::MediaMetrics;
+use super::batch::{CHUNK, RecvBuffers, recv_batch};
 use crate::clock::Clock;
 
 /// Largest datagram accepted; WebRTC packets stay under a 1500-byte MTU.
@@ -96,7 +97,7 @@ impl Reader {
     async fn run(mut self) {
         // One byte more than accepted, so an oversized datagram is seen as
         // such instead of silently truncated to a plausible length.
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut bufs = RecvBuffers::new(MAX_DATAGRAM + 1);
         loop {
             tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
@@ -104,14 +105,38 @@ impl Reader {
                     // The media plane is gone: stop reading.
                     None => return,
                 },
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, from)) => self.route(&buf[..n], from),
-                    Err(e) => {
-                        // ICMP port unreachable from a vanished peer shows up
-                        // here on some systems; it is not fatal to the port.
-                        tracing::trace!(error = %e, "udp receive error");
+                ready = self.socket.readable() => {
+                    if let Err(e) = ready {
+                        tracing::warn!(error = %e, "udp port unreadable");
+                        return;
                     }
+                    self.read_ready(&mut bufs);
                 },
+            }
+        }
+    }
+
+    /// Takes what the socket holds, a batch per system call, and routes it.
+    fn read_ready(&mut self, bufs: &mut RecvBuffers) {
+        loop {
+            match recv_batch(&self.socket, bufs) {
+                Ok(n) => {
+                    self.metrics.recv_calls.inc();
+                    self.metrics.received_datagrams.inc_by(n as u64);
+                    for (data, from) in bufs.received() {
+                        self.route(data, from);
+                    }
+                    if n < CHUNK {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP port unreachable from a vanished peer shows up
+                    // here on some systems; it is not fatal to the port.
+                    tracing::trace!(error = %e, "udp receive error");
+                    return;
+                }
             }
         }
     }
