@@ -114,9 +114,12 @@ impl SendBatch {
                 }
             }
         }
+        let used = self.queued.len();
         self.queued.clear();
-        // A burst's worth of capacity is not kept by an idle room.
-        if self.queued.capacity() > HOLD_AT_MOST / 4 {
+        // A burst's worth of capacity is not kept by a room that has gone
+        // quiet, and not given back by one that keeps using it.
+        let capacity = self.queued.capacity();
+        if capacity > HOLD_AT_MOST / 4 && used < capacity / 4 {
             self.queued.shrink_to(HOLD_AT_MOST / 4);
         }
         done
