@@ -21,7 +21,17 @@
 //! cargo bench --bench media_forward -- --publishers 10 --subscribers 0 # a 10-publisher room
 //! cargo bench --bench media_forward -- --subscribers 100 --pps 100 --secs 20
 //! cargo bench --bench media_forward -- --publishers 0 --subscribers 1000 --secs 60  # idle
+//! cargo bench --bench media_forward -- --subscribers 300 --pps 1000 --yield-cpu      # past one core
 //! ```
+//!
+//! `--peers-per-shard N` and `--workers N` set the server's
+//! `media.peers_per_shard` and `media.workers`: how many members a shard of a
+//! room takes before the room spans another worker thread. `--yield-cpu` runs
+//! this bench's own threads (the clients) at nice 19, so that when the
+//! server and the clients both want every core, the server gets them: on a
+//! machine whose clients cost as much CPU as the server, that is the only
+//! way to see one room use more than a core (the clients then fall behind,
+//! and the received share says so).
 
 use std::net::{TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -34,8 +44,8 @@ use conclave::client::SignalClient;
 use conclave::client::media::{MediaOptions, MediaSession};
 use conclave::protocol::{Mode, Request, Role, ServerMessage};
 
-const USAGE: &str =
-    "usage: media_forward [--publishers N] [--subscribers N] [--pps N] [--secs S] [--no-baseline]";
+const USAGE: &str = "usage: media_forward [--publishers N] [--subscribers N] [--pps N] [--secs S] [--no-baseline] \
+     [--peers-per-shard N] [--workers N] [--yield-cpu]";
 
 struct Options {
     publishers: usize,
@@ -43,6 +53,9 @@ struct Options {
     pps: u64,
     secs: u64,
     baseline: bool,
+    peers_per_shard: Option<u64>,
+    workers: Option<u64>,
+    yield_cpu: bool,
 }
 
 fn options() -> Options {
@@ -52,6 +65,9 @@ fn options() -> Options {
         pps: 50,
         secs: 10,
         baseline: true,
+        peers_per_shard: None,
+        workers: None,
+        yield_cpu: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -66,6 +82,9 @@ fn options() -> Options {
             "--pps" => o.pps = value(),
             "--secs" => o.secs = value(),
             "--no-baseline" => o.baseline = false,
+            "--peers-per-shard" => o.peers_per_shard = Some(value()),
+            "--workers" => o.workers = Some(value()),
+            "--yield-cpu" => o.yield_cpu = true,
             // cargo bench passes --bench to every harness=false target.
             "--bench" => {}
             other => panic!("unknown option {other}\n{USAGE}"),
@@ -104,10 +123,17 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-fn start_server() -> ServerProcess {
+fn start_server(o: &Options) -> ServerProcess {
     let data = tempfile::tempdir().expect("temp dir");
     let http_port = free_tcp_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_conclave"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_conclave"));
+    if let Some(n) = o.peers_per_shard {
+        command.env("CONCLAVE_MEDIA__PEERS_PER_SHARD", n.to_string());
+    }
+    if let Some(n) = o.workers {
+        command.env("CONCLAVE_MEDIA__WORKERS", n.to_string());
+    }
+    let child = command
         .args(["serve", "--dev"])
         .env("CONCLAVE_SERVER__BIND", format!("127.0.0.1:{http_port}"))
         .env("CONCLAVE_SERVER__DATA_DIR", data.path())
@@ -148,7 +174,8 @@ fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn forwarded(http: &str) -> f64 {
+/// One of the server's metrics, by its full name.
+async fn metric(http: &str, name: &str) -> f64 {
     let text = reqwest::get(format!("http://{http}/metrics"))
         .await
         .expect("metrics")
@@ -156,9 +183,20 @@ async fn forwarded(http: &str) -> f64 {
         .await
         .expect("metrics text");
     text.lines()
-        .find_map(|l| l.strip_prefix("conclave_media_forwarded_packets_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+async fn forwarded(http: &str) -> f64 {
+    metric(http, "conclave_media_forwarded_packets_total").await
+}
+
+/// Lowers the calling thread's priority to nice 19 (Linux: per thread).
+fn yield_cpu() {
+    // SAFETY: setpriority reads no memory of ours; `who` 0 is this thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    assert_eq!(rc, 0, "setpriority: {}", std::io::Error::last_os_error());
 }
 
 fn token(user: &str) -> String {
@@ -367,10 +405,12 @@ fn main() {
         relay_main();
     }
     let o = options();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if o.yield_cpu {
+        builder.on_thread_start(yield_cpu);
+    }
+    let runtime = builder.build().unwrap();
     let members = o.publishers + o.subscribers;
     let fanout = if o.publishers > 1 {
         members - 1
@@ -381,8 +421,12 @@ fn main() {
         eprintln!("media_forward: raw UDP baseline, {fanout} receivers...");
         runtime.block_on(raw_baseline(&o, fanout))
     });
-    let server = start_server();
+    let server = start_server(&o);
     let pid = server.child.id();
+    if o.yield_cpu {
+        // After the children started: they keep the normal priority.
+        yield_cpu();
+    }
     runtime.block_on(async {
         let ws = format!("ws://{}/ws", server.http);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -463,6 +507,10 @@ fn main() {
             o.publishers, o.pps
         );
         println!("forwarded packets/s          {:.0}", fwd / elapsed);
+        println!(
+            "media shards                 {}",
+            metric(&server.http, "conclave_media_shards").await
+        );
         println!(
             "received by clients/s        {:.0} ({:.2}% of expected)",
             rx as f64 / elapsed,

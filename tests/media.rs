@@ -6,14 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use common::media::{ForgeSsrc, LossyRelay, Participant};
+use common::media::{
+    ForgeSsrc, LossyRelay, Participant, across_a_mute, flow, marked, muted_drops,
+    until_dropped_as_muted, video, video_flow,
+};
 use conclave::ids::UserId;
 use conclave::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
-
-/// A payload no codec would produce by chance: the sender and a counter.
-fn marked(tag: &str, n: u32) -> Vec<u8> {
-    format!("{tag}:{n}").into_bytes()
-}
 
 #[tokio::test]
 async fn two_members_receive_each_others_audio_byte_for_byte() {
@@ -51,61 +49,12 @@ async fn two_members_receive_each_others_audio_byte_for_byte() {
     assert_eq!(got.user.as_str(), "bob");
 }
 
-/// Sends `tag` packets from `from` until `to` receives one, answering offers
-/// on both sides meanwhile. Returns the number of the first packet received.
-async fn flow(from: &mut Participant, to: &mut Participant, tag: &str) -> u32 {
-    let prefix = format!("{tag}:");
-    for n in 0..500u32 {
-        from.media
-            .send_audio(&marked(tag, n), n * 960, 30)
-            .await
-            .expect("send");
-        from.pump(Duration::ZERO).await;
-        to.pump(Duration::ZERO).await;
-        if let Some(p) = to.next_packet(Duration::from_millis(20)).await
-            && p.packet.payload.starts_with(prefix.as_bytes())
-        {
-            return n;
-        }
-    }
-    panic!(
-        "{} never received {tag} packets from {}",
-        to.user, from.user
-    );
-}
-
-/// Media flows, alice mutes and sends 25 `muted:` packets anyway, unmutes,
-/// and media flows again. The SFU hears of the mute before the answer
-/// arrives, so everything sent after it is dropped; the unmuted run after it
-/// proves the path was open the whole time.
-async fn across_a_mute(alice: &mut Participant, bob: &mut Participant) {
-    flow(alice, bob, "before").await;
-    alice
-        .client
-        .mute(MediaKind::Audio, true, None)
-        .await
-        .unwrap();
-    for n in 0..25u32 {
-        alice
-            .media
-            .send_audio(&marked("muted", n), n * 960, 30)
-            .await
-            .unwrap();
-    }
-    alice
-        .client
-        .mute(MediaKind::Audio, false, None)
-        .await
-        .unwrap();
-    flow(alice, bob, "after").await;
-}
-
 #[tokio::test]
 async fn a_muted_track_is_not_forwarded_even_if_the_client_keeps_sending() {
     let server = TestServer::start().await;
     let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
     let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
-    across_a_mute(&mut alice, &mut bob).await;
+    across_a_mute(&server, &mut alice, &mut bob).await;
     // Everything bob received, the packets `flow` read included.
     assert_eq!(
         bob.ever_received(b"muted:").await,
@@ -349,37 +298,6 @@ async fn the_room_policy_hears_who_speaks() {
 }
 
 /// One video RTP packet with a recognisable payload (nothing decodes it).
-fn video(tag: &str, n: u32) -> rtc::rtp::Packet {
-    rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            sequence_number: n as u16,
-            timestamp: n * 3000,
-            marker: true,
-            ..Default::default()
-        },
-        payload: bytes::Bytes::from(marked(tag, n)),
-    }
-}
-
-/// Sends `tag` video from `from` until `to` receives some; returns the next
-/// packet number to send.
-async fn video_flow(from: &mut Participant, to: &mut Participant, tag: &str) -> u32 {
-    let prefix = format!("{tag}:");
-    for n in 0..500u32 {
-        from.media.send_video(video(tag, n)).await.expect("send");
-        from.pump(Duration::ZERO).await;
-        to.pump(Duration::ZERO).await;
-        if let Some(p) = to.next_packet(Duration::from_millis(20)).await
-            && p.kind == MediaKind::Video
-            && p.packet.payload.starts_with(prefix.as_bytes())
-        {
-            return n + 1;
-        }
-    }
-    panic!("{} never received {tag} video from {}", to.user, from.user);
-}
-
 const KEYFRAME_METRIC: &str = "conclave_media_keyframe_requests_total";
 
 #[tokio::test]
@@ -551,7 +469,7 @@ async fn sequence_numbers_run_on_across_a_mute() {
     let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
     // Alice's client goes on numbering while muted: 25 sequence numbers
     // bob never sees.
-    across_a_mute(&mut alice, &mut bob).await;
+    across_a_mute(&server, &mut alice, &mut bob).await;
     for n in 0..10u32 {
         alice
             .media
@@ -681,6 +599,7 @@ async fn mute_all_and_kick_reach_the_media_plane_before_their_answer() {
     flow(&mut alice, &mut carol, "before").await;
 
     boss.mute_all(MediaKind::Audio, true).await.unwrap();
+    let dropped = muted_drops(&server).await;
     // Sent after the answer: the gates were already shut.
     for n in 0..25u32 {
         alice
@@ -689,6 +608,7 @@ async fn mute_all_and_kick_reach_the_media_plane_before_their_answer() {
             .await
             .unwrap();
     }
+    until_dropped_as_muted(&server, dropped + 25.0).await;
     boss.mute_all(MediaKind::Audio, false).await.unwrap();
     flow(&mut alice, &mut carol, "again").await;
     assert_eq!(carol.ever_received(b"silenced:").await, 0);

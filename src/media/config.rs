@@ -38,6 +38,13 @@ pub struct MediaConfig {
     /// Keyframe requests forwarded to one publisher's video at most this often.
     #[serde(with = "humantime_serde")]
     pub keyframe_interval: Duration,
+    /// Threads that run the rooms' media (`0`: one per core). Rooms are
+    /// spread over them round-robin; a large room spans several.
+    pub workers: usize,
+    /// Members one shard of a room's media takes before the room opens
+    /// another shard on the next worker (up to one per worker). Below it, a
+    /// room is one task on one thread, with no hand-off between threads.
+    pub peers_per_shard: usize,
 }
 
 impl Default for MediaConfig {
@@ -55,6 +62,8 @@ impl Default for MediaConfig {
             volume_interval: Duration::from_millis(200),
             speaking_threshold: 60,
             keyframe_interval: Duration::from_millis(500),
+            workers: 0,
+            peers_per_shard: 100,
         }
     }
 }

@@ -1,11 +1,15 @@
-//! One room's media: the task that owns every peer connection of the room
-//! and forwards RTP between them.
+//! One shard of a room's media: the task that owns the peer connections of
+//! its members and forwards RTP to them.
 //!
-//! Everything about a room's packets happens on this one task: decrypting,
-//! gating by role and mute, rewriting, encrypting and sending. A packet is
-//! never queued between members, and nothing here waits on the room's
-//! signaling task or its scripts: the room task sends a snapshot of who may
-//! publish what ([`Gate`]) after every change, and this task applies it.
+//! A room starts with one shard and has one until it outgrows it
+//! (`media.peers_per_shard`); then it opens more, each on its own media
+//! worker (see `room.rs`). Everything about a member's packets happens on
+//! its shard: decrypting, gating by role and mute, rewriting, encrypting and
+//! sending. A publisher's packet is forwarded to its own shard's
+//! subscribers at once, and handed to the room's other shards in one batch
+//! per wake, decrypted once and never again. Nothing here waits on the
+//! room's signaling task or its scripts: the room task sends a snapshot of
+//! who may publish what ([`Gate`]) to every shard after every change.
 //!
 //! What the room should know comes back as [`MediaEvent`]s (an offer is
 //! ready, a member's media is lost, who speaks): the media plane knows
@@ -13,7 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -53,7 +57,11 @@ const IDLE_SLACK: Duration = Duration::from_millis(900);
 /// Datagrams handled per wake before timers get a turn.
 const BATCH: usize = 64;
 /// Datagrams queued for a room before the port's reader drops more.
-const INBOUND_QUEUE: usize = 4096;
+pub(crate) const INBOUND_QUEUE: usize = 4096;
+/// Batches of packets from the room's other shards queued for a shard
+/// before they are dropped (counted as `shard_queue_full`): a shard that
+/// cannot keep up loses packets, and never slows the one feeding it.
+pub(crate) const FAN_QUEUE: usize = 1024;
 
 /// Who may publish what, per member, as the room's state machine decides.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,58 +124,106 @@ pub enum MediaEvent {
     Volume { levels: Vec<VolumeLevel> },
 }
 
-/// The room task's end of its media task. Dropping it ends the media task
-/// and closes every peer connection of the room.
-pub struct RoomMedia {
-    tx: mpsc::UnboundedSender<MediaCommand>,
+/// What a shard hears from its room (through [`RoomMedia`]) and from the
+/// room's other shards.
+///
+/// [`RoomMedia`]: super::room::RoomMedia
+/// A message with the time it was sent: a shard takes the messages sent
+/// before a datagram arrived before it handles that datagram (see
+/// `MediaTask::messages_before`).
+pub(crate) type Stamped = (Instant, ShardMsg);
+
+pub(crate) enum ShardMsg {
+    Command(MediaCommand),
+    /// The room opened a shard: every shard of the room, this one included.
+    Links(Arc<[ShardLink]>),
+    /// Peers came or went on another shard: bring this shard's tracks in line.
+    Resync,
+    /// Ask `source` for a keyframe, if its peer is on this shard; `subscriber`
+    /// when a subscriber asked (a throttled one is then counted).
+    Keyframe {
+        source: UserId,
+        subscriber: bool,
+    },
 }
 
-impl RoomMedia {
-    /// Starts the room's media task; what it has to say arrives on `events`.
-    /// Unbounded: offers must not be lost, and the task sends a handful per
-    /// change plus a volume report per interval, never one per packet.
-    pub fn spawn(media: &super::Media, events: mpsc::UnboundedSender<MediaEvent>) -> RoomMedia {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-        let shared = media.shared().clone();
-        let task = MediaTask {
-            shared: shared.clone(),
-            events,
-            inbound_tx,
-            peers: HashMap::new(),
-            by_conn: HashMap::new(),
-            gates: HashMap::new(),
-            meters: HashMap::new(),
-            last_keyframe: HashMap::new(),
-            next_volume: shared.clock.now().at,
-            next_due: shared.clock.now().at,
-            out: shared
-                .ports
-                .iter()
-                .map(|p| SendBatch::new(p.socket.clone()))
-                .collect(),
-            awake: HashSet::new(),
-            deadlines: BinaryHeap::new(),
-        };
-        shared.tracker.spawn(tracing::Instrument::in_current_span(
-            task.run(rx, inbound_rx),
-        ));
-        RoomMedia { tx }
-    }
+/// How one shard reaches another. The control sender is weak: only the
+/// room's [`RoomMedia`](super::room::RoomMedia) keeps the shards alive.
+#[derive(Clone)]
+pub(crate) struct ShardLink {
+    pub ctl: mpsc::WeakUnboundedSender<Stamped>,
+    pub fan: mpsc::Sender<Arc<[Forward]>>,
+}
 
-    pub fn send(&self, cmd: MediaCommand) {
-        // The task only ends when this handle is dropped.
-        let _ = self.tx.send(cmd);
-    }
+/// Every live peer of a room, on whichever shard: the publishers each shard
+/// must offer its subscribers. Keyed by peer, since a member's old peer on
+/// one shard may outlive for a moment its new one on another.
+pub(crate) type Directory = Arc<Mutex<HashMap<PeerKey, (UserId, Mode)>>>;
+
+/// What a new shard needs.
+pub(crate) struct ShardSetup {
+    pub shared: Arc<Shared>,
+    pub events: mpsc::UnboundedSender<MediaEvent>,
+    pub index: usize,
+    pub links: Arc<[ShardLink]>,
+    pub directory: Directory,
+}
+
+/// Starts a shard on `worker`; it runs until `ctl`'s last strong sender drops.
+pub(crate) fn spawn_shard(
+    setup: ShardSetup,
+    worker: usize,
+    ctl: mpsc::UnboundedReceiver<Stamped>,
+    fan: mpsc::Receiver<Arc<[Forward]>>,
+) {
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let shared = setup.shared.clone();
+    let task = MediaTask {
+        shared: shared.clone(),
+        events: setup.events,
+        index: setup.index,
+        links: setup.links,
+        directory: setup.directory,
+        inbound_tx,
+        peers: HashMap::new(),
+        by_conn: HashMap::new(),
+        gates: HashMap::new(),
+        meters: HashMap::new(),
+        last_keyframe: HashMap::new(),
+        next_volume: shared.clock.now().at,
+        next_due: shared.clock.now().at,
+        out: shared
+            .ports
+            .iter()
+            .map(|p| SendBatch::new(p.socket.clone()))
+            .collect(),
+        fan_out: Vec::new(),
+        held: None,
+        awake: HashSet::new(),
+        deadlines: BinaryHeap::new(),
+    };
+    shared.metrics.shards.inc();
+    let span = tracing::info_span!("media_shard", shard = setup.index);
+    let run = tracing::Instrument::instrument(task.run(ctl, inbound_rx, fan), span);
+    let run = tracing::Instrument::in_current_span(run);
+    shared
+        .workers
+        .spawn(worker, shared.tracker.track_future(run));
 }
 
 struct MediaTask {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<MediaEvent>,
+    /// This shard's place in the room; shard 0 also meters speaking levels
+    /// (every publisher's packets reach it, from its own peers or fanned).
+    index: usize,
+    links: Arc<[ShardLink]>,
+    directory: Directory,
     inbound_tx: mpsc::Sender<Inbound>,
     peers: HashMap<PeerKey, Peer>,
     by_conn: HashMap<ConnId, PeerKey>,
     gates: HashMap<UserId, Gate>,
+    /// Speaking levels per publisher; kept by shard 0 only.
     meters: HashMap<UserId, LevelMeter>,
     /// Last keyframe request per publisher, for throttling.
     last_keyframe: HashMap<UserId, Instant>,
@@ -177,6 +233,11 @@ struct MediaTask {
     next_due: Instant,
     /// What the peers wrote during this wake, per port, sent at its end.
     out: Vec<SendBatch>,
+    /// What this wake's publishers sent, for the room's other shards.
+    fan_out: Vec<Forward>,
+    /// A message sent after the datagram last handled arrived, kept until
+    /// a later datagram or an empty queue (`messages_before`).
+    held: Option<Stamped>,
     /// Peers the next tick must visit: input reached them since their last
     /// visit (their `quiet_until` is `None`).
     awake: HashSet<PeerKey>,
@@ -187,18 +248,27 @@ struct MediaTask {
     deadlines: BinaryHeap<Reverse<(Instant, PeerKey)>>,
 }
 
-/// A packet to forward: who sent it and what.
-struct Forward {
-    from: UserId,
-    kind: MediaKind,
+/// A packet to forward: who sent it and what, decrypted and with its
+/// header extensions stripped (each subscriber's sender writes its own).
+#[derive(Clone)]
+pub(crate) struct Forward {
+    /// The publisher and the kind of its track: what subscribers key their
+    /// outgoing tracks by.
+    track: (UserId, MediaKind),
     packet: rtc::rtp::Packet,
+    /// The RFC 6464 level the publisher put on it, for shard 0's meters.
+    level: Option<u8>,
+    /// When it reached the server: the other shards apply the gates sent
+    /// before then.
+    at: Instant,
 }
 
 impl MediaTask {
     async fn run(
         mut self,
-        mut cmds: mpsc::UnboundedReceiver<MediaCommand>,
+        mut cmds: mpsc::UnboundedReceiver<Stamped>,
         mut inbound: mpsc::Receiver<Inbound>,
+        mut fan: mpsc::Receiver<Arc<[Forward]>>,
     ) {
         // Ticks at most every TICK, and only while something may be due:
         // soon after input (which may have given a peer work), else at the
@@ -210,20 +280,49 @@ impl MediaTask {
         tokio::pin!(tick);
         loop {
             let mut input = false;
+            if inbound.is_empty()
+                && fan.is_empty()
+                && let Some((_, held)) = self.held.take()
+            {
+                self.message(held);
+                input = true;
+            }
             tokio::select! {
                 biased;
-                cmd = cmds.recv() => match cmd {
-                    Some(cmd) => {
-                        self.command(cmd);
+                msg = cmds.recv() => match msg {
+                    Some((_, msg)) => {
+                        if let Some((_, held)) = self.held.take() {
+                            self.message(held);
+                        }
+                        self.message(msg);
                         input = true;
                     }
                     None => break,
                 },
+                Some(first) = fan.recv() => {
+                    let now = self.shared.clock.now().at;
+                    self.messages_before(&mut cmds, first.first().map_or(now, |f| f.at));
+                    self.fanned(&first, now);
+                    for _ in 1..BATCH {
+                        match fan.try_recv() {
+                            Ok(next) => {
+                                self.messages_before(&mut cmds, next.first().map_or(now, |f| f.at));
+                                self.fanned(&next, now);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    input = true;
+                },
                 Some(first) = inbound.recv() => {
+                    self.messages_before(&mut cmds, first.at);
                     self.datagram(first);
                     for _ in 1..BATCH {
                         match inbound.try_recv() {
-                            Ok(next) => self.datagram(next),
+                            Ok(next) => {
+                                self.messages_before(&mut cmds, next.at);
+                                self.datagram(next);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -251,10 +350,20 @@ impl MediaTask {
             self.close_peer(key);
         }
         self.send();
+        self.shared.metrics.shards.dec();
     }
 
-    /// Hands what this wake wrote to the kernel.
+    /// Hands what this wake wrote to the kernel, and what its publishers
+    /// sent to the room's other shards.
     fn send(&mut self) {
+        if !self.fan_out.is_empty() {
+            let batch: Arc<[Forward]> = std::mem::take(&mut self.fan_out).into();
+            for (index, link) in self.links.iter().enumerate() {
+                if index != self.index && link.fan.try_send(batch.clone()).is_err() {
+                    self.shared.metrics.dropped("shard_queue_full");
+                }
+            }
+        }
         for batch in &mut self.out {
             if batch.is_empty() {
                 continue;
@@ -267,6 +376,66 @@ impl MediaTask {
             metrics.send_calls.inc_by(done.calls as u64);
             metrics.sent_datagrams.inc_by(done.sent as u64);
         }
+    }
+
+    /// Takes the messages sent before `at`, when the datagram (or batch)
+    /// about to be handled arrived, and no later one. The room sends a
+    /// mute's gates before it answers the mute, so a packet sent after the
+    /// answer arrives after the gates were sent: it meets them shut, even
+    /// while this thread drains a burst that began before; and a packet
+    /// that arrived before an unmute does not meet the unmute. The first
+    /// later message waits in `held` for a datagram after it, or for the
+    /// queues to empty.
+    fn messages_before(&mut self, cmds: &mut mpsc::UnboundedReceiver<Stamped>, at: Instant) {
+        loop {
+            let (sent, msg) = match self.held.take() {
+                Some(held) => held,
+                None => match cmds.try_recv() {
+                    Ok(next) => next,
+                    Err(_) => return,
+                },
+            };
+            if sent > at {
+                self.held = Some((sent, msg));
+                return;
+            }
+            self.message(msg);
+        }
+    }
+
+    fn message(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Command(cmd) => self.command(cmd),
+            ShardMsg::Links(links) => self.links = links,
+            ShardMsg::Resync => self.sync_tracks(),
+            ShardMsg::Keyframe { source, subscriber } => {
+                if self.has_local(&source) {
+                    let now = self.shared.clock.now().at;
+                    if subscriber {
+                        self.subscriber_asks_keyframe(&source, now);
+                    } else {
+                        let _ = self.request_keyframe(&source, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the room's other shards something.
+    fn tell_others(&self, msg: impl Fn() -> ShardMsg) {
+        let now = self.shared.clock.now().at;
+        for (index, link) in self.links.iter().enumerate() {
+            if index != self.index
+                && let Some(ctl) = link.ctl.upgrade()
+            {
+                let _ = ctl.send((now, msg()));
+            }
+        }
+    }
+
+    /// Whether `user`'s peer is on this shard.
+    fn has_local(&self, user: &UserId) -> bool {
+        self.peers.values().any(|p| p.user == *user)
     }
 
     fn command(&mut self, cmd: MediaCommand) {
@@ -343,6 +512,8 @@ impl MediaTask {
             },
         });
         shared.metrics.peers.inc();
+        lock(&self.directory).insert(key, (user.clone(), mode));
+        self.tell_others(|| ShardMsg::Resync);
         self.peers.insert(key, peer);
         self.awake.insert(key);
         self.by_conn.insert(conn, key);
@@ -437,11 +608,10 @@ impl MediaTask {
     /// interactor's audio, and video when both sides are in video mode.
     /// Renegotiates the peers whose set changed.
     fn sync_tracks(&mut self) {
-        let publishers: Vec<(UserId, Mode)> = self
-            .peers
+        let publishers: Vec<(UserId, Mode)> = lock(&self.directory)
             .values()
-            .filter(|p| self.gates.get(&p.user).is_some_and(|g| g.interactor))
-            .map(|p| (p.user.clone(), p.mode))
+            .filter(|(user, _)| self.gates.get(user).is_some_and(|g| g.interactor))
+            .cloned()
             .collect();
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
@@ -505,6 +675,8 @@ impl MediaTask {
             ufrag: peer.ufrag.clone(),
         });
         self.shared.metrics.peers.dec();
+        lock(&self.directory).remove(&key);
+        self.tell_others(|| ShardMsg::Resync);
         tracing::debug!(user = %peer.user, "media closed");
         self.sync_tracks();
     }
@@ -538,11 +710,9 @@ impl MediaTask {
         }
         let key = peer.key;
         self.events(key);
-        let (forwards, keyframes) = self.reads(key);
+        let (forwards, keyframes) = self.reads(key, inbound.at);
         self.flush(key);
-        for forward in forwards {
-            self.forward(key, forward, inbound.at);
-        }
+        self.publish(key, forwards, inbound.at);
         for source in keyframes {
             self.subscriber_asks_keyframe(&source, inbound.at);
         }
@@ -598,7 +768,7 @@ impl MediaTask {
 
     /// Drains what the peer decoded: media to forward (if its gate is open)
     /// and keyframe requests from it as a subscriber.
-    fn reads(&mut self, key: PeerKey) -> (Vec<Forward>, Vec<UserId>) {
+    fn reads(&mut self, key: PeerKey, at: Instant) -> (Vec<Forward>, Vec<UserId>) {
         let mut forwards = Vec::new();
         let mut keyframes = Vec::new();
         let Some(peer) = self.peers.get_mut(&key) else {
@@ -621,29 +791,20 @@ impl MediaTask {
                         self.shared.metrics.dropped("not_publishing");
                         continue;
                     }
-                    if let Some(id) = incoming.audio_level
-                        && let Some(ext) = packet.header.get_extension(id)
-                        && let Some(byte) = ext.first()
-                    {
-                        // Per packet: look up before cloning the key.
-                        match self.meters.get_mut(&peer.user) {
-                            Some(meter) => meter.packet(*byte),
-                            None => {
-                                let mut meter = LevelMeter::default();
-                                meter.packet(*byte);
-                                self.meters.insert(peer.user.clone(), meter);
-                            }
-                        }
-                    }
+                    let level = incoming
+                        .audio_level
+                        .and_then(|id| packet.header.get_extension(id))
+                        .and_then(|ext| ext.first().copied());
                     // Extensions are per transport (transport-wide sequence
                     // numbers, mid): each subscriber's sender writes its own.
                     packet.header.extension = false;
                     packet.header.extensions.clear();
                     packet.header.extension_profile = 0;
                     forwards.push(Forward {
-                        from: peer.user.clone(),
-                        kind: incoming.kind,
+                        track: (peer.user.clone(), incoming.kind),
                         packet,
+                        level,
+                        at,
                     });
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
@@ -673,17 +834,65 @@ impl MediaTask {
         (forwards, keyframes)
     }
 
-    /// Sends one publisher packet to every subscriber of it.
-    fn forward(&mut self, from_key: PeerKey, forward: Forward, now: Instant) {
-        let track = (forward.from, forward.kind);
+    /// What a publisher of this shard sent: to this shard's subscribers
+    /// now, to the other shards' at the end of the wake.
+    fn publish(&mut self, from: PeerKey, forwards: Vec<Forward>, now: Instant) {
+        let fan = self.links.len() > 1;
+        for forward in forwards {
+            self.forward(Some(from), &forward, now);
+            self.meter(&forward);
+            if fan {
+                self.fan_out.push(forward);
+            }
+        }
+    }
+
+    /// What another shard's publishers sent. Their shard applied the gate;
+    /// it is looked at again here, in case a mute reached this shard first.
+    fn fanned(&mut self, batch: &[Forward], now: Instant) {
+        for forward in batch {
+            let (from, kind) = &forward.track;
+            let open = self.gates.get(from).is_some_and(|g| match kind {
+                MediaKind::Audio => g.audio,
+                MediaKind::Video => g.video,
+            });
+            if open {
+                self.forward(None, forward, now);
+                self.meter(forward);
+            }
+        }
+    }
+
+    /// Counts a packet's speaking level, on shard 0.
+    fn meter(&mut self, forward: &Forward) {
+        let Some(level) = forward.level else {
+            return;
+        };
+        if self.index != 0 {
+            return;
+        }
+        // Per packet: look up before cloning the key.
+        match self.meters.get_mut(&forward.track.0) {
+            Some(meter) => meter.packet(level),
+            None => {
+                let mut meter = LevelMeter::default();
+                meter.packet(level);
+                self.meters.insert(forward.track.0.clone(), meter);
+            }
+        }
+    }
+
+    /// Sends one publisher packet to every subscriber of it on this shard.
+    fn forward(&mut self, from_key: Option<PeerKey>, forward: &Forward, now: Instant) {
+        let track = &forward.track;
         let shared = &self.shared;
         let batches = &mut self.out;
         let awake = &mut self.awake;
         for (key, peer) in self.peers.iter_mut() {
-            if *key == from_key {
+            if Some(*key) == from_key {
                 continue;
             }
-            let Some(out) = peer.outgoing.get_mut(&track) else {
+            let Some(out) = peer.outgoing.get_mut(track) else {
                 continue;
             };
             if !out.negotiated {
@@ -734,13 +943,35 @@ impl MediaTask {
     /// A subscriber's keyframe request for `source`: relayed, or absorbed by
     /// the throttle (and counted as `keyframe_throttled`).
     fn subscriber_asks_keyframe(&mut self, source: &UserId, now: Instant) {
+        if self.links.len() > 1 && !self.has_local(source) {
+            // Throttled here too, so that a shard full of new subscribers
+            // sends one request an interval; the source's shard throttles
+            // again across shards.
+            let interval = self.shared.config.keyframe_interval;
+            if self
+                .last_keyframe
+                .get(source)
+                .is_some_and(|t| now.duration_since(*t) < interval)
+            {
+                self.shared.metrics.dropped("keyframe_throttled");
+                return;
+            }
+            self.last_keyframe.insert(source.clone(), now);
+            self.tell_others(|| ShardMsg::Keyframe {
+                source: source.clone(),
+                subscriber: true,
+            });
+            return;
+        }
         if !self.request_keyframe(source, now) {
             self.shared.metrics.dropped("keyframe_throttled");
         }
     }
 
     /// Asks `source` for a keyframe, unless it was asked less than
-    /// `keyframe_interval` ago; false when the throttle held it back.
+    /// `keyframe_interval` ago; false when the throttle held it back. A
+    /// source on another shard is asked through it (throttled here as well,
+    /// so a shard of new subscribers sends one request an interval).
     fn request_keyframe(&mut self, source: &UserId, now: Instant) -> bool {
         let interval = self.shared.config.keyframe_interval;
         if self
@@ -756,6 +987,14 @@ impl MediaTask {
             .find(|p| p.user == *source)
             .map(|p| p.key)
         else {
+            if self.links.len() > 1 {
+                let who = source.clone();
+                self.tell_others(|| ShardMsg::Keyframe {
+                    source: who.clone(),
+                    subscriber: false,
+                });
+                self.last_keyframe.insert(source.clone(), now);
+            }
             return true;
         };
         let peer = self.peers.get_mut(&key).expect("found above");
@@ -822,11 +1061,9 @@ impl MediaTask {
                 tracing::debug!(user = %peer.user, error = %e, "peer timer");
             }
             self.events(key);
-            let (forwards, keyframes) = self.reads(key);
+            let (forwards, keyframes) = self.reads(key, now);
             self.flush(key);
-            for forward in forwards {
-                self.forward(key, forward, now);
-            }
+            self.publish(key, forwards, now);
             for source in keyframes {
                 self.subscriber_asks_keyframe(&source, now);
             }
@@ -927,6 +1164,12 @@ impl MediaTask {
             flush_peer(&mut self.out, peer);
         }
     }
+}
+
+/// The directory's lock; poisoned only if a shard panicked holding it, and
+/// the map stays usable then.
+fn lock(directory: &Directory) -> std::sync::MutexGuard<'_, HashMap<PeerKey, (UserId, Mode)>> {
+    directory.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Input reached `peer` (or it has more to do): the next tick visits it.

@@ -3,8 +3,11 @@
 //!
 //! - [`udp`]: the shared UDP ports and the task reading each one, which routes
 //!   datagrams to rooms by ICE ufrag, then by source address.
-//! - `forwarder`: one task per room that owns every peer connection of the
-//!   room and forwards RTP between them; no locks on the packet path.
+//! - `room`: a room's media as one or more shards, and which member's peer
+//!   is on which.
+//! - `forwarder`: one shard, a task that owns its members' peer connections
+//!   and forwards RTP to them; no locks on the packet path.
+//! - `workers`: the threads the shards run on, one per core.
 //! - [`peer`]: one member's peer connection and its negotiation.
 //! - [`codec`]: what both ends negotiate (shared with the Rust client).
 //! - `interceptor`: our links in webrtc-rs's RTP/RTCP chain: keyframe
@@ -26,7 +29,9 @@ mod interceptor;
 mod level;
 mod peer;
 mod rewrite;
+mod room;
 mod udp;
+mod workers;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
@@ -42,7 +47,8 @@ use crate::clock::Clock;
 use crate::telemetry::ReasonLabel;
 
 pub use config::{MediaConfig, PortRange};
-pub use forwarder::{Gate, MediaCommand, MediaEvent, MediaReply, Offer, RoomMedia};
+pub use forwarder::{Gate, MediaCommand, MediaEvent, MediaReply, Offer};
+pub use room::RoomMedia;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -57,6 +63,8 @@ pub enum MediaError {
     Negotiation(String),
     #[error("send media_start first")]
     NotStarted,
+    #[error("cannot start the media workers: {0}")]
+    Workers(std::io::Error),
     #[error("internal: {0}")]
     Internal(&'static str),
 }
@@ -65,6 +73,9 @@ pub enum MediaError {
 #[derive(Default)]
 pub struct MediaMetrics {
     pub peers: Gauge,
+    /// Shards of rooms' media running: one per room with media, more for a
+    /// room that outgrew one.
+    pub shards: Gauge,
     pub received_packets: Counter,
     pub forwarded_packets: Counter,
     pub dropped_packets: Family<ReasonLabel, Counter>,
@@ -80,6 +91,11 @@ pub struct MediaMetrics {
 impl MediaMetrics {
     pub fn register(self: &Arc<Self>, registry: &mut Registry) {
         registry.register("media_peers", "Peer connections open", self.peers.clone());
+        registry.register(
+            "media_shards",
+            "Shards of rooms' media running (one per room until it outgrows one)",
+            self.shards.clone(),
+        );
         registry.register(
             "media_received_packets",
             "RTP packets received from publishers",
@@ -146,6 +162,8 @@ pub(crate) struct Shared {
     next_port: AtomicUsize,
     next_peer: AtomicU64,
     pub tracker: TaskTracker,
+    /// The threads the rooms' media shards run on.
+    pub(crate) workers: workers::Workers,
 }
 
 impl Media {
@@ -165,9 +183,15 @@ impl Media {
             ports.push(bound);
         }
         let advertise = advertised_ips(&config);
+        let count = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let workers = workers::Workers::start(count).map_err(MediaError::Workers)?;
         tracing::info!(
             ports = ?ports.iter().map(|p| p.local).collect::<Vec<_>>(),
             advertise = ?advertise,
+            workers = workers.count(),
             "media plane listening"
         );
         Ok(Media {
@@ -180,6 +204,7 @@ impl Media {
                 next_port: AtomicUsize::new(0),
                 next_peer: AtomicU64::new(1),
                 tracker,
+                workers,
             }),
         })
     }

@@ -998,7 +998,7 @@ impl RoomTask {
             self.gates.clear();
         }
         self.sync_media();
-        let room_media = self.media.as_ref().expect("spawned above");
+        let room_media = self.media.as_mut().expect("spawned above");
         room_media.send(MediaCommand::Start {
             conn,
             user,
@@ -1019,7 +1019,7 @@ impl RoomTask {
             let _ = reply.send(Err(Error::NotInRoom));
             return;
         }
-        match &self.media {
+        match &mut self.media {
             Some(media) => media.send(make(media_reply(reply))),
             None => {
                 let _ = reply.send(Err(Error::Media(crate::media::MediaError::NotStarted)));
@@ -1058,9 +1058,9 @@ impl RoomTask {
 
     /// Tells the media task who may publish what, when that changed.
     fn sync_media(&mut self) {
-        let Some(media) = &self.media else {
+        if self.media.is_none() {
             return;
-        };
+        }
         let mut gates: Vec<Gate> = self
             .room
             .members_with_conns()
@@ -1077,7 +1077,9 @@ impl RoomTask {
             })
             .collect();
         gates.sort_by(|a, b| a.user.cmp(&b.user));
-        if gates != self.gates {
+        if gates != self.gates
+            && let Some(media) = &mut self.media
+        {
             self.gates = gates.clone();
             media.send(MediaCommand::Gates(gates));
         }

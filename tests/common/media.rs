@@ -15,7 +15,7 @@ use rtc::shared::error::Error;
 
 use conclave::client::SignalClient;
 use conclave::client::media::{MediaOptions, MediaSession, Received};
-use conclave::protocol::{Mode, Request, Role, ServerMessage};
+use conclave::protocol::{MediaKind, Mode, Request, Role, ServerMessage};
 
 use super::{PATIENCE, TestServer};
 
@@ -398,4 +398,111 @@ impl Drop for LossyRelay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A payload no codec would produce by chance: the sender and a counter.
+pub fn marked(tag: &str, n: u32) -> Vec<u8> {
+    format!("{tag}:{n}").into_bytes()
+}
+
+/// Sends `tag` packets from `from` until `to` receives one, answering offers
+/// on both sides meanwhile. Returns the number of the first packet received.
+pub async fn flow(from: &mut Participant, to: &mut Participant, tag: &str) -> u32 {
+    let prefix = format!("{tag}:");
+    for n in 0..500u32 {
+        from.media
+            .send_audio(&marked(tag, n), n * 960, 30)
+            .await
+            .expect("send");
+        from.pump(Duration::ZERO).await;
+        to.pump(Duration::ZERO).await;
+        if let Some(p) = to.next_packet(Duration::from_millis(20)).await
+            && p.packet.payload.starts_with(prefix.as_bytes())
+        {
+            return n;
+        }
+    }
+    panic!(
+        "{} never received {tag} packets from {}",
+        to.user, from.user
+    );
+}
+
+/// Media flows, alice mutes and sends 25 `muted:` packets anyway, unmutes,
+/// and media flows again. The SFU hears of the mute before the answer
+/// arrives, so everything sent after it is dropped; the unmuted run after it
+/// proves the path was open the whole time.
+pub async fn across_a_mute(server: &TestServer, alice: &mut Participant, bob: &mut Participant) {
+    flow(alice, bob, "before").await;
+    alice
+        .client
+        .mute(MediaKind::Audio, true, None)
+        .await
+        .unwrap();
+    let dropped = muted_drops(server).await;
+    for n in 0..25u32 {
+        alice
+            .media
+            .send_audio(&marked("muted", n), n * 960, 30)
+            .await
+            .unwrap();
+    }
+    until_dropped_as_muted(server, dropped + 25.0).await;
+    alice
+        .client
+        .mute(MediaKind::Audio, false, None)
+        .await
+        .unwrap();
+    flow(alice, bob, "after").await;
+}
+
+pub fn video(tag: &str, n: u32) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            sequence_number: n as u16,
+            timestamp: n * 3000,
+            marker: true,
+            ..Default::default()
+        },
+        payload: bytes::Bytes::from(marked(tag, n)),
+    }
+}
+
+/// Sends `tag` video from `from` until `to` receives some; returns the next
+/// packet number to send.
+pub async fn video_flow(from: &mut Participant, to: &mut Participant, tag: &str) -> u32 {
+    let prefix = format!("{tag}:");
+    for n in 0..500u32 {
+        from.media.send_video(video(tag, n)).await.expect("send");
+        from.pump(Duration::ZERO).await;
+        to.pump(Duration::ZERO).await;
+        if let Some(p) = to.next_packet(Duration::from_millis(20)).await
+            && p.kind == MediaKind::Video
+            && p.packet.payload.starts_with(prefix.as_bytes())
+        {
+            return n + 1;
+        }
+    }
+    panic!("{} never received {tag} video from {}", to.user, from.user);
+}
+
+/// Packets the server dropped because their sender may not publish now.
+pub async fn muted_drops(server: &TestServer) -> f64 {
+    server
+        .metric("conclave_media_dropped_packets_total{reason=\"not_publishing\"}")
+        .await
+}
+
+/// Waits until the server has dropped `count` packets in all as not
+/// publishing. A client hands its packets to its own WebRTC stack, which
+/// puts them on the wire when its tasks next run: a test that unmutes
+/// right after sending could have the unmute reach the server first.
+/// (Forwarded instead, they would never be counted, and this times out.)
+pub async fn until_dropped_as_muted(server: &TestServer, count: f64) {
+    super::eventually(
+        "the muted packets reached the server and were dropped",
+        || async { muted_drops(server).await >= count },
+    )
+    .await;
 }
