@@ -220,6 +220,7 @@ async fn member(
     received: Arc<AtomicU64>,
     first: tokio::sync::mpsc::UnboundedSender<Duration>,
     pps: u64,
+    mut go: tokio::sync::watch::Receiver<bool>,
 ) -> Arc<MediaSession> {
     let mut client = SignalClient::connect(&ws).await.expect("connect");
     client.hello(&token(&user)).await.expect("hello");
@@ -272,6 +273,7 @@ async fn member(
     if role == Role::Interactor {
         let session = media.clone();
         tokio::spawn(async move {
+            let _ = go.wait_for(|go| *go).await;
             let payload = [0x5au8; 160];
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / pps));
             let mut n: u32 = 0;
@@ -411,6 +413,16 @@ fn main() {
         builder.on_thread_start(yield_cpu);
     }
     let runtime = builder.build().unwrap();
+    // The publishers and the measurement keep the normal priority (as do
+    // this thread, which only directs the joins, and the children it
+    // starts): a publisher starved of CPU would send less than its rate,
+    // and the server would have less to forward.
+    let publishing = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("publishers")
+        .enable_all()
+        .build()
+        .unwrap();
     let members = o.publishers + o.subscribers;
     let fanout = if o.publishers > 1 {
         members - 1
@@ -423,10 +435,6 @@ fn main() {
     });
     let server = start_server(&o);
     let pid = server.child.id();
-    if o.yield_cpu {
-        // After the children started: they keep the normal priority.
-        yield_cpu();
-    }
     runtime.block_on(async {
         let ws = format!("ws://{}/ws", server.http);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -441,22 +449,25 @@ fn main() {
         let received = Arc::new(AtomicU64::new(0));
         let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut sessions = Vec::new();
+        // Publishing starts at once, so that the joins are timed under load;
+        // with --yield-cpu after the last join, which a saturated server
+        // would otherwise starve of the clients' CPU.
+        let (go, go_rx) = tokio::sync::watch::channel(!o.yield_cpu);
         eprintln!(
             "media_forward: {} publisher(s) at {} pps, {} subscriber(s); joining...",
             o.publishers, o.pps, o.subscribers
         );
         for p in 0..o.publishers {
-            sessions.push(
-                member(
-                    ws.clone(),
-                    format!("pub{p}"),
-                    Role::Interactor,
-                    received.clone(),
-                    first_tx.clone(),
-                    o.pps,
-                )
-                .await,
+            let join = member(
+                ws.clone(),
+                format!("pub{p}"),
+                Role::Interactor,
+                received.clone(),
+                first_tx.clone(),
+                o.pps,
+                go_rx.clone(),
             );
+            sessions.push(publishing.spawn(join).await.expect("publisher"));
         }
         for s in 0..o.subscribers {
             sessions.push(
@@ -467,10 +478,12 @@ fn main() {
                     received.clone(),
                     first_tx.clone(),
                     o.pps,
+                    go_rx.clone(),
                 )
                 .await,
             );
         }
+        let _ = go.send(true);
         // Everyone with someone to hear hears a first packet.
         let expecting = if o.publishers > 1 {
             members
@@ -489,16 +502,25 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss_full = rss_bytes(pid);
 
-        let cpu0 = cpu_seconds(pid);
-        let fwd0 = forwarded(&server.http).await;
-        let rx0 = received.load(Ordering::Relaxed);
-        let t0 = Instant::now();
         eprintln!("media_forward: measuring for {} s", o.secs);
-        tokio::time::sleep(Duration::from_secs(o.secs)).await;
-        let elapsed = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid) - cpu0;
-        let fwd = forwarded(&server.http).await - fwd0;
-        let rx = received.load(Ordering::Relaxed) - rx0;
+        // On the publishers' runtime, at the normal priority: a starved
+        // clock would stretch the window past what it counts.
+        let (http, counted, secs) = (server.http.clone(), received.clone(), o.secs);
+        let (elapsed, cpu, fwd, rx) = publishing
+            .spawn(async move {
+                let cpu0 = cpu_seconds(pid);
+                let fwd0 = forwarded(&http).await;
+                let rx0 = counted.load(Ordering::Relaxed);
+                let t0 = Instant::now();
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                let elapsed = t0.elapsed().as_secs_f64();
+                let cpu = cpu_seconds(pid) - cpu0;
+                let fwd = forwarded(&http).await - fwd0;
+                let rx = counted.load(Ordering::Relaxed) - rx0;
+                (elapsed, cpu, fwd, rx)
+            })
+            .await
+            .expect("measuring");
 
         let sent_expected = o.publishers as f64 * o.pps as f64 * elapsed;
         let expected = sent_expected * fanout as f64;
@@ -547,12 +569,16 @@ fn main() {
                 );
             }
         }
+        if o.yield_cpu {
+            println!("join -> first packet         not timed (publishing began after the joins)");
+        } else {
         println!(
             "join -> first packet         p50 {:.0} ms, p95 {:.0} ms ({} of {expecting} members)",
             percentile(&firsts, 0.5).as_secs_f64() * 1e3,
             percentile(&firsts, 0.95).as_secs_f64() * 1e3,
             firsts.len()
         );
+        }
         println!(
             "server memory per member     {:.0} KiB (RSS {} -> {} MiB)",
             (rss_full.saturating_sub(rss_empty)) as f64 / members as f64 / 1024.0,

@@ -38,12 +38,14 @@ pub struct MediaConfig {
     /// Keyframe requests forwarded to one publisher's video at most this often.
     #[serde(with = "humantime_serde")]
     pub keyframe_interval: Duration,
-    /// Threads that run the rooms' media (`0`: one per core). Rooms are
-    /// spread over them round-robin; a large room spans several.
+    /// The cores one room's media may use (`0`: every core). A room's
+    /// first shard runs on the server's runtime, with the UDP readers; each
+    /// shard a large room adds runs on a media thread (there are
+    /// `workers - 1`).
     pub workers: usize,
     /// Members one shard of a room's media takes before the room opens
-    /// another shard on the next worker (up to one per worker). Below it, a
-    /// room is one task on one thread, with no hand-off between threads.
+    /// another on a media thread (up to `workers` shards). Below it, a room
+    /// is one task on one thread, with no hand-off between threads.
     pub peers_per_shard: usize,
 }
 

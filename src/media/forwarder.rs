@@ -2,8 +2,8 @@
 //! its members and forwards RTP to them.
 //!
 //! A room starts with one shard and has one until it outgrows it
-//! (`media.peers_per_shard`); then it opens more, each on its own media
-//! worker (see `room.rs`). Everything about a member's packets happens on
+//! (`media.peers_per_shard`); then it opens more, each on a media thread
+//! of its own (see `room.rs` and `workers.rs`). Everything about a member's packets happens on
 //! its shard: decrypting, gating by role and mute, rewriting, encrypting and
 //! sending. A publisher's packet is forwarded to its own shard's
 //! subscribers at once, and handed to the room's other shards in one batch
@@ -169,15 +169,17 @@ pub(crate) struct ShardSetup {
     pub directory: Directory,
 }
 
-/// Starts a shard on `worker`; it runs until `ctl`'s last strong sender drops.
+/// Starts a shard (where `Workers::spawn` puts shard `setup.index` of a
+/// room with this `base`); it runs until `ctl`'s last strong sender drops.
 pub(crate) fn spawn_shard(
     setup: ShardSetup,
-    worker: usize,
+    base: usize,
     ctl: mpsc::UnboundedReceiver<Stamped>,
     fan: mpsc::Receiver<Arc<[Forward]>>,
 ) {
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let shared = setup.shared.clone();
+    let index = setup.index;
     let task = MediaTask {
         shared: shared.clone(),
         events: setup.events,
@@ -208,7 +210,7 @@ pub(crate) fn spawn_shard(
     let run = tracing::Instrument::in_current_span(run);
     shared
         .workers
-        .spawn(worker, shared.tracker.track_future(run));
+        .spawn(index, base, shared.tracker.track_future(run));
 }
 
 struct MediaTask {

@@ -191,7 +191,7 @@ impl Media {
         tracing::info!(
             ports = ?ports.iter().map(|p| p.local).collect::<Vec<_>>(),
             advertise = ?advertise,
-            workers = workers.count(),
+            cores = workers.shards_at_most(),
             "media plane listening"
         );
         Ok(Media {

@@ -4,7 +4,8 @@
 //! stays one while it is small: then every packet is decrypted, gated,
 //! rewritten, encrypted and sent on one thread, with no hand-off at all.
 //! When every shard holds `media.peers_per_shard` members, the next member
-//! opens a shard on the next worker, up to one per worker. A publisher's
+//! opens a shard on a media thread, up to `media.workers` shards (one per
+//! core). A publisher's
 //! packets are decrypted once, on its own shard, and handed to the other
 //! shards as one batch per wake; each shard encrypts and sends for its own
 //! subscribers. So a room's fan-out uses as many cores as it has shards.
@@ -31,7 +32,7 @@ use crate::ids::{ConnId, UserId};
 pub struct RoomMedia {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<MediaEvent>,
-    /// The worker of shard 0; shard `i` runs on worker `base + i`.
+    /// Where the room's added shards go (`Workers::spawn`).
     base: usize,
     directory: Directory,
     /// The shards' control senders: the only strong ones.
@@ -152,7 +153,7 @@ impl RoomMedia {
             .min_by_key(|(_, load)| *load)
             .expect("a room has a shard");
         let full = least >= self.shared.config.peers_per_shard.max(1);
-        if full && self.ctl.len() < self.shared.workers.count() {
+        if full && self.ctl.len() < self.shared.workers.shards_at_most() {
             shard = self.open_shard();
         }
         self.load[shard] += 1;
@@ -183,7 +184,7 @@ impl RoomMedia {
             links: self.links.clone(),
             directory: self.directory.clone(),
         };
-        spawn_shard(setup, self.base + index, ctl_rx, fan_rx);
+        spawn_shard(setup, self.base, ctl_rx, fan_rx);
         if !self.gates.is_empty() {
             let _ = ctl_tx.send((
                 self.shared.clock.now().at,
