@@ -548,7 +548,7 @@ fn main() {
                 100.0 * cpu / elapsed / members.max(1) as f64
             );
         }
-        if cpu > 0.0 {
+        if cpu > 0.0 && fwd > 0.0 {
             println!("forwarded per CPU-second     {:.0}", fwd / cpu);
             println!(
                 "server CPU per packet        {:.2} us",
