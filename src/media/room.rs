@@ -15,7 +15,7 @@
 //! media restart never races a peer on one shard against its successor on
 //! another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -117,10 +117,10 @@ impl RoomMedia {
                 // A snapshot lists every member and the connection it is on
                 // (a member starts media only once it is one): whoever it
                 // leaves out is gone, and so are its peers.
-                self.placed
-                    .retain(|user, _| gates.iter().any(|g| g.user == *user));
-                self.by_conn
-                    .retain(|conn, _| gates.iter().any(|g| g.conn == Some(*conn)));
+                let users: HashSet<&UserId> = gates.iter().map(|g| &g.user).collect();
+                let conns: HashSet<ConnId> = gates.iter().filter_map(|g| g.conn).collect();
+                self.placed.retain(|user, _| users.contains(user));
+                self.by_conn.retain(|conn, _| conns.contains(conn));
                 let mut load = vec![0; self.load.len()];
                 for shard in self.placed.values() {
                     load[*shard] += 1;
