@@ -14,7 +14,11 @@
 //!   packets conclave forwards) relayed to the same number of receivers by
 //!   a process that does nothing but `recv_from` and one plain `send_to` per
 //!   receiver, measured the same way; and conclave's cost as a multiple of
-//!   it (`--no-baseline` skips it).
+//!   it (`--no-baseline` skips it);
+//! - last, when Debian's `janus` package is installed and the room has one
+//!   publisher, the same clients and load against Janus 1.1's VideoRoom
+//!   (`benches/support/janus.rs`): its CPU per packet its subscribers
+//!   received, and the multiple of conclave's (`--no-janus` skips it).
 //!
 //! ```text
 //! cargo bench --bench media_forward                                   # 1 publisher -> 50 subscribers
@@ -44,8 +48,12 @@ use conclave::client::SignalClient;
 use conclave::client::media::{MediaOptions, MediaSession};
 use conclave::protocol::{Mode, Request, Role, ServerMessage};
 
+#[path = "support/janus.rs"]
+mod janus;
+use janus::{Janus, Session};
+
 const USAGE: &str = "usage: media_forward [--publishers N] [--subscribers N] [--pps N] [--secs S] [--no-baseline] \
-     [--peers-per-shard N] [--workers N] [--yield-cpu]";
+     [--peers-per-shard N] [--workers N] [--yield-cpu] [--no-janus]";
 
 struct Options {
     publishers: usize,
@@ -56,6 +64,7 @@ struct Options {
     peers_per_shard: Option<u64>,
     workers: Option<u64>,
     yield_cpu: bool,
+    janus: bool,
 }
 
 fn options() -> Options {
@@ -68,6 +77,7 @@ fn options() -> Options {
         peers_per_shard: None,
         workers: None,
         yield_cpu: false,
+        janus: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -85,6 +95,7 @@ fn options() -> Options {
             "--peers-per-shard" => o.peers_per_shard = Some(value()),
             "--workers" => o.workers = Some(value()),
             "--yield-cpu" => o.yield_cpu = true,
+            "--no-janus" => o.janus = false,
             // cargo bench passes --bench to every harness=false target.
             "--bench" => {}
             other => panic!("unknown option {other}\n{USAGE}"),
@@ -220,7 +231,7 @@ async fn member(
     received: Arc<AtomicU64>,
     first: tokio::sync::mpsc::UnboundedSender<Duration>,
     pps: u64,
-    mut go: tokio::sync::watch::Receiver<bool>,
+    go: tokio::sync::watch::Receiver<bool>,
 ) -> Arc<MediaSession> {
     let mut client = SignalClient::connect(&ws).await.expect("connect");
     client.hello(&token(&user)).await.expect("hello");
@@ -250,47 +261,58 @@ async fn member(
             }
         }
     });
-    let session = media.clone();
-    tokio::spawn(async move {
-        let mut reported = false;
-        loop {
-            match session.next_packet(Duration::from_secs(30)).await {
-                Some(_) => {
-                    if !reported {
-                        reported = true;
-                        let _ = first.send(started.elapsed());
-                    }
-                    received.fetch_add(1, Ordering::Relaxed);
-                }
-                None => return,
-            }
-        }
-    });
+    count_packets(&media, received, first, started);
     media
         .connected(Duration::from_secs(20))
         .await
         .expect("connected");
     if role == Role::Interactor {
-        let session = media.clone();
-        tokio::spawn(async move {
-            let _ = go.wait_for(|go| *go).await;
-            let payload = [0x5au8; 160];
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / pps));
-            let mut n: u32 = 0;
-            loop {
-                tick.tick().await;
-                if session
-                    .send_audio(&payload, n.wrapping_mul(960), 40)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                n = n.wrapping_add(1);
-            }
-        });
+        publish(&media, pps, go);
     }
     media
+}
+
+/// Counts what `session` receives, and reports the time from `started` to
+/// its first packet through `first`.
+fn count_packets(
+    session: &Arc<MediaSession>,
+    received: Arc<AtomicU64>,
+    first: tokio::sync::mpsc::UnboundedSender<Duration>,
+    started: Instant,
+) {
+    let session = session.clone();
+    tokio::spawn(async move {
+        let mut reported = false;
+        while session.next_packet(Duration::from_secs(30)).await.is_some() {
+            if !reported {
+                reported = true;
+                let _ = first.send(started.elapsed());
+            }
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Sends a 160-byte audio packet `pps` times a second once `go` says so.
+fn publish(session: &Arc<MediaSession>, pps: u64, mut go: tokio::sync::watch::Receiver<bool>) {
+    let session = session.clone();
+    tokio::spawn(async move {
+        let _ = go.wait_for(|go| *go).await;
+        let payload = [0x5au8; 160];
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / pps));
+        let mut n: u32 = 0;
+        loop {
+            tick.tick().await;
+            if session
+                .send_audio(&payload, n.wrapping_mul(960), 40)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            n = n.wrapping_add(1);
+        }
+    });
 }
 
 /// A forwarded packet's size on the wire: RTP header, the 160-byte payload
@@ -435,7 +457,7 @@ fn main() {
     });
     let server = start_server(&o);
     let pid = server.child.id();
-    runtime.block_on(async {
+    let conclave_us = runtime.block_on(async {
         let ws = format!("ws://{}/ws", server.http);
         let deadline = Instant::now() + Duration::from_secs(20);
         while reqwest::get(format!("http://{}/healthz", server.http))
@@ -588,5 +610,136 @@ fn main() {
         for s in &sessions {
             s.close().await;
         }
+        (cpu > 0.0 && fwd > 0.0).then(|| 1e6 * cpu / fwd)
     });
+    drop(server);
+    if !o.janus || o.publishers != 1 {
+        return;
+    }
+    if !Janus::installed() {
+        println!("janus                        not installed (apt-get install janus to compare)");
+        return;
+    }
+    eprintln!("media_forward: Janus VideoRoom, the same clients and load...");
+    let run = runtime.block_on(janus_run(&o, &publishing));
+    println!(
+        "janus delivered/s            {:.0} ({:.2}% of expected)",
+        run.delivered_per_s, run.delivered
+    );
+    println!("janus CPU                    {:.2}% of one core", run.cpu);
+    println!("janus CPU per packet         {:.2} us", run.per_packet_us);
+    if let Some(ours) = conclave_us {
+        println!(
+            "janus / conclave             {:.2}x the CPU per packet",
+            run.per_packet_us / ours
+        );
+    }
+}
+
+/// What the Janus run measured.
+struct JanusRun {
+    per_packet_us: f64,
+    delivered_per_s: f64,
+    delivered: f64,
+    cpu: f64,
+}
+
+/// One publisher and `o.subscribers` subscribers in a Janus VideoRoom, the
+/// same clients as conclave's run; Janus's CPU per packet its subscribers
+/// received.
+async fn janus_run(o: &Options, publishing: &tokio::runtime::Runtime) -> JanusRun {
+    use serde_json::json;
+    let janus = Janus::start(free_tcp_port()).await;
+    let url = janus.url.clone();
+    let received = Arc::new(AtomicU64::new(0));
+    let (go, go_rx) = tokio::sync::watch::channel(!o.yield_cpu);
+    let mut sessions = Vec::new();
+    let local = janus::local_ip();
+    let options = move |audio| MediaOptions {
+        audio,
+        video: false,
+        bind: std::net::SocketAddr::new(local, 0),
+    };
+    let (pps, publisher_url) = (o.pps, url.clone());
+    let (publisher, media, feed) = publishing
+        .spawn(async move {
+            let mut s = Session::new(&publisher_url).await.expect("janus session");
+            let created = s
+                .request(
+                    json!({"request": "create", "room": 4242, "publishers": 1, "audiocodec": "opus"}),
+                    None,
+                )
+                .await;
+            assert_eq!(created["plugindata"]["data"]["videoroom"], "created", "{created}");
+            let media = Arc::new(MediaSession::new(options(true)).await.expect("session"));
+            let offer = media.offer().await.expect("offer");
+            s.request(
+                json!({"request": "joinandconfigure", "room": 4242, "ptype": "publisher"}),
+                Some(json!({"type": "offer", "sdp": offer})),
+            )
+            .await;
+            let (joined, answer) = s.jsep().await;
+            media.accept_answer(answer).await.expect("answer");
+            s.candidates_done().await;
+            media
+                .connected(Duration::from_secs(20))
+                .await
+                .expect("publisher connected");
+            publish(&media, pps, go_rx);
+            let feed = joined["id"].as_u64().expect("feed id");
+            (s, media, feed)
+        })
+        .await
+        .expect("publisher");
+    let (first_tx, _first_rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..o.subscribers {
+        let mut s = Session::new(&url).await.expect("janus session");
+        s.request(
+            json!({"request": "join", "room": 4242, "ptype": "subscriber", "streams": [{"feed": feed}]}),
+            None,
+        )
+        .await;
+        let (_, offer) = s.jsep().await;
+        let session = Arc::new(MediaSession::new(options(false)).await.expect("session"));
+        let answer = session.answer(offer).await.expect("answer");
+        s.request(
+            json!({"request": "start"}),
+            Some(json!({"type": "answer", "sdp": answer})),
+        )
+        .await;
+        s.candidates_done().await;
+        count_packets(&session, received.clone(), first_tx.clone(), Instant::now());
+        session
+            .connected(Duration::from_secs(20))
+            .await
+            .expect("subscriber connected");
+        sessions.push((s, session));
+    }
+    let _ = go.send(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (pid, counted, secs) = (janus.pid(), received.clone(), o.secs);
+    let (elapsed, cpu, rx) = publishing
+        .spawn(async move {
+            let cpu0 = cpu_seconds(pid);
+            let rx0 = counted.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let elapsed = t0.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(pid) - cpu0;
+            (elapsed, cpu, (counted.load(Ordering::Relaxed) - rx0) as f64)
+        })
+        .await
+        .expect("measuring");
+    for (_, session) in &sessions {
+        session.close().await;
+    }
+    media.close().await;
+    drop(publisher);
+    let expected = o.pps as f64 * elapsed * o.subscribers as f64;
+    JanusRun {
+        per_packet_us: 1e6 * cpu / rx.max(1.0),
+        delivered_per_s: rx / elapsed,
+        delivered: 100.0 * rx / expected.max(1.0),
+        cpu: 100.0 * cpu / elapsed,
+    }
 }

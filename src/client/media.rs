@@ -276,6 +276,15 @@ impl MediaSession {
         client: &SignalClient,
         sdp: String,
     ) -> Result<(), ClientError> {
+        let sdp = self.answer(sdp).await?;
+        client.request(Request::MediaAnswer { sdp }).await?;
+        Ok(())
+    }
+
+    /// Answers an offer and returns the answer, for a server that takes it
+    /// some other way than conclave's `media_answer` (the benchmarks drive
+    /// Janus with this client).
+    pub async fn answer(&self, sdp: String) -> Result<String, ClientError> {
         let offer = RTCSessionDescription::offer(sdp).map_err(rtc_error)?;
         self.pc
             .set_remote_description(offer)
@@ -286,14 +295,36 @@ impl MediaSession {
             .set_local_description(answer)
             .await
             .map_err(rtc_error)?;
-        let sdp = self
+        self.local_sdp().await
+    }
+
+    /// Offers this session's own tracks, for a server where the client
+    /// offers (conclave always offers itself; Janus's publishers do not).
+    pub async fn offer(&self) -> Result<String, ClientError> {
+        let offer = self.pc.create_offer(None).await.map_err(rtc_error)?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(rtc_error)?;
+        self.local_sdp().await
+    }
+
+    /// Takes the server's answer to [`MediaSession::offer`].
+    pub async fn accept_answer(&self, sdp: String) -> Result<(), ClientError> {
+        let answer = RTCSessionDescription::answer(sdp).map_err(rtc_error)?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .map_err(rtc_error)
+    }
+
+    async fn local_sdp(&self) -> Result<String, ClientError> {
+        Ok(self
             .pc
             .local_description()
             .await
             .ok_or_else(|| ClientError::Media("no local description".into()))?
-            .sdp;
-        client.request(Request::MediaAnswer { sdp }).await?;
-        Ok(())
+            .sdp)
     }
 
     /// Waits until DTLS is up and media can flow.
