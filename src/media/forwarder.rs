@@ -3,9 +3,9 @@
 //!
 //! A room starts with one shard and has one until it outgrows it
 //! (`media.peers_per_shard`); then it opens more, each on a media thread
-//! of its own (see `room.rs` and `workers.rs`). Everything about a member's packets happens on
-//! its shard: decrypting, gating by role and mute, rewriting, encrypting and
-//! sending. A publisher's packet is forwarded to its own shard's
+//! of its own (see `room.rs` and `workers.rs`). Everything about a
+//! member's packets happens on its shard: decrypting, gating by role and
+//! mute, rewriting, encrypting and sending. A publisher's packet is forwarded to its own shard's
 //! subscribers at once, and handed to the room's other shards in one batch
 //! per wake, decrypted once and never again. Nothing here waits on the
 //! room's signaling task or its scripts: the room task sends a snapshot of
@@ -183,7 +183,7 @@ pub(crate) fn spawn_shard(
     let task = MediaTask {
         shared: shared.clone(),
         events: setup.events,
-        index: setup.index,
+        index,
         links: setup.links,
         directory: setup.directory,
         inbound_tx,
@@ -205,7 +205,7 @@ pub(crate) fn spawn_shard(
         deadlines: BinaryHeap::new(),
     };
     shared.metrics.shards.inc();
-    let span = tracing::info_span!("media_shard", shard = setup.index);
+    let span = tracing::info_span!("media_shard", shard = index);
     let run = tracing::Instrument::instrument(task.run(ctl, inbound_rx, fan), span);
     let run = tracing::Instrument::in_current_span(run);
     shared
@@ -252,7 +252,6 @@ struct MediaTask {
 
 /// A packet to forward: who sent it and what, decrypted and with its
 /// header extensions stripped (each subscriber's sender writes its own).
-#[derive(Clone)]
 pub(crate) struct Forward {
     /// The publisher and the kind of its track: what subscribers key their
     /// outgoing tracks by.
