@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::TestServer;
 use common::media::{
     ForgeSsrc, LossyRelay, Participant, across_a_mute, flow, marked, muted_drops,
-    until_dropped_as_muted, video, video_flow,
+    speaks_and_is_heard, until_dropped_as_muted, video, video_flow,
 };
 use conclave::ids::UserId;
 use conclave::protocol::{LeaveReason, MediaKind, Mode, Role, ServerMessage};
@@ -142,25 +142,7 @@ async fn speaking_members_are_announced_in_volume_events() {
     let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
     let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
     flow(&mut alice, &mut bob, "warmup").await;
-    for n in 0..20u32 {
-        // Level 20: loud (RFC 6464 counts down from 0 dBov).
-        alice
-            .media
-            .send_audio(&marked("loud", n), n * 960, 20)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let level = bob
-        .event_where(|e| match e {
-            ServerMessage::Volume { levels } => levels
-                .iter()
-                .find(|l| l.user.as_str() == "alice" && l.speaking)
-                .map(|l| l.level),
-            _ => None,
-        })
-        .await;
-    assert_eq!(level, 20);
+    assert_eq!(speaks_and_is_heard(&mut alice, &mut bob).await, 20);
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use common::media::{Participant, across_a_mute, flow, marked, video_flow};
+use common::media::{Participant, across_a_mute, flow, speaks_and_is_heard, video_flow};
 use conclave::ids::UserId;
-use conclave::protocol::{Mode, Role, ServerMessage};
+use conclave::protocol::{Mode, Role};
 
 /// A server whose rooms open a shard per member, up to `workers`.
 async fn sharded(workers: usize) -> TestServer {
@@ -72,24 +72,7 @@ async fn a_speaker_on_another_shard_is_announced() {
     let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
     assert_eq!(shards(&server).await, 2.0);
     flow(&mut alice, &mut bob, "warmup").await;
-    for n in 0..20u32 {
-        alice
-            .media
-            .send_audio(&marked("loud", n), n * 960, 20)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let level = bob
-        .event_where(|e| match e {
-            ServerMessage::Volume { levels } => levels
-                .iter()
-                .find(|l| l.user.as_str() == "alice" && l.speaking)
-                .map(|l| l.level),
-            _ => None,
-        })
-        .await;
-    assert_eq!(level, 20);
+    assert_eq!(speaks_and_is_heard(&mut alice, &mut bob).await, 20);
 }
 
 #[tokio::test]

@@ -103,6 +103,18 @@ pub enum MediaCommand {
     Gates(Vec<Gate>),
 }
 
+impl MediaCommand {
+    /// Where the command's answer goes (a gate snapshot has none).
+    pub(crate) fn into_reply(self) -> Option<MediaReply> {
+        match self {
+            MediaCommand::Start { reply, .. }
+            | MediaCommand::Answer { reply, .. }
+            | MediaCommand::Candidate { reply, .. } => Some(reply),
+            MediaCommand::Gates(_) => None,
+        }
+    }
+}
+
 /// An offer for a member's client, with what it needs to map its m-lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offer {

@@ -69,69 +69,50 @@ impl RoomMedia {
         room
     }
 
-    /// How many shards the room's media has.
-    pub fn shards(&self) -> usize {
-        self.ctl.len()
-    }
-
     pub fn send(&mut self, cmd: MediaCommand) {
-        match cmd {
-            MediaCommand::Start {
-                conn,
-                user,
-                mode,
-                reply,
-            } => {
-                let shard = self.place(&user);
-                self.by_conn.insert(conn, shard);
-                self.to(
-                    shard,
-                    MediaCommand::Start {
-                        conn,
-                        user,
-                        mode,
-                        reply,
-                    },
-                );
+        let cmd = match cmd {
+            MediaCommand::Gates(gates) => return self.gates(gates),
+            cmd => cmd,
+        };
+        let shard = match &cmd {
+            MediaCommand::Start { conn, user, .. } => {
+                let shard = self.place(user);
+                self.by_conn.insert(*conn, shard);
+                Some(shard)
             }
-            MediaCommand::Answer { conn, sdp, reply } => match self.by_conn.get(&conn) {
-                Some(&shard) => self.to(shard, MediaCommand::Answer { conn, sdp, reply }),
-                None => reply(Err(MediaError::NotStarted)),
-            },
-            MediaCommand::Candidate {
-                conn,
-                candidate,
-                reply,
-            } => match self.by_conn.get(&conn) {
-                Some(&shard) => self.to(
-                    shard,
-                    MediaCommand::Candidate {
-                        conn,
-                        candidate,
-                        reply,
-                    },
-                ),
-                None => reply(Err(MediaError::NotStarted)),
-            },
-            MediaCommand::Gates(gates) => {
-                // A snapshot lists every member and the connection it is on
-                // (a member starts media only once it is one): whoever it
-                // leaves out is gone, and so are its peers.
-                let users: HashSet<&UserId> = gates.iter().map(|g| &g.user).collect();
-                let conns: HashSet<ConnId> = gates.iter().filter_map(|g| g.conn).collect();
-                self.placed.retain(|user, _| users.contains(user));
-                self.by_conn.retain(|conn, _| conns.contains(conn));
-                let mut load = vec![0; self.load.len()];
-                for shard in self.placed.values() {
-                    load[*shard] += 1;
+            MediaCommand::Answer { conn, .. } | MediaCommand::Candidate { conn, .. } => {
+                self.by_conn.get(conn).copied()
+            }
+            MediaCommand::Gates(_) => None,
+        };
+        match shard {
+            Some(shard) => self.to(shard, cmd),
+            None => {
+                if let Some(reply) = cmd.into_reply() {
+                    reply(Err(MediaError::NotStarted));
                 }
-                self.load = load;
-                for shard in 0..self.ctl.len() {
-                    self.to(shard, MediaCommand::Gates(gates.clone()));
-                }
-                self.gates = gates;
             }
         }
+    }
+
+    /// A new snapshot of who may publish what: to every shard.
+    fn gates(&mut self, gates: Vec<Gate>) {
+        // A snapshot lists every member and the connection it is on (a
+        // member starts media only once it is one): whoever it leaves out
+        // is gone, and so are its peers.
+        let users: HashSet<&UserId> = gates.iter().map(|g| &g.user).collect();
+        let conns: HashSet<ConnId> = gates.iter().filter_map(|g| g.conn).collect();
+        self.placed.retain(|user, _| users.contains(user));
+        self.by_conn.retain(|conn, _| conns.contains(conn));
+        let mut load = vec![0; self.load.len()];
+        for shard in self.placed.values() {
+            load[*shard] += 1;
+        }
+        self.load = load;
+        for shard in 0..self.ctl.len() {
+            self.to(shard, MediaCommand::Gates(gates.clone()));
+        }
+        self.gates = gates;
     }
 
     fn to(&self, shard: usize, cmd: MediaCommand) {

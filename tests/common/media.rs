@@ -506,3 +506,27 @@ pub async fn until_dropped_as_muted(server: &TestServer, count: f64) {
     )
     .await;
 }
+
+/// `speaker` sends 20 loud packets (level 20: RFC 6464 counts down from 0
+/// dBov), 20 ms apart; returns the level `listener` is told it speaks at,
+/// from the first `volume` event that has it speaking.
+pub async fn speaks_and_is_heard(speaker: &mut Participant, listener: &mut Participant) -> u8 {
+    for n in 0..20u32 {
+        speaker
+            .media
+            .send_audio(&marked("loud", n), n * 960, 20)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let who = speaker.user.clone();
+    listener
+        .event_where(|e| match e {
+            ServerMessage::Volume { levels } => levels
+                .iter()
+                .find(|l| l.user.as_str() == who && l.speaking)
+                .map(|l| l.level),
+            _ => None,
+        })
+        .await
+}
