@@ -138,6 +138,7 @@ fn room_actor(c: &mut Criterion) {
             media: None,
             clock: Clock::new(),
             bans: Arc::new(conclave::policy::bans::Bans::new(Vec::new(), None)),
+            claims: None,
         })
     });
 

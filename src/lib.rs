@@ -22,7 +22,7 @@
 //! | 3 | `protocol` `store` | the wire messages; durable records, community snapshots, the script store |
 //! | 4 | `policy` `media` | scripts, plugins and the authorization pipeline; the SFU |
 //! | 5 | `room` `client` | the room state machine, its task and the registry; the Rust client |
-//! | 6 | `bot` `loadtest` | Lua-scripted participants; simulated load |
+//! | 6 | `bot` `loadtest` `cluster` | Lua-scripted participants; simulated load; nodes sharing rooms over Redis |
 //! | 7 | `app` | configuration, shared state, services across rooms, errors to statuses, metrics |
 //! | 8 | `signal` `authoring` | one task per WebSocket connection; the authoring toolkit (policy check, test, replay; plugin check), offline |
 //! | 9 | `http` | the router: `/ws`, the admin and community APIs, health, metrics, the page |
@@ -43,6 +43,7 @@ pub mod authoring;
 pub mod bot;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod community;
 pub mod http;
 pub mod ids;

@@ -46,6 +46,8 @@ pub enum ServerError {
     Media(#[from] crate::media::MediaError),
     #[error("community data: {0}")]
     Community(#[from] HubError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -65,6 +67,8 @@ pub struct Server {
     /// Bots started from `[[bots]]`, and what stops them.
     bots: Vec<tokio::task::JoinHandle<()>>,
     stop_bots: CancellationToken,
+    /// The cluster's heartbeat and bus, and what stops them.
+    cluster_tasks: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
 impl Server {
@@ -84,6 +88,32 @@ impl Server {
             Auth::new(secret).map_err(ServerError::Secret)?
         };
 
+        // Bound first: a cluster node advertises the address it got.
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.server.bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.server.bind,
+            source,
+        })?;
+        let cluster = match &config.cluster {
+            Some(cluster) => {
+                let grace = config.rooms.reconnect_grace;
+                let cluster =
+                    crate::cluster::Cluster::connect(cluster.clone(), addr, grace).await?;
+                tracing::info!(
+                    node = cluster.id(),
+                    url = cluster.url(),
+                    "joining the cluster"
+                );
+                Some(cluster)
+            }
+            None => None,
+        };
+
         let clock = Clock::new();
         let mut store = SqliteStore::open_in(&config.server.data_dir)?;
         let dangling = store.close_dangling(clock.unix_ms())?;
@@ -100,7 +130,18 @@ impl Server {
             stored_bans,
             Some(store.clone()),
         ));
-        let community = CommunityHub::load(&communities, Some(Arc::new(store.clone())))?;
+        let writer: Arc<dyn crate::community::hub::CommunityWriter> = match &cluster {
+            Some(cluster) => {
+                let mirror = cluster.clone();
+                bans.set_mirror(Box::new(move |op| mirror.publish_ban(op)));
+                Arc::new(crate::cluster::bus::ClusterWriter {
+                    store: store.clone(),
+                    cluster: cluster.clone(),
+                })
+            }
+            None => Arc::new(store.clone()),
+        };
+        let community = CommunityHub::load(&communities, Some(writer))?;
         tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
 
@@ -140,18 +181,43 @@ impl Server {
             kv: Some(Arc::new(kv)),
             media: media.clone(),
             clock,
-            bans,
+            bans: bans.clone(),
+            claims: cluster
+                .clone()
+                .map(|c| c as Arc<dyn crate::room::claims::Claims>),
         });
-        let listener = TcpListener::bind(config.server.bind)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.server.bind,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.server.bind,
-            source,
-        })?;
+        let cluster_tasks = cluster.as_ref().map(|cluster| {
+            let stop = CancellationToken::new();
+            cluster.start_bus(
+                crate::cluster::bus::BusContext {
+                    community: community.clone(),
+                    bans: bans.clone(),
+                    store: store.clone(),
+                    clock,
+                },
+                stop.clone(),
+            );
+            let media_ip =
+                config
+                    .media
+                    .public_ip
+                    .unwrap_or(if config.media.bind_ip.is_unspecified() {
+                        addr.ip()
+                    } else {
+                        config.media.bind_ip
+                    });
+            let heartbeat = tokio::spawn(cluster.clone().run(
+                crate::cluster::nodes::NodeContext {
+                    rooms: rooms.clone(),
+                    room_metrics: metrics.rooms.clone(),
+                    media_metrics: metrics.media.clone(),
+                    media_ip,
+                    clock,
+                },
+                stop.clone(),
+            ));
+            (heartbeat, stop)
+        });
 
         let state = Arc::new(AppState {
             connection_slots: Arc::new(Semaphore::new(config.signal.max_connections)),
@@ -163,6 +229,7 @@ impl Server {
             store,
             metrics,
             media,
+            cluster,
             clock,
             connections_closing: CancellationToken::new(),
             connection_tasks: TaskTracker::new(),
@@ -198,6 +265,7 @@ impl Server {
             _watcher: watcher,
             bots,
             stop_bots,
+            cluster_tasks,
         })
     }
 
@@ -209,10 +277,30 @@ impl Server {
         &self.state
     }
 
-    /// Serves until `signal` fires, then shuts down in order.
+    /// Serves until `signal` fires, then shuts down in order. A cluster
+    /// node drains first (no new rooms; its rooms may end for up to
+    /// `[cluster] drain_timeout`); a second signal cuts the drain short.
+    /// A drain asked for through the admin API ends the same way.
     pub async fn run_until(self, mut signal: ShutdownSignal) {
-        signal.recv().await;
-        tracing::info!("shutdown requested");
+        match self.state.cluster.clone() {
+            Some(cluster) => {
+                tokio::select! {
+                    _ = signal.recv() => {
+                        tracing::info!("shutdown requested: draining first");
+                        crate::cluster::drain::start(&cluster, &self.state.rooms);
+                        tokio::select! {
+                            _ = signal.recv() => tracing::info!("second signal: drain cut short"),
+                            _ = cluster.drained() => {}
+                        }
+                    }
+                    _ = cluster.drained() => tracing::info!("drained"),
+                }
+            }
+            None => {
+                signal.recv().await;
+                tracing::info!("shutdown requested");
+            }
+        }
         self.shutdown().await;
     }
 
@@ -240,6 +328,11 @@ impl Server {
         }
         // Plain HTTP requests finish on their own; do not wait past the grace.
         let _ = tokio::time::timeout(grace, self.http).await;
+        // Rooms are closed and their claims released: leave the cluster.
+        if let Some((heartbeat, stop)) = self.cluster_tasks {
+            stop.cancel();
+            let _ = tokio::time::timeout(grace, heartbeat).await;
+        }
         state.store.stop();
         let worker = self.store_worker;
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;

@@ -47,6 +47,7 @@ fn rooms(catalog: Arc<Catalog>) -> Rooms {
         media: None,
         clock: Clock::new(),
         bans: Arc::new(conclave::policy::bans::Bans::new(Vec::new(), None)),
+        claims: None,
     })
 }
 

@@ -36,6 +36,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Bots started with the server (`[[bots]]`); see docs/bots.md.
     pub bots: Vec<crate::bot::BotSpec>,
+    /// Several nodes sharing rooms (`[cluster]`); absent: one node, as
+    /// always. See docs/cluster.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

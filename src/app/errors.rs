@@ -37,9 +37,10 @@ impl From<RoomFailure> for Failure {
             | RoomFailure::NotInRoom => Status::NotFound,
             RoomFailure::NotAnswering(_) => Status::Timeout,
             RoomFailure::Taken(_) => Status::Conflict,
-            RoomFailure::AtCapacity(_) | RoomFailure::ShuttingDown | RoomFailure::MediaOff => {
-                Status::Unavailable
-            }
+            RoomFailure::AtCapacity(_)
+            | RoomFailure::ShuttingDown
+            | RoomFailure::ClusterUnavailable(_)
+            | RoomFailure::MediaOff => Status::Unavailable,
             RoomFailure::Reserved(_) | RoomFailure::RuleBinds { .. } => Status::Forbidden,
             RoomFailure::NoSuchPolicy(_) => Status::BadRequest,
             RoomFailure::PolicyBroken(_) => Status::Internal,

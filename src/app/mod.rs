@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The WebRTC media plane; `None` when `[media] enabled = false`.
     pub media: Option<Media>,
+    /// This node's place in a cluster; `None`: a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub clock: Clock,
     /// One permit per open signaling connection.
     pub connection_slots: Arc<Semaphore>,

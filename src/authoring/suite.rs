@@ -270,6 +270,7 @@ impl SimRoom {
                 media: None,
                 clock,
                 bans: Arc::new(Bans::new(Vec::new(), None)),
+                claims: None,
             });
             (catalog, rooms, kv)
         };

@@ -115,6 +115,13 @@ impl std::fmt::Debug for CommunityHub {
     }
 }
 
+/// The largest id a server, its roles and its channels use.
+fn highest_id(server: &Server) -> u64 {
+    let roles = server.roles().map(|r| r.id().0);
+    let channels = server.channels().map(|c| c.id().0);
+    roles.chain(channels).fold(server.id().0, u64::max)
+}
+
 impl CommunityHub {
     /// The hub over the servers stored as `snapshots` (JSON), writing changes
     /// to `store` (`None`: kept in memory only, for tests and benches).
@@ -128,13 +135,7 @@ impl CommunityHub {
             let snapshot: ServerSnapshot =
                 serde_json::from_str(json).map_err(|e| HubError::Corrupt(e.to_string()))?;
             let server = Server::from_snapshot(&snapshot)?;
-            highest = highest.max(server.id().0);
-            for role in server.roles() {
-                highest = highest.max(role.id().0);
-            }
-            for channel in server.channels() {
-                highest = highest.max(channel.id().0);
-            }
+            highest = highest.max(highest_id(&server));
             community.insert(server)?;
         }
         Ok(Arc::new(CommunityHub {
@@ -295,6 +296,61 @@ impl CommunityHub {
             server: Some(server),
             by: by.to_owned(),
         });
+    }
+
+    /// A change another node made (cluster only): server `id` is now
+    /// `snapshot` (JSON), or gone (`None`). Nothing is stored: the node that
+    /// made the change stored it. Rooms hear of it as of a local change.
+    pub fn apply_remote(&self, id: u64, snapshot: Option<&str>) -> Result<(), HubError> {
+        let id = ServerId(id);
+        let mut state = self.lock();
+        match snapshot {
+            Some(json) => {
+                let snapshot: ServerSnapshot =
+                    serde_json::from_str(json).map_err(|e| HubError::Corrupt(e.to_string()))?;
+                let server = Server::from_snapshot(&snapshot)?;
+                state.next_id = state.next_id.max(highest_id(&server) + 1);
+                if state.community.server(id).is_some() {
+                    *state.community.edit(id)? = server;
+                } else {
+                    state.community.insert(server)?;
+                }
+            }
+            None => {
+                state.community.remove(id);
+            }
+        }
+        drop(state);
+        self.notify(id, "cluster");
+        Ok(())
+    }
+
+    /// Everything stored, replacing what is in memory (cluster only: after
+    /// time away from the bus). Every server counts as changed.
+    pub fn replace_all(&self, snapshots: &[String]) -> Result<(), HubError> {
+        let loaded = CommunityHub::load(snapshots, None)?;
+        let fresh = {
+            let mut state = loaded.lock();
+            std::mem::replace(
+                &mut *state,
+                HubState {
+                    community: Community::new(),
+                    next_id: 0,
+                },
+            )
+        };
+        let ids: Vec<ServerId> = {
+            let mut state = self.lock();
+            let mut ids: Vec<ServerId> = state.community.servers().map(|s| s.id()).collect();
+            ids.extend(fresh.community.servers().map(|s| s.id()));
+            state.next_id = state.next_id.max(fresh.next_id);
+            state.community = fresh.community;
+            ids
+        };
+        for id in ids {
+            self.notify(id, "cluster");
+        }
+        Ok(())
     }
 
     /// Waits until every write queued so far is on disk.

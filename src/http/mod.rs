@@ -3,6 +3,7 @@
 //! `/metrics`, and the browser client at `/`.
 
 pub mod admin;
+pub mod cluster;
 pub mod community;
 pub mod web;
 
@@ -40,7 +41,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api/community", community::routes())
-        .nest("/api", admin::routes())
+        .nest(
+            "/api",
+            admin::routes()
+                .merge(cluster::routes())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    cluster::across_cluster,
+                )),
+        )
         .merge(web::routes())
         .with_state(state)
 }

@@ -88,6 +88,19 @@ impl Ban {
         text
     }
 
+    fn from_record(r: BanRecord) -> Ban {
+        Ban {
+            kind: r.kind,
+            room: r.room,
+            subject: r.subject,
+            until: r.until,
+            room_life: false,
+            reason: r.reason,
+            by: r.by,
+            created_at: r.created_at,
+        }
+    }
+
     fn record(&self) -> Option<BanRecord> {
         (!self.room_life).then(|| BanRecord {
             kind: self.kind,
@@ -108,7 +121,12 @@ pub struct Bans {
     entries: RwLock<HashMap<Key, (Ban, Option<ChannelId>)>>,
     store: Option<StoreHandle>,
     changed: watch::Sender<u64>,
+    /// In a cluster, who tells the other nodes of every stored change.
+    mirror: std::sync::OnceLock<Mirror>,
 }
+
+/// Passes a stored ban change on (to the other nodes of a cluster).
+pub type Mirror = Box<dyn Fn(&BanOp) + Send + Sync>;
 
 impl std::fmt::Debug for Bans {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,24 +151,67 @@ impl Bans {
             .into_iter()
             .map(|r| {
                 let key = (r.kind, r.room.clone(), r.subject.clone());
-                let ban = Ban {
-                    kind: r.kind,
-                    room: r.room,
-                    subject: r.subject,
-                    until: r.until,
-                    room_life: false,
-                    reason: r.reason,
-                    by: r.by,
-                    created_at: r.created_at,
-                };
-                (key, (ban, None))
+                (key, (Ban::from_record(r), None))
             })
             .collect();
         Bans {
             entries: RwLock::new(entries),
             store,
             changed: watch::channel(0).0,
+            mirror: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets who hears of every stored change; once.
+    pub fn set_mirror(&self, mirror: Mirror) {
+        let _ = self.mirror.set(mirror);
+    }
+
+    fn write(&self, op: BanOp) {
+        if let Some(mirror) = self.mirror.get() {
+            mirror(&op);
+        }
+        if let Some(store) = &self.store {
+            store.ban(op);
+        }
+    }
+
+    /// A change another node stored (cluster only): applied here without
+    /// storing it again. Sessions and rooms check it as a local ban.
+    pub fn apply_remote(&self, op: &BanOp) {
+        match op {
+            BanOp::Put(record) => {
+                let key = (record.kind, record.room.clone(), record.subject.clone());
+                let ban = Ban::from_record(record.clone());
+                self.entries
+                    .write()
+                    .expect("ban list")
+                    .insert(key, (ban, None));
+                self.changed.send_modify(|n| *n += 1);
+            }
+            BanOp::Delete {
+                kind,
+                room,
+                subject,
+            } => {
+                let key = (*kind, room.clone(), subject.clone());
+                self.entries.write().expect("ban list").remove(&key);
+            }
+        }
+    }
+
+    /// What the store holds now replaces every stored ban in memory (bans
+    /// for a room's life, never stored, stay). Cluster only.
+    pub fn replace_stored(&self, stored: Vec<BanRecord>) {
+        {
+            let mut entries = self.entries.write().expect("ban list");
+            entries.retain(|_, (ban, _)| ban.room_life);
+            for record in stored {
+                let key = (record.kind, record.room.clone(), record.subject.clone());
+                entries.insert(key, (Ban::from_record(record), None));
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Ticks whenever a ban or revocation is added.
@@ -218,19 +279,15 @@ impl Bans {
             entries.retain(|_, (b, _)| !b.over(now_ms));
             entries.insert(key.clone(), (ban.clone(), channel))
         };
-        if let Some(store) = &self.store {
-            match ban.record() {
-                Some(record) => store.ban(BanOp::Put(record)),
-                // A room-life ban replacing a stored one: the stored one goes.
-                None if replaced.is_some_and(|(old, _)| !old.room_life) => {
-                    store.ban(BanOp::Delete {
-                        kind: key.0,
-                        room: key.1,
-                        subject: key.2,
-                    })
-                }
-                None => {}
-            }
+        match ban.record() {
+            Some(record) => self.write(BanOp::Put(record)),
+            // A room-life ban replacing a stored one: the stored one goes.
+            None if replaced.is_some_and(|(old, _)| !old.room_life) => self.write(BanOp::Delete {
+                kind: key.0,
+                room: key.1,
+                subject: key.2,
+            }),
+            None => {}
         }
         self.changed.send_modify(|n| *n += 1);
         ban
@@ -240,10 +297,10 @@ impl Bans {
     pub fn lift(&self, kind: BanKind, room: Option<&str>, subject: &str) -> bool {
         let key = (kind, room.map(str::to_owned), subject.to_owned());
         let removed = self.entries.write().expect("ban list").remove(&key);
-        if let (Some(store), Some((ban, _))) = (&self.store, &removed)
+        if let Some((ban, _)) = &removed
             && !ban.room_life
         {
-            store.ban(BanOp::Delete {
+            self.write(BanOp::Delete {
                 kind: key.0,
                 room: key.1,
                 subject: key.2,

@@ -31,6 +31,9 @@ pub enum Error {
     AtCapacity(usize),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// In a cluster: the room's name could not be claimed or looked up.
+    #[error("the cluster cannot be reached: {0}")]
+    ClusterUnavailable(String),
     #[error(
         "room names starting with `{0}` belong to community media channels; connect to the channel instead"
     )]

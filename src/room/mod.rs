@@ -6,6 +6,7 @@
 //! else talks to it through a [`RoomHandle`] (commands in) and a [`Sink`] per
 //! member connection (messages out). No lock is held across rooms.
 
+pub mod claims;
 pub mod error;
 pub mod registry;
 pub mod state;

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::claims::{ClaimError, ClaimKind, ClaimMeta, Claims};
 use super::error::Error;
 use super::state::{Room, RoomSettings};
 use super::task::{self, RoomContext, RoomHandle, RoomSummary};
@@ -47,6 +48,9 @@ pub struct RoomServices {
     pub clock: Clock,
     /// Who may not come back: checked at every join.
     pub bans: Arc<Bans>,
+    /// In a cluster, what makes a name unique across nodes; `None`: this
+    /// registry is the only one.
+    pub claims: Option<Arc<dyn Claims>>,
 }
 
 pub(crate) struct RoomsInner {
@@ -64,6 +68,9 @@ impl RoomsInner {
         let mut map = self.map.lock().expect("room map lock poisoned");
         if map.get(name).is_some_and(|h| h.channel_id() == channel_id) {
             map.remove(name);
+            if let Some(claims) = &self.services.claims {
+                claims.release(name, channel_id);
+            }
         }
     }
 }
@@ -118,7 +125,36 @@ impl Rooms {
         if name.as_str().starts_with(ROOM_PREFIX) {
             return Err(Error::Reserved(ROOM_PREFIX));
         }
-        self.open(name, custom_info, policy, creator, None).await
+        self.open(name, custom_info, policy, creator, None, ClaimKind::Create)
+            .await
+    }
+
+    /// Opens again, on this node, a room whose node died (cluster only):
+    /// same name, custom info and policy, a new instance. The dead
+    /// instance's call record is ended here, since its node never will.
+    /// If another node revived the room first, this answers
+    /// [`Error::Taken`].
+    pub async fn revive(&self, name: RoomName, meta: ClaimMeta) -> Result<RoomHandle, Error> {
+        let kind = ClaimKind::Revive;
+        let handle = self
+            .open(
+                name,
+                meta.custom_info,
+                meta.policy.as_deref(),
+                None,
+                None,
+                kind,
+            )
+            .await?;
+        self.inner
+            .services
+            .store
+            .apply(crate::store::RecordOp::End {
+                channel_id: meta.channel_id,
+                ended_at: self.inner.services.clock.unix_ms(),
+                reason: "node_lost".into(),
+            });
+        Ok(handle)
     }
 
     /// Opens the room of a community media channel. Its policy comes from
@@ -128,8 +164,15 @@ impl Rooms {
         name: RoomName,
         binding: ChannelBinding,
     ) -> Result<RoomHandle, Error> {
-        self.open(name, String::new(), None, None, Some(binding))
-            .await
+        self.open(
+            name,
+            String::new(),
+            None,
+            None,
+            Some(binding),
+            ClaimKind::Channel,
+        )
+        .await
     }
 
     async fn open(
@@ -139,6 +182,7 @@ impl Rooms {
         policy: Option<&str>,
         creator: Option<&Identity>,
         binding: Option<ChannelBinding>,
+        kind: ClaimKind,
     ) -> Result<RoomHandle, Error> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -233,6 +277,25 @@ impl Rooms {
             }
         }
 
+        if let Some(claims) = &services.claims {
+            // After every check that could refuse, so a refused create never
+            // holds the name; before the room exists, so it never opens
+            // unclaimed.
+            let meta = ClaimMeta {
+                custom_info: custom_info.clone(),
+                policy: policy.map(str::to_owned),
+                channel_id,
+                created_at: services.clock.unix_ms(),
+            };
+            claims
+                .claim(&name, kind, &meta)
+                .await
+                .map_err(|e| match e {
+                    ClaimError::Taken(_) => Error::Taken(name.clone()),
+                    ClaimError::Gone => Error::NoSuchRoom(name.clone()),
+                    ClaimError::Unavailable(why) => Error::ClusterUnavailable(why),
+                })?;
+        }
         let mut map = self.inner.map.lock().expect("room map lock poisoned");
         // Checked again: another create may have won while the lock was free.
         if map.contains_key(&name) {

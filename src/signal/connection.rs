@@ -111,6 +111,12 @@ struct Connection {
     conn: ConnId,
     state: Arc<AppState>,
     identity: Option<Arc<Identity>>,
+    /// The token hello was said with: a relay says hello with it again.
+    token: Option<String>,
+    /// In a cluster, once this connection's room lives on another node:
+    /// every frame goes there and back unchanged, for the rest of the
+    /// connection's life (see `cluster::relay`).
+    relay: Option<crate::cluster::relay::Relay>,
     room: Option<Joined>,
     ws: SplitSink<WebSocket, Message>,
     outbox: mpsc::Receiver<Outbound>,
@@ -138,6 +144,8 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemapho
         let mut connection = Connection {
             conn,
             identity: None,
+            token: None,
+            relay: None,
             room: None,
             ws,
             outbox,
@@ -189,6 +197,18 @@ impl Connection {
                         break stalled.into();
                     }
                 }
+                relayed = crate::cluster::relay::next(&mut self.relay) => match relayed {
+                    Some(text) => {
+                        if let Err(stalled) = self.write(Message::Text(Utf8Bytes::from(text))).await {
+                            break stalled.into();
+                        }
+                    }
+                    None => {
+                        let node = self.relay.take().map(|r| r.node).unwrap_or_default();
+                        tracing::info!(%node, "the room's node went away");
+                        break End::close(close_code::GOING_AWAY, "the room's node went away; reconnect", "relay_lost");
+                    }
+                },
                 _ = tokio::time::sleep_until(idle) => {
                     let (reason, why) = if self.identity.is_none() {
                         ("no hello in time", "no_hello")
@@ -225,6 +245,11 @@ impl Connection {
             }
         };
         self.state.metrics.connection_closed(end.why());
+        if let Some(relay) = self.relay.take() {
+            // The owner treats this as any dropped connection: the member's
+            // reconnect grace starts there.
+            relay.close().await;
+        }
         // The room learns first: the goodbye below can take a while.
         if let Some(joined) = self.room.take() {
             joined.handle.disconnected(self.conn).await;
@@ -299,8 +324,26 @@ impl Connection {
                     400,
                 )
             }
+            Ok(_) if self.relay.is_some() => {
+                return self.relay_frame(text).await;
+            }
             Ok(env) => {
                 let kind = env.request.kind();
+                match self.route(&env.request).await {
+                    Ok(None) => {}
+                    Ok(Some(node)) => return self.start_relay(&node, text).await,
+                    Err(failure) => {
+                        let code = failure.status.code();
+                        let reply = ServerMessage::error(Some(env.id), failure);
+                        let result = self.respond(reply).await;
+                        self.state.metrics.observe_request(
+                            kind,
+                            code,
+                            started.elapsed().as_secs_f64(),
+                        );
+                        return result.err().map(End::from);
+                    }
+                }
                 let (reply, code) = match self.handle(env.request).await {
                     Ok(data) => (ServerMessage::ok(env.id, data), Status::Ok.code()),
                     Err(failure) => {
@@ -317,6 +360,111 @@ impl Connection {
             .metrics
             .observe_request(kind, code, started.elapsed().as_secs_f64());
         result.err().map(End::from)
+    }
+
+    /// In a cluster: where a request that names a room is served. `None`:
+    /// here (the room is here, or opens here, or does not exist); a node:
+    /// relay the request there. A room whose node died is opened again
+    /// here first, then joined here.
+    async fn route(
+        &mut self,
+        request: &Request,
+    ) -> Result<Option<crate::cluster::NodeInfo>, Failure> {
+        use crate::cluster::claims::Route;
+        let Some(cluster) = self.state.cluster.clone() else {
+            return Ok(None);
+        };
+        if self.identity.is_none() || self.room.is_some() {
+            return Ok(None);
+        }
+        let rooms = &self.state.rooms;
+        let unavailable = |e: crate::room::claims::ClaimError| {
+            Failure::from(crate::room::Error::ClusterUnavailable(e.to_string()))
+        };
+        let (room, route) = match request {
+            Request::Create { room, .. } => {
+                if rooms.get(room).is_some() {
+                    return Ok(None);
+                }
+                match cluster.route_create(room).await {
+                    Err(crate::room::claims::ClaimError::Taken(_)) => {
+                        return Err(crate::room::Error::Taken(room.clone()).into());
+                    }
+                    other => (room.clone(), other.map_err(unavailable)?),
+                }
+            }
+            Request::Join { room, .. } => {
+                if rooms.get(room).is_some() {
+                    return Ok(None);
+                }
+                (
+                    room.clone(),
+                    cluster.route_join(room).await.map_err(unavailable)?,
+                )
+            }
+            Request::Connect {
+                server, channel, ..
+            } => {
+                let room = crate::community::channel::room_name(*server, *channel);
+                if rooms.get(&room).is_some() {
+                    return Ok(None);
+                }
+                let route = cluster.route_channel(&room).await.map_err(unavailable)?;
+                (room, route)
+            }
+            _ => return Ok(None),
+        };
+        match route {
+            Route::Local => Ok(None),
+            Route::Remote(node) => Ok(Some(node)),
+            Route::Revive(meta) => match rooms.revive(room.clone(), meta).await {
+                Ok(handle) => {
+                    tracing::info!(room = %room, channel_id = %handle.channel_id(), "room opened again after its node was lost");
+                    Ok(None)
+                }
+                // Another node revived it first: go there.
+                Err(crate::room::Error::Taken(_)) => match cluster.route_join(&room).await {
+                    Ok(Route::Remote(node)) => Ok(Some(node)),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(unavailable(e)),
+                },
+                Err(crate::room::Error::NoSuchRoom(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Opens a relay to `node` and passes `text` (the request that chose
+    /// it) on; the answer comes back through the relay.
+    async fn start_relay(&mut self, node: &crate::cluster::NodeInfo, text: &str) -> Option<End> {
+        let token = self.token.clone().unwrap_or_default();
+        match crate::cluster::relay::Relay::open(node, &token).await {
+            Ok(relay) => {
+                tracing::debug!(node = %node.id, "relaying to the room's node");
+                self.relay = Some(relay);
+                self.relay_frame(text).await
+            }
+            Err(failure) => {
+                let id = parse_request(text).ok().map(|e| e.id);
+                let reply = ServerMessage::error(id, failure);
+                self.respond(reply).await.err().map(End::from)
+            }
+        }
+    }
+
+    /// Passes a client frame to the relay.
+    async fn relay_frame(&mut self, text: &str) -> Option<End> {
+        let relay = self.relay.as_mut()?;
+        if relay.send(text).await.is_err() {
+            let node = self.relay.take().map(|r| r.node).unwrap_or_default();
+            tracing::info!(%node, "the room's node went away");
+            return Some(End::close(
+                close_code::GOING_AWAY,
+                "the room's node went away; reconnect",
+                "relay_lost",
+            ));
+        }
+        None
     }
 
     /// Answers a frame over the rate with 429, or closes the connection once
@@ -564,6 +712,9 @@ impl Connection {
         }
         tracing::Span::current().record("user", identity.user.as_str());
         tracing::debug!("hello accepted");
+        if self.state.cluster.is_some() {
+            self.token = Some(token.to_owned());
+        }
         let config = &self.state.config;
         let ok = HelloOk {
             version: PROTOCOL_VERSION,

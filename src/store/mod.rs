@@ -178,6 +178,8 @@ enum Job {
     ),
     Community(CommunityOp),
     Ban(BanOp),
+    Servers(oneshot::Sender<Result<Vec<String>, StoreError>>),
+    Bans(i64, oneshot::Sender<Result<Vec<BanRecord>, StoreError>>),
     Flush(oneshot::Sender<()>),
     Stop,
 }
@@ -233,6 +235,12 @@ impl StoreHandle {
                                 tracing::error!(error = %e, ?op, "ban write failed");
                             }
                         }
+                        Job::Servers(reply) => {
+                            let _ = reply.send(store.community_servers());
+                        }
+                        Job::Bans(now_ms, reply) => {
+                            let _ = reply.send(store.bans(now_ms));
+                        }
                         Job::Flush(reply) => {
                             let _ = reply.send(());
                         }
@@ -271,6 +279,26 @@ impl StoreHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job::Records(query, reply))
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Every stored community server's snapshot, after every write queued
+    /// before this call (a cluster node catching up).
+    pub async fn community_servers(&self) -> Result<Vec<String>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Servers(reply))
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Every stored ban in force at `now_ms`, after every write queued
+    /// before this call.
+    pub async fn bans(&self, now_ms: i64) -> Result<Vec<BanRecord>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Bans(now_ms, reply))
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }

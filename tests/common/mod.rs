@@ -4,7 +4,9 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod cluster;
 pub mod media;
+pub mod redis;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,157 @@
+//! Signaling for a room on another node: the node the client reached opens
+//! its own WebSocket to the owner, says `hello` there with the client's
+//! token, and from then on passes frames both ways unchanged.
+//!
+//! Relay rather than redirect: the client sees the protocol it always sees
+//! (no new status, no second connection to manage, nothing for a browser
+//! page or bot to learn), the token is checked by the owner as by any node,
+//! and the cost is one loopback-class hop per signaling message, never per
+//! media packet: the owner's SDP carries its own media address, so RTP goes
+//! straight to it. A direct node-to-node socket rather than Redis pub/sub:
+//! a message crosses one TCP hop instead of two plus a Redis, and ordering
+//! per connection is the socket's.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::NodeInfo;
+use crate::protocol::{PROTOCOL_VERSION, ServerMessage};
+use crate::status::{Failure, Status};
+
+/// The id the relay's own `hello` goes out with; its answer is the relay's
+/// and never reaches the client. Below 2^53, like every id a client sees.
+const HELLO_ID: u64 = (1 << 53) - 1;
+
+/// How long opening a relay (connect, hello) may take.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An open relay to the node that owns the client's room.
+pub struct Relay {
+    pub node: String,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Relay {
+    /// Connects to `node` and says hello with `token`. A refusal there (a
+    /// revoked token, a ban) is the client's answer, as if it had connected
+    /// there itself.
+    pub async fn open(node: &NodeInfo, token: &str) -> Result<Relay, Failure> {
+        let url = signaling_url(&node.url);
+        let unreachable = |why: String| {
+            Failure::new(
+                Status::Unavailable,
+                format!(
+                    "the room's node {} cannot be reached ({why}); retry",
+                    node.id
+                ),
+            )
+        };
+        let open = async {
+            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let hello = serde_json::json!({
+                "id": HELLO_ID,
+                "type": "hello",
+                "version": PROTOCOL_VERSION,
+                "token": token,
+            });
+            ws.send(Message::text(hello.to_string()))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            while let Some(frame) = ws.next().await {
+                let text = match frame.map_err(|e| unreachable(e.to_string()))? {
+                    Message::Text(text) => text,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if let Ok(ServerMessage::Response {
+                    id: Some(HELLO_ID),
+                    code,
+                    message,
+                    ..
+                }) = serde_json::from_str::<ServerMessage>(&text)
+                {
+                    if code == Status::Ok {
+                        return Ok(ws);
+                    }
+                    return Err(Failure::new(code, message.unwrap_or_default()));
+                }
+            }
+            Err(unreachable("closed before hello was answered".into()))
+        };
+        let ws = tokio::time::timeout(OPEN_TIMEOUT, open)
+            .await
+            .map_err(|_| unreachable(format!("no answer in {OPEN_TIMEOUT:?}")))??;
+        Ok(Relay {
+            node: node.id.clone(),
+            ws,
+        })
+    }
+
+    /// Passes one client frame on.
+    pub async fn send(&mut self, text: &str) -> Result<(), ()> {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// The next frame from the owner for the client: `None` once the owner's
+    /// side is gone.
+    pub async fn recv(&mut self) -> Option<String> {
+        while let Some(frame) = self.ws.next().await {
+            match frame {
+                Ok(Message::Text(text)) => return Some(text.as_str().to_owned()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+        None
+    }
+
+    /// Closes the owner's side politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// `http://host:port` → `ws://host:port/ws` (and https → wss).
+pub fn signaling_url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}/ws")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}/ws")
+    } else {
+        format!("ws://{base}/ws")
+    }
+}
+
+/// Waits for the relay's next frame, or for ever when there is no relay (so
+/// a `select!` can always poll it).
+pub async fn next(relay: &mut Option<Relay>) -> Option<String> {
+    match relay {
+        Some(relay) => relay.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signaling_url;
+
+    #[test]
+    fn the_signaling_url_follows_the_advertised_base() {
+        assert_eq!(
+            signaling_url("http://10.0.0.5:7880"),
+            "ws://10.0.0.5:7880/ws"
+        );
+        assert_eq!(
+            signaling_url("https://eu.example.com/"),
+            "wss://eu.example.com/ws"
+        );
+    }
+}

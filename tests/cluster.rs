@@ -1,0 +1,370 @@
+//! A cluster of real conclave processes on one real Redis: rooms live on one
+//! node and are reachable through every node; names are unique across the
+//! cluster; a dead, paused or draining node's rooms come back elsewhere.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{TestCluster, user_token};
+use common::{PATIENCE, event_where, eventually, eventually_within};
+use conclave::client::SignalClient;
+use conclave::model::Mode;
+use conclave::protocol::ServerMessage;
+use conclave::status::Status;
+use serde_json::json;
+
+/// Waits until `client` hears that `user` joined.
+async fn hears_join(client: &mut SignalClient, user: &str) {
+    event_where(client, |e| match e {
+        ServerMessage::MemberJoined { member, .. } if member.user.as_str() == user => Some(()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn nodes_register_with_addresses_and_load() {
+    let cluster = TestCluster::start(3).await;
+    let (status, body) = cluster.nodes[1].get("/api/cluster/nodes").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["node"], "node-b");
+    let nodes = body["nodes"].as_array().unwrap();
+    let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["node-a", "node-b", "node-c"]);
+    for (node, info) in cluster.nodes.iter().zip(nodes) {
+        assert_eq!(info["url"], format!("http://127.0.0.1:{}", node.port));
+        assert_eq!(info["state"], "serving");
+        assert_eq!(info["media_ip"], "127.0.0.1");
+        assert!(
+            info["cpu"].is_number() && info["rooms"].is_number(),
+            "{info}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_room_created_on_one_node_is_joined_through_the_other_two() {
+    let cluster = TestCluster::start(3).await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let mut alice = a.client("alice").await;
+    alice.create("town-hall", "weekly").await.unwrap();
+    let owner = cluster.owner("town-hall").expect("the room is claimed");
+    alice.join("town-hall", Mode::Audio, None).await.unwrap();
+
+    let mut bob = b.client("bob").await;
+    let joined = bob.join("town-hall", Mode::Audio, None).await.unwrap();
+    assert_eq!(joined.room.as_str(), "town-hall");
+    let users: Vec<&str> = joined.members.iter().map(|m| m.user.as_str()).collect();
+    assert!(users.contains(&"alice"), "{users:?}");
+    hears_join(&mut alice, "bob").await;
+
+    let carol = c.client("carol").await;
+    carol.join("town-hall", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "carol").await;
+    hears_join(&mut bob, "carol").await;
+
+    // One room, on one node, whichever the clients came through.
+    assert_eq!(cluster.owner("town-hall").as_deref(), Some(owner.as_str()));
+    let rooms: Vec<u64> =
+        futures_util::future::join_all(cluster.nodes.iter().map(|n| n.local_rooms())).await;
+    assert_eq!(rooms.iter().sum::<u64>(), 1, "{rooms:?}");
+
+    // The admin API of any node lists it, once, with its node.
+    let (status, body) = c.get("/api/rooms").await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["rooms"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{body}");
+    assert_eq!(listed[0]["room"], "town-hall");
+    assert_eq!(listed[0]["node"], owner.as_str());
+    assert_eq!(listed[0]["members"], 3);
+
+    // Leaving and a name taken across the cluster behave as on one node.
+    let again = b
+        .client("dave")
+        .await
+        .create("town-hall", "")
+        .await
+        .unwrap_err();
+    assert_eq!(again.status(), Some(Status::Conflict), "{again}");
+    bob.leave().await.unwrap();
+    event_where(&mut alice, |e| match e {
+        ServerMessage::MemberLeft { user, .. } if user.as_str() == "bob" => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_name_on_three_nodes_make_exactly_one_room() {
+    let cluster = TestCluster::start(3).await;
+    let mut clients = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        clients.push(node.client(&format!("creator-{i}")).await);
+    }
+    for round in 0..100 {
+        let name = format!("race-{round}");
+        let creates = clients.iter().map(|c| c.create(&name, ""));
+        let results = futures_util::future::join_all(creates).await;
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+        for lost in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(
+                lost.status(),
+                Some(Status::Conflict),
+                "round {round}: {lost}"
+            );
+        }
+    }
+    let rooms: Vec<u64> =
+        futures_util::future::join_all(cluster.nodes.iter().map(|n| n.local_rooms())).await;
+    assert_eq!(rooms.iter().sum::<u64>(), 100, "{rooms:?}");
+}
+
+#[tokio::test]
+async fn admin_kick_and_ban_act_through_a_node_that_does_not_own_the_room() {
+    let cluster = TestCluster::start(3).await;
+    let mut alice = cluster.nodes[0].client("alice").await;
+    alice.create("study", "").await.unwrap();
+    alice.join("study", Mode::Audio, None).await.unwrap();
+    let owner = cluster.owner("study").unwrap();
+    let other = cluster.nodes.iter().find(|n| n.id != owner).unwrap();
+    let mut mallory = other.client("mallory").await;
+    mallory.join("study", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "mallory").await;
+
+    let (status, body) = other
+        .request(
+            reqwest::Method::POST,
+            "/api/rooms/study/bans",
+            Some(json!({"user": "mallory", "reason": "spam"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    event_where(&mut mallory, |e| match e {
+        ServerMessage::Disconnected { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    // Kept out, whichever node the next try comes through.
+    for node in &cluster.nodes {
+        let err = node
+            .client("mallory")
+            .await
+            .join("study", Mode::Audio, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.status(),
+            Some(Status::Forbidden),
+            "via {}: {err}",
+            node.id
+        );
+    }
+
+    // A plain kick through a non-owner.
+    let mut bob = other.client("bob").await;
+    bob.join("study", Mode::Audio, None).await.unwrap();
+    let (status, body) = other
+        .request(
+            reqwest::Method::DELETE,
+            "/api/rooms/study/members/bob",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let gone = event_where(&mut bob, |e| match e {
+        ServerMessage::Disconnected { reason, .. } => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone.as_str(), "kicked");
+    let (status, body) = other.get("/api/rooms/study/members").await;
+    assert_eq!(status, 200, "{body}");
+    let members: Vec<&str> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["alice"]);
+}
+
+#[tokio::test]
+async fn a_server_ban_made_on_one_node_ends_sessions_on_every_node() {
+    let cluster = TestCluster::start(3).await;
+    let mut sessions = Vec::new();
+    for node in &cluster.nodes {
+        sessions.push(node.client("troll").await);
+    }
+    let (status, body) = cluster.nodes[0]
+        .request(
+            reqwest::Method::POST,
+            "/api/bans",
+            Some(json!({"user": "troll", "reason": "abuse"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for (node, session) in cluster.nodes.iter().zip(sessions.iter_mut()) {
+        let frame = common::closed(session).await;
+        assert_eq!(frame.map(|f| f.0), Some(1008), "on {}", node.id);
+    }
+    let err = cluster.nodes[2]
+        .raw_client()
+        .await
+        .hello(&user_token("troll"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::Forbidden), "{err}");
+}
+
+#[tokio::test]
+async fn a_policy_reload_reaches_every_node() {
+    let cluster = TestCluster::start(3).await;
+    // Each node watches the scripts directory (one shared mount here, a
+    // deployment's own copy on each machine in docs/cluster.md).
+    let source =
+        "local policy = {}\nfunction policy.can_join(req) return true end\nreturn policy\n";
+    common::save(&cluster.scripts_dir().join("closed.lua"), source);
+    let hash = conclave::policy::catalog::short_hash(source.as_bytes());
+    for node in &cluster.nodes {
+        eventually(&format!("{} to load the script", node.id), || async {
+            let (_, body) = node.get("/api/policies").await;
+            body.to_string().contains(&hash)
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_owners_members_are_back_in_the_room_on_a_live_node() {
+    let mut cluster = TestCluster::start(3).await;
+    let a = &cluster.nodes[0];
+    let mut alice = a.client("alice").await;
+    alice.create("standup", "daily").await.unwrap();
+    assert_eq!(cluster.owner("standup").as_deref(), Some("node-a"));
+    alice.join("standup", Mode::Audio, None).await.unwrap();
+    let bob = a.client("bob").await;
+    bob.join("standup", Mode::Audio, None).await.unwrap();
+
+    cluster.nodes[0].kill9();
+    assert!(common::closed(&mut alice).await.is_none());
+
+    // Both come back through node-b, as the client library's reconnect
+    // would; the room opens there again with what it was created with.
+    let b = &cluster.nodes[1];
+    let mut alice = b.client("alice").await;
+    let joined = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match alice.join("standup", Mode::Audio, None).await {
+                Ok(joined) => break joined,
+                // The dead node's lease has not run out yet.
+                Err(e) if e.status() == Some(Status::Unavailable) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("rejoin refused: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("rejoined within the deadline");
+    assert_eq!(joined.room.as_str(), "standup");
+    let owner = cluster.owner("standup").expect("claimed again");
+    assert_ne!(owner, "node-a");
+    let bob = cluster.nodes[2].client("bob").await;
+    bob.join("standup", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "bob").await;
+    let (_, body) = cluster.nodes[2].get("/api/rooms").await;
+    assert_eq!(body["rooms"][0]["custom_info"], "daily", "{body}");
+    assert_eq!(body["rooms"][0]["members"], 2, "{body}");
+}
+
+#[tokio::test]
+async fn a_paused_owner_is_fenced_and_closes_its_copy_when_it_wakes() {
+    let cluster = TestCluster::start(2).await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let mut alice = a.client("alice").await;
+    alice.create("fenced", "").await.unwrap();
+    alice.join("fenced", Mode::Audio, None).await.unwrap();
+    assert_eq!(cluster.owner("fenced").as_deref(), Some("node-a"));
+
+    a.signal(libc::SIGSTOP);
+    eventually_within(PATIENCE, "node-a's claim to lapse", || async {
+        cluster.owner("fenced").is_none()
+    })
+    .await;
+    let bob = b.client("bob").await;
+    bob.join("fenced", Mode::Audio, None).await.unwrap();
+    assert_eq!(cluster.owner("fenced").as_deref(), Some("node-b"));
+
+    a.signal(libc::SIGCONT);
+    // node-a's renewal is refused: it closes its copy and its member hears
+    // so, and node-b's claim stands.
+    let reason = event_where(&mut alice, |e| match e {
+        ServerMessage::Disconnected { reason, .. } => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason.as_str(), "shutdown");
+    eventually("node-a to close its copy", || async {
+        a.local_rooms().await == 0
+    })
+    .await;
+    assert_eq!(cluster.owner("fenced").as_deref(), Some("node-b"));
+    assert_eq!(b.local_rooms().await, 1);
+}
+
+#[tokio::test]
+async fn a_draining_node_takes_no_new_rooms_and_exits_when_its_rooms_end() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut alice = cluster.nodes[0].client("alice").await;
+    alice.create("last-call", "").await.unwrap();
+    alice.join("last-call", Mode::Audio, None).await.unwrap();
+
+    let (status, body) = cluster.nodes[0]
+        .request(reqwest::Method::POST, "/api/cluster/drain", None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually("node-b to see node-a draining", || async {
+        let (_, body) = cluster.nodes[1].get("/api/cluster/nodes").await;
+        body["nodes"][0]["state"] == "draining"
+    })
+    .await;
+    // New rooms go elsewhere, even when asked for on the draining node.
+    let creator = cluster.nodes[0].client("carol").await;
+    creator.create("new-room", "").await.unwrap();
+    assert_eq!(cluster.owner("new-room").as_deref(), Some("node-b"));
+    // The room already here goes on until it ends.
+    let bob = cluster.nodes[0].client("bob").await;
+    bob.join("last-call", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "bob").await;
+    alice.leave().await.unwrap();
+    bob.leave().await.unwrap();
+    let status = cluster.nodes[0].exited(PATIENCE).await;
+    assert!(status.success(), "{status}");
+    cluster.all_see(1).await;
+}
+
+#[tokio::test]
+async fn after_a_redis_restart_nodes_register_and_claim_their_rooms_again() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut alice = cluster.nodes[0].client("alice").await;
+    alice.create("survivor", "").await.unwrap();
+    alice.join("survivor", Mode::Audio, None).await.unwrap();
+    cluster.redis.restart();
+    assert_eq!(
+        cluster.owner("survivor"),
+        None,
+        "a fresh Redis holds nothing"
+    );
+    cluster.all_see(2).await;
+    eventually("node-a to claim its room again", || async {
+        cluster.owner("survivor").as_deref() == Some("node-a")
+    })
+    .await;
+    // The room never closed: its member is still in it, and it is reached
+    // through the other node.
+    let bob = cluster.nodes[1].client("bob").await;
+    bob.join("survivor", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "bob").await;
+}
