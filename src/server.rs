@@ -142,6 +142,9 @@ impl Server {
             None => Arc::new(store.clone()),
         };
         let community = CommunityHub::load(&communities, Some(writer))?;
+        if let Some(cluster) = &cluster {
+            community.raise_next_id(cluster.reserve_ids().await?);
+        }
         tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
 

@@ -368,3 +368,118 @@ async fn after_a_redis_restart_nodes_register_and_claim_their_rooms_again() {
     bob.join("survivor", Mode::Audio, None).await.unwrap();
     hears_join(&mut alice, "bob").await;
 }
+
+#[tokio::test]
+async fn a_community_change_made_on_one_node_reaches_channel_rooms_on_the_others() {
+    use conclave::model::LeaveReason;
+    use reqwest::Method;
+    let cluster = TestCluster::start(3).await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    // Set up on node-a; ids are cluster-wide.
+    let (status, created) = a
+        .request(
+            Method::POST,
+            "/api/community/servers",
+            Some(json!({"name": "guild", "owner": "olivia"})),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{created}");
+    let server = created["id"].as_u64().unwrap();
+    for user in ["alice", "bob"] {
+        let (status, body) = a
+            .request(
+                Method::POST,
+                &format!("/api/community/servers/{server}/members"),
+                Some(json!({ "user": user })),
+            )
+            .await;
+        assert!((200..300).contains(&status), "{body}");
+    }
+    let (status, body) = a
+        .request(
+            Method::POST,
+            &format!("/api/community/servers/{server}/channels"),
+            Some(json!({"name": "stage", "kind": "media"})),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{body}");
+    let channel = body["id"].as_u64().unwrap();
+    for node in [b, c] {
+        eventually(&format!("{} to know the channel", node.id), || async {
+            let path = format!("/api/community/servers/{server}/channels/{channel}");
+            node.get(&path).await.0 == 200
+        })
+        .await;
+    }
+
+    // Alice connects through node-b, Bob through node-c: one room.
+    let mut alice = b.client("alice").await;
+    alice.connect_channel(server, channel, None).await.unwrap();
+    let mut bob = c.client("bob").await;
+    bob.connect_channel(server, channel, None).await.unwrap();
+    hears_join(&mut alice, "bob").await;
+
+    // Node-a puts Bob on the channel's black list: removed at once, from
+    // the room wherever it lives.
+    let (status, body) = a
+        .request(
+            Method::PUT,
+            &format!("/api/community/servers/{server}/channels/{channel}/lists/black/members/bob"),
+            None,
+        )
+        .await;
+    assert!((200..300).contains(&status), "{body}");
+    let reason = event_where(&mut bob, |e| match e {
+        ServerMessage::Disconnected { reason, .. } => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, LeaveReason::PermissionRevoked);
+    let (user, reason) = event_where(&mut alice, |e| match e {
+        ServerMessage::MemberLeft { user, reason, .. } => Some((user.0.clone(), *reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (user.as_str(), reason),
+        ("bob", LeaveReason::PermissionRevoked)
+    );
+}
+
+#[tokio::test]
+async fn a_member_joining_through_a_non_owner_node_hears_the_room() {
+    use common::media::{Participant, flow, speaks_and_is_heard};
+    use conclave::model::Role;
+    let cluster = TestCluster::start(2).await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let client = a.client("alice").await;
+    let mut alice = Participant::join_on(
+        client,
+        "alice",
+        "radio",
+        Mode::Audio,
+        Role::Interactor,
+        |r| r,
+        None,
+    )
+    .await;
+    assert_eq!(cluster.owner("radio").as_deref(), Some("node-a"));
+    // Bob's signaling goes through node-b; his media goes to node-a, whose
+    // address the offer carries.
+    let client = b.client("bob").await;
+    let mut bob = Participant::join_on(
+        client,
+        "bob",
+        "radio",
+        Mode::Audio,
+        Role::Interactor,
+        |r| r,
+        None,
+    )
+    .await;
+    flow(&mut alice, &mut bob, "hello").await;
+    flow(&mut bob, &mut alice, "back").await;
+    let level = speaks_and_is_heard(&mut alice, &mut bob).await;
+    assert!(level <= 30, "{level}");
+    assert_eq!(b.local_rooms().await, 0);
+}

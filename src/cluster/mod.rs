@@ -224,6 +224,23 @@ impl Cluster {
             .cloned()
     }
 
+    /// Reserves the community ids this process hands out: a range of 2^32
+    /// no other node start gets (2^21 starts fit below 2^53, where a
+    /// JavaScript client still reads ids exactly). Returns its first id.
+    pub async fn reserve_ids(&self) -> Result<u64, ClusterError> {
+        const RANGE: u64 = 1 << 32;
+        let end: u64 = redis::cmd("INCRBY")
+            .arg(self.keys.community_ids())
+            .arg(RANGE)
+            .query_async(&mut self.redis())
+            .await
+            .map_err(|source| ClusterError::Redis {
+                url: self.config.redis_url.clone(),
+                source,
+            })?;
+        Ok(end - RANGE + 1)
+    }
+
     fn redis(&self) -> redis::aio::ConnectionManager {
         self.redis.clone()
     }
@@ -262,6 +279,11 @@ impl Keys {
     /// reconnect grace past its owner, so the room can be opened again.
     pub(crate) fn meta(&self, room: &str) -> String {
         format!("{}:{{room:{room}}}:meta", self.prefix)
+    }
+
+    /// The counter community id ranges are reserved from.
+    pub(crate) fn community_ids(&self) -> String {
+        format!("{}:{{community}}:ids", self.prefix)
     }
 
     /// The channel the bus publishes on.

@@ -156,6 +156,15 @@ impl CommunityHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Ids handed out from now on start at `floor` or above. A cluster node
+    /// reserves a range no other node uses (`Cluster::reserve_ids`), so
+    /// servers, roles and channels created on two nodes at once never share
+    /// an id.
+    pub fn raise_next_id(&self, floor: u64) {
+        let mut state = self.lock();
+        state.next_id = state.next_id.max(floor);
+    }
+
     /// A fresh id for a server, role or channel.
     pub fn allocate_id(&self) -> u64 {
         let mut state = self.lock();
@@ -309,7 +318,8 @@ impl CommunityHub {
                 let snapshot: ServerSnapshot =
                     serde_json::from_str(json).map_err(|e| HubError::Corrupt(e.to_string()))?;
                 let server = Server::from_snapshot(&snapshot)?;
-                state.next_id = state.next_id.max(highest_id(&server) + 1);
+                // No bump of `next_id`: in a cluster each node hands out ids
+                // from a range of its own (see `raise_next_id`).
                 if state.community.server(id).is_some() {
                     *state.community.edit(id)? = server;
                 } else {
@@ -343,7 +353,6 @@ impl CommunityHub {
             let mut state = self.lock();
             let mut ids: Vec<ServerId> = state.community.servers().map(|s| s.id()).collect();
             ids.extend(fresh.community.servers().map(|s| s.id()));
-            state.next_id = state.next_id.max(fresh.next_id);
             state.community = fresh.community;
             ids
         };

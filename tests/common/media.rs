@@ -82,6 +82,21 @@ impl Participant {
         via: Option<(u16, u16)>,
     ) -> Participant {
         let client = server.client(user).await;
+        Participant::join_on(client, user, room, mode, role, extend, via).await
+    }
+
+    /// Joins `room` (creating it if needed) and starts media over `client`,
+    /// a connection that said hello as `user` to any server (a cluster
+    /// node, say).
+    pub async fn join_on(
+        client: SignalClient,
+        user: &str,
+        room: &str,
+        mode: Mode,
+        role: Role,
+        extend: impl FnOnce(Registry) -> Registry,
+        via: Option<(u16, u16)>,
+    ) -> Participant {
         if let Err(e) = client.create(room, "").await {
             assert_eq!(e.status().map(|s| s.code()), Some(417), "create: {e}");
         }
