@@ -483,3 +483,72 @@ async fn a_member_joining_through_a_non_owner_node_hears_the_room() {
     assert!(level <= 30, "{level}");
     assert_eq!(b.local_rooms().await, 0);
 }
+
+/// Joins `room` through `node`, retrying while the room's dead node still
+/// holds its lease (503) or the room is between owners.
+async fn rejoin(
+    node: &common::cluster::Node,
+    user: &str,
+    room: &str,
+) -> (SignalClient, Vec<String>) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let client = node.client(user).await;
+            match client.join(room, Mode::Audio, None).await {
+                Ok(joined) => {
+                    let members = joined.members.iter().map(|m| m.user.0.clone()).collect();
+                    break (client, members);
+                }
+                Err(e) if e.status() == Some(Status::Unavailable) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("rejoin refused: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("rejoined within the deadline")
+}
+
+#[tokio::test]
+async fn a_bot_with_other_nodes_to_go_to_rejoins_when_its_node_dies() {
+    let mut cluster = TestCluster::start(2).await;
+    let greeter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bots/greeter.lua");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
+        .args(["bot", "--dev", "--user", "greeter", "--room", "lobby"])
+        .arg("--url")
+        .arg(cluster.nodes[0].ws_url())
+        .arg("--also-url")
+        .arg(cluster.nodes[1].ws_url())
+        .arg(&greeter)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("conclave bot starts");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _bot = KillOnDrop(child);
+    eventually("the bot to open the room on node-a", || async {
+        cluster.owner("lobby").as_deref() == Some("node-a")
+    })
+    .await;
+    let (mut hana, members) = rejoin(&cluster.nodes[1], "hana", "lobby").await;
+    if !members.iter().any(|m| m == "greeter") {
+        hears_join(&mut hana, "greeter").await;
+    }
+
+    cluster.nodes[0].kill9();
+    common::closed(&mut hana).await;
+    // Both come back through node-b: hana as a person would, the bot by
+    // itself. Whoever is second finds the other there.
+    let (mut hana, members) = rejoin(&cluster.nodes[1], "hana", "lobby").await;
+    if !members.iter().any(|m| m == "greeter") {
+        hears_join(&mut hana, "greeter").await;
+    }
+    assert_eq!(cluster.owner("lobby").as_deref(), Some("node-b"));
+}

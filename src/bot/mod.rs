@@ -38,6 +38,8 @@ pub use runner::run;
 pub struct BotConfig {
     /// Signaling URL, `ws://host:port/ws`.
     pub url: String,
+    /// Other nodes of a cluster, tried in order when `url` cannot be reached.
+    pub also: Vec<String>,
     pub token: String,
     pub room: String,
     pub script: PathBuf,
@@ -71,6 +73,7 @@ impl BotConfig {
             .unwrap_or_else(|| PathBuf::from("."));
         BotConfig {
             url: url.to_owned(),
+            also: Vec::new(),
             token: token.to_owned(),
             room: room.to_owned(),
             script,
@@ -203,6 +206,11 @@ pub struct BotArgs {
     /// Signaling URL of the server.
     #[arg(long, default_value = "ws://127.0.0.1:7880/ws")]
     pub url: String,
+    /// Another node of the same cluster; repeatable. With any, the bot
+    /// rejoins through the first node that answers whenever its connection
+    /// drops or its room's node goes away, until Ctrl-C.
+    #[arg(long = "also-url", value_name = "URL")]
+    pub also_url: Vec<String>,
     /// Access token; with `--dev` one is minted for `--user` instead.
     #[arg(long, env = "CONCLAVE_BOT_TOKEN", required_unless_present = "dev")]
     pub token: Option<String>,
@@ -267,9 +275,42 @@ pub async fn run_cli(args: BotArgs) -> Result<(), BotError> {
         config.media_dir = dir;
     }
     config.record_dir = args.record_dir;
-    run(config, async {
+    config.also = args.also_url;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_ctrl_c = stop.clone();
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
-    Ok(())
+        on_ctrl_c.cancel();
+    });
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let until = stop.clone();
+        let started = std::time::Instant::now();
+        let result = run(config.clone(), async move { until.cancelled().await }).await;
+        if started.elapsed() > Duration::from_secs(60) {
+            pause = Duration::from_millis(200);
+        }
+        // A bot with somewhere else to go goes there when its node does:
+        // the room opens again on a live node as its members come back.
+        let node_gone = matches!(
+            result,
+            Ok(Ended::ConnectionLost)
+                | Ok(Ended::Removed(LeaveReason::Shutdown))
+                | Err(BotError::Join(_))
+        );
+        if config.also.is_empty() || stop.is_cancelled() || !node_gone {
+            let ended = result?;
+            tracing::info!("bot {ended}");
+            return Ok(());
+        }
+        match &result {
+            Ok(ended) => tracing::warn!("bot {ended}; rejoining through the cluster"),
+            Err(e) => tracing::warn!(error = %e, "cannot join; retrying through the cluster"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.cancelled() => return Ok(()),
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }

@@ -49,6 +49,7 @@ pub async fn run(config: BotConfig, shutdown: impl Future<Output = ()>) -> Resul
         .map_err(BotError::Script)?
     };
     let mut options = ParticipantOptions::new(&config.url, &config.token, &config.room);
+    options.also = config.also.clone();
     options.role = config.role;
     options.mode = config.mode;
     options.create = config.create;

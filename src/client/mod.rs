@@ -116,6 +116,25 @@ impl SignalClient {
         Self::connect_with(url, ClientOptions::default()).await
     }
 
+    /// Connects to the first of `urls` that answers, in order: the nodes of
+    /// a cluster, any of which serves any room. Returns which one it was.
+    pub async fn connect_first(
+        urls: &[String],
+        options: ClientOptions,
+    ) -> Result<(SignalClient, usize), ClientError> {
+        let mut last = ClientError::Connect("no URL to connect to".into());
+        for (i, url) in urls.iter().enumerate() {
+            match Self::connect_with(url, options.clone()).await {
+                Ok(client) => return Ok((client, i)),
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "cannot connect; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     pub async fn connect_with(
         url: &str,
         options: ClientOptions,

@@ -36,6 +36,9 @@ use crate::status::Status;
 pub struct ParticipantOptions {
     /// The signaling URL, `ws://host:port/ws`.
     pub url: String,
+    /// Other nodes of a cluster, tried in order when `url` cannot be
+    /// reached (every node serves every room).
+    pub also: Vec<String>,
     pub token: String,
     pub room: String,
     pub mode: Mode,
@@ -60,6 +63,7 @@ impl ParticipantOptions {
     pub fn new(url: &str, token: &str, room: &str) -> ParticipantOptions {
         ParticipantOptions {
             url: url.to_owned(),
+            also: Vec::new(),
             token: token.to_owned(),
             room: room.to_owned(),
             mode: Mode::Audio,
@@ -97,7 +101,10 @@ impl Participant {
     }
 
     async fn join_inner(options: ParticipantOptions) -> Result<Participant, ClientError> {
-        let mut client = SignalClient::connect_with(&options.url, ClientOptions::default()).await?;
+        let urls: Vec<String> = std::iter::once(options.url.clone())
+            .chain(options.also.iter().cloned())
+            .collect();
+        let (mut client, _) = SignalClient::connect_first(&urls, ClientOptions::default()).await?;
         let hello = client.hello(&options.token).await?;
         if options.create
             && let Err(e) = client.create(&options.room, "").await
