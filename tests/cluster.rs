@@ -241,7 +241,7 @@ async fn a_killed_owners_members_are_back_in_the_room_on_a_live_node() {
     let mut cluster = TestCluster::start(3).await;
     let a = &cluster.nodes[0];
     let mut alice = a.client("alice").await;
-    alice.create("standup", "daily").await.unwrap();
+    cluster.nodes[0].create_room("standup", "daily").await;
     assert_eq!(cluster.owner("standup").as_deref(), Some("node-a"));
     alice.join("standup", Mode::Audio, None).await.unwrap();
     let bob = a.client("bob").await;
@@ -284,7 +284,7 @@ async fn a_paused_owner_is_fenced_and_closes_its_copy_when_it_wakes() {
     let cluster = TestCluster::start(2).await;
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     let mut alice = a.client("alice").await;
-    alice.create("fenced", "").await.unwrap();
+    a.create_room("fenced", "").await;
     alice.join("fenced", Mode::Audio, None).await.unwrap();
     assert_eq!(cluster.owner("fenced").as_deref(), Some("node-a"));
 
@@ -318,7 +318,7 @@ async fn a_paused_owner_is_fenced_and_closes_its_copy_when_it_wakes() {
 async fn a_draining_node_takes_no_new_rooms_and_exits_when_its_rooms_end() {
     let mut cluster = TestCluster::start(2).await;
     let mut alice = cluster.nodes[0].client("alice").await;
-    alice.create("last-call", "").await.unwrap();
+    cluster.nodes[0].create_room("last-call", "").await;
     alice.join("last-call", Mode::Audio, None).await.unwrap();
 
     let (status, body) = cluster.nodes[0]
@@ -349,7 +349,7 @@ async fn a_draining_node_takes_no_new_rooms_and_exits_when_its_rooms_end() {
 async fn after_a_redis_restart_nodes_register_and_claim_their_rooms_again() {
     let mut cluster = TestCluster::start(2).await;
     let mut alice = cluster.nodes[0].client("alice").await;
-    alice.create("survivor", "").await.unwrap();
+    cluster.nodes[0].create_room("survivor", "").await;
     alice.join("survivor", Mode::Audio, None).await.unwrap();
     cluster.redis.restart();
     assert_eq!(
@@ -452,6 +452,7 @@ async fn a_member_joining_through_a_non_owner_node_hears_the_room() {
     use conclave::model::Role;
     let cluster = TestCluster::start(2).await;
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    a.create_room("radio", "").await;
     let client = a.client("alice").await;
     let mut alice = Participant::join_on(
         client,
@@ -513,6 +514,7 @@ async fn rejoin(
 #[tokio::test]
 async fn a_bot_with_other_nodes_to_go_to_rejoins_when_its_node_dies() {
     let mut cluster = TestCluster::start(2).await;
+    cluster.nodes[0].create_room("lobby", "").await;
     let greeter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bots/greeter.lua");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
         .args(["bot", "--dev", "--user", "greeter", "--room", "lobby"])
@@ -533,10 +535,7 @@ async fn a_bot_with_other_nodes_to_go_to_rejoins_when_its_node_dies() {
         }
     }
     let _bot = KillOnDrop(child);
-    eventually("the bot to open the room on node-a", || async {
-        cluster.owner("lobby").as_deref() == Some("node-a")
-    })
-    .await;
+    assert_eq!(cluster.owner("lobby").as_deref(), Some("node-a"));
     let (mut hana, members) = rejoin(&cluster.nodes[1], "hana", "lobby").await;
     if !members.iter().any(|m| m == "greeter") {
         hears_join(&mut hana, "greeter").await;

@@ -272,6 +272,29 @@ mod tests {
     #[test]
     fn the_annotated_example_parses() {
         let text = include_str!("../../examples/conclave.toml");
-        Config::from_toml(text).unwrap();
+        let config = Config::from_toml(text).unwrap();
+        assert!(config.cluster.is_none(), "one node unless asked");
+    }
+
+    #[test]
+    fn the_cluster_examples_parse_and_differ_only_where_they_must() {
+        let nodes = [
+            include_str!("../../examples/cluster/node-a.toml"),
+            include_str!("../../examples/cluster/node-b.toml"),
+            include_str!("../../examples/cluster/node-c.toml"),
+        ];
+        let mut ids = Vec::new();
+        let mut ports = Vec::new();
+        for text in nodes {
+            let config = Config::from_toml(text).unwrap();
+            let cluster = config.cluster.expect("a [cluster] section");
+            assert_eq!(cluster.redis_url, "redis://127.0.0.1:6379");
+            assert!(cluster.postgres_url.starts_with("postgres://"));
+            ids.push(cluster.node_id);
+            ports.push(config.server.bind.port());
+        }
+        ids.dedup();
+        ports.dedup();
+        assert_eq!((ids.len(), ports.len()), (3, 3));
     }
 }

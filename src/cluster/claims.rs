@@ -228,18 +228,29 @@ impl Cluster {
     /// Picks the node a new room goes to; `None`: no live serving node is
     /// known (the caller opens it here).
     pub fn place(&self) -> Option<NodeInfo> {
-        let nodes = self.nodes.lock().expect("node list");
+        let mut nodes = self.nodes.lock().expect("node list");
+        let chosen = Self::choose(&nodes, &self.config.region)?;
+        // Until the next heartbeat brings fresh loads, count what this node
+        // sent there itself: a burst of creates between two heartbeats
+        // otherwise goes by the same stale numbers.
+        if let Some(node) = nodes.iter_mut().find(|n| n.id == chosen.id) {
+            node.rooms += 1;
+        }
+        Some(chosen)
+    }
+
+    fn choose(nodes: &[NodeInfo], region: &str) -> Option<NodeInfo> {
         let serving: Vec<&NodeInfo> = nodes
             .iter()
             .filter(|n| n.state == NodeState::Serving)
             .collect();
-        let local: Vec<&NodeInfo> = if self.config.region.is_empty() {
+        let local: Vec<&NodeInfo> = if region.is_empty() {
             Vec::new()
         } else {
             serving
                 .iter()
                 .copied()
-                .filter(|n| n.region == self.config.region)
+                .filter(|n| n.region == region)
                 .collect()
         };
         let pool = if local.is_empty() { serving } else { local };
@@ -432,5 +443,58 @@ impl Claims for Cluster {
                 Err(e) => tracing::warn!(room = %room, error = %e, "cannot release the claim"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, rooms: u64) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            url: format!("http://{id}"),
+            media_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            region: String::new(),
+            state: NodeState::Serving,
+            rooms,
+            members: 0,
+            forwarded_per_second: 0.0,
+            cpu: 0.0,
+            seen_at: 0,
+            started_at: 0,
+            version: String::new(),
+        }
+    }
+
+    #[test]
+    fn two_random_choices_spread_a_burst_evenly_and_avoid_the_loaded() {
+        let mut nodes = vec![node("a", 0), node("b", 0), node("c", 0)];
+        let mut placed = HashMap::<String, u32>::new();
+        for _ in 0..300 {
+            let chosen = Cluster::choose(&nodes, "").unwrap();
+            nodes.iter_mut().find(|n| n.id == chosen.id).unwrap().rooms += 1;
+            *placed.entry(chosen.id).or_default() += 1;
+        }
+        for id in ["a", "b", "c"] {
+            let n = placed[id];
+            assert!((90..=110).contains(&n), "{placed:?}");
+        }
+        // A node far ahead gets nothing while the others catch up.
+        let nodes = vec![node("a", 500), node("b", 0), node("c", 0)];
+        for _ in 0..100 {
+            assert_ne!(Cluster::choose(&nodes, "").unwrap().id, "a");
+        }
+    }
+
+    #[test]
+    fn placement_stays_in_the_region_when_it_can() {
+        let mut nodes = vec![node("a", 0), node("b", 0), node("c", 9)];
+        nodes[2].region = "eu".into();
+        for _ in 0..50 {
+            assert_eq!(Cluster::choose(&nodes, "eu").unwrap().id, "c");
+        }
+        nodes[2].state = NodeState::Draining;
+        assert_ne!(Cluster::choose(&nodes, "eu").unwrap().id, "c");
     }
 }

@@ -178,14 +178,20 @@ impl Cluster {
             .ignore()
             .query_async(&mut self.redis())
             .await?;
-        let nodes = self.read_nodes().await?;
-        *self.nodes.lock().expect("node list") = nodes;
+        self.read_nodes().await?;
         Ok(())
     }
 
-    /// Every registered node, read from Redis; ids whose registration
-    /// lapsed are dropped from the set.
+    /// Every registered node, read from Redis (and kept as the list
+    /// placement and routing use until the next heartbeat); ids whose
+    /// registration lapsed are dropped from the set.
     pub async fn read_nodes(&self) -> Result<Vec<NodeInfo>, redis::RedisError> {
+        let nodes = self.fetch_nodes().await?;
+        *self.nodes.lock().expect("node list") = nodes.clone();
+        Ok(nodes)
+    }
+
+    async fn fetch_nodes(&self) -> Result<Vec<NodeInfo>, redis::RedisError> {
         let mut conn = self.redis();
         let ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.nodes())

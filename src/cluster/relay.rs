@@ -37,7 +37,7 @@ impl Relay {
     /// Connects to `node` and says hello with `token`. A refusal there (a
     /// revoked token, a ban) is the client's answer, as if it had connected
     /// there itself.
-    pub async fn open(node: &NodeInfo, token: &str) -> Result<Relay, Failure> {
+    pub async fn open(node: &NodeInfo, from: &str, token: &str) -> Result<Relay, Failure> {
         let url = signaling_url(&node.url);
         let unreachable = |why: String| {
             Failure::new(
@@ -49,7 +49,17 @@ impl Relay {
             )
         };
         let open = async {
-            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut request = url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| unreachable(e.to_string()))?;
+            // Tells the owner to serve this connection itself.
+            request.headers_mut().insert(
+                super::forward::FORWARDED,
+                axum::http::HeaderValue::from_str(from).map_err(|e| unreachable(e.to_string()))?,
+            );
+            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             let hello = serde_json::json!({

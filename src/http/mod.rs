@@ -54,7 +54,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // A relay from another node of the cluster (see `cluster::relay`):
+    // its requests are served here, never placed or relayed again.
+    let relayed =
+        state.cluster.is_some() && headers.contains_key(crate::cluster::forward::FORWARDED);
     if state.connections_closing.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
     }
@@ -71,7 +79,9 @@ async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            tasks.track_future(crate::signal::connection::serve(socket, state, permit))
+            tasks.track_future(crate::signal::connection::serve(
+                socket, state, permit, relayed,
+            ))
         })
 }
 

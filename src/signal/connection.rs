@@ -117,6 +117,8 @@ struct Connection {
     /// every frame goes there and back unchanged, for the rest of the
     /// connection's life (see `cluster::relay`).
     relay: Option<crate::cluster::relay::Relay>,
+    /// This connection is a relay from another node (see [`serve`]).
+    relayed: bool,
     room: Option<Joined>,
     ws: SplitSink<WebSocket, Message>,
     outbox: mpsc::Receiver<Outbound>,
@@ -133,7 +135,14 @@ struct Connection {
 
 /// Runs a connection to its end. `permit` holds one of the server's
 /// connection slots for as long as the connection lives.
-pub async fn serve(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePermit) {
+/// `relayed`: the connection is another node's relay (cluster only): a
+/// `create` on it was placed here by that node and opens here.
+pub async fn serve(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    permit: OwnedSemaphorePermit,
+    relayed: bool,
+) {
     let conn = ConnId::next();
     let span = tracing::info_span!("conn", conn = %conn, user = tracing::field::Empty);
     async move {
@@ -146,6 +155,7 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemapho
             identity: None,
             token: None,
             relay: None,
+            relayed,
             room: None,
             ws,
             outbox,
@@ -383,7 +393,8 @@ impl Connection {
         };
         let (room, route) = match request {
             Request::Create { room, .. } => {
-                if rooms.get(room).is_some() {
+                // Placed already, by the node that relayed it here.
+                if self.relayed || rooms.get(room).is_some() {
                     return Ok(None);
                 }
                 match cluster.route_create(room).await {
@@ -438,7 +449,13 @@ impl Connection {
     /// it) on; the answer comes back through the relay.
     async fn start_relay(&mut self, node: &crate::cluster::NodeInfo, text: &str) -> Option<End> {
         let token = self.token.clone().unwrap_or_default();
-        match crate::cluster::relay::Relay::open(node, &token).await {
+        let from = self
+            .state
+            .cluster
+            .as_ref()
+            .map(|c| c.id().to_owned())
+            .unwrap_or_default();
+        match crate::cluster::relay::Relay::open(node, &from, &token).await {
             Ok(relay) => {
                 tracing::debug!(node = %node.id, "relaying to the room's node");
                 self.relay = Some(relay);

@@ -193,6 +193,19 @@ drain_timeout = "30s"
         )
     }
 
+    /// Opens `room` on this node: the admin API creates where it is asked
+    /// (a create through the protocol goes where placement sends it).
+    pub async fn create_room(&self, room: &str, custom_info: &str) {
+        let body = serde_json::json!({ "room": room, "custom_info": custom_info });
+        let (status, body) = self
+            .request(reqwest::Method::POST, "/api/rooms", Some(body))
+            .await;
+        assert!(
+            (200..300).contains(&status),
+            "create {room}: {status} {body}"
+        );
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.request(reqwest::Method::GET, path, None).await
     }
