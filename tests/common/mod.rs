@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod media;
+pub mod postgres;
 
 use std::future::Future;
 use std::time::Duration;
