@@ -115,14 +115,31 @@ impl Server {
         };
 
         let clock = Clock::new();
-        let mut store = SqliteStore::open_in(&config.server.data_dir)?;
-        let dangling = store.close_dangling(clock.unix_ms())?;
-        if dangling > 0 {
-            tracing::warn!(dangling, "ended call records left open by an earlier crash");
-        }
-        let communities = store.community_servers()?;
-        let stored_bans = store.bans(clock.unix_ms())?;
-        let (store, store_worker) = StoreHandle::spawn(store);
+        // A cluster with PostgreSQL shares one store; otherwise the node's
+        // own SQLite file, as a single node always has.
+        let shared = config
+            .cluster
+            .as_ref()
+            .map(|c| c.postgres_url.clone())
+            .filter(|url| !url.is_empty());
+        let (communities, stored_bans, store, store_worker, kv) = match &shared {
+            Some(url) => {
+                let store = crate::store::postgres::PgStore::connect(url)?;
+                let kv: Arc<dyn crate::store::kv::KvStore> =
+                    Arc::new(crate::store::postgres::PgKv::connect(url)?);
+                tracing::info!("shared store: PostgreSQL");
+                let (communities, bans, handle, worker) = open_store(store, clock)?;
+                (communities, bans, handle, worker, kv)
+            }
+            None => {
+                let store = SqliteStore::open_in(&config.server.data_dir)?;
+                let kv: Arc<dyn crate::store::kv::KvStore> = Arc::new(SqliteKv::open(
+                    &config.server.data_dir.join(crate::store::sqlite::DB_FILE),
+                )?);
+                let (communities, bans, handle, worker) = open_store(store, clock)?;
+                (communities, bans, handle, worker, kv)
+            }
+        };
         if !stored_bans.is_empty() {
             tracing::info!(bans = stored_bans.len(), "bans and revocations loaded");
         }
@@ -148,7 +165,6 @@ impl Server {
         tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
 
-        let kv = SqliteKv::open(&config.server.data_dir.join(crate::store::sqlite::DB_FILE))?;
         let metrics = Metrics::new();
         let pool = Pool::start(
             "conclave-lua",
@@ -181,7 +197,7 @@ impl Server {
             store: store.clone(),
             metrics: metrics.rooms.clone(),
             catalog,
-            kv: Some(Arc::new(kv)),
+            kv: Some(kv),
             media: media.clone(),
             clock,
             bans: bans.clone(),
@@ -341,6 +357,30 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// Ends what an earlier crash left open, reads what the server starts with,
+/// and hands the store to its worker thread.
+fn open_store(
+    mut store: impl Store,
+    clock: Clock,
+) -> Result<
+    (
+        Vec<String>,
+        Vec<crate::store::BanRecord>,
+        StoreHandle,
+        StoreWorker,
+    ),
+    ServerError,
+> {
+    let dangling = store.close_dangling(clock.unix_ms())?;
+    if dangling > 0 {
+        tracing::warn!(dangling, "ended call records left open by an earlier crash");
+    }
+    let communities = store.community_servers()?;
+    let stored_bans = store.bans(clock.unix_ms())?;
+    let (store, worker) = StoreHandle::spawn(store);
+    Ok((communities, stored_bans, store, worker))
 }
 
 /// Ctrl-C and SIGTERM, listened for from the moment this is created, so a

@@ -551,3 +551,85 @@ async fn a_bot_with_other_nodes_to_go_to_rejoins_when_its_node_dies() {
     }
     assert_eq!(cluster.owner("lobby").as_deref(), Some("node-b"));
 }
+
+/// Call records of `room` as `node`'s admin API lists them.
+async fn records_of(node: &common::cluster::Node, room: &str) -> (u16, serde_json::Value) {
+    node.get(&format!("/api/records?room={room}")).await
+}
+
+#[tokio::test]
+async fn records_of_a_room_on_one_node_are_read_through_every_node_from_postgresql() {
+    let pg = common::postgres::TestPostgres::new();
+    let mut cluster = TestCluster::start_with(3, Some(pg.url()), "").await;
+    cluster.nodes[0].create_room("ledger", "q3").await;
+    let mut alice = cluster.nodes[0].client("alice").await;
+    alice.join("ledger", Mode::Audio, None).await.unwrap();
+    let bob = cluster.nodes[1].client("bob").await;
+    bob.join("ledger", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "bob").await;
+    for node in &cluster.nodes {
+        eventually(&format!("{} to read both members", node.id), || async {
+            let (status, body) = records_of(node, "ledger").await;
+            status == 200
+                && body["records"][0]["members"]
+                    .as_array()
+                    .map_or(0, |m| m.len())
+                    == 2
+        })
+        .await;
+    }
+
+    // The owner dies: the room opens again on another node, which ends the
+    // dead instance's record itself.
+    let first = records_of(&cluster.nodes[1], "ledger").await.1["records"][0]["channel_id"].clone();
+    cluster.nodes[0].kill9();
+    let (_alice, _) = rejoin(&cluster.nodes[1], "alice", "ledger").await;
+    eventually("the dead instance's record to end as node_lost", || async {
+        let (_, body) = records_of(&cluster.nodes[2], "ledger").await;
+        let records = body["records"].as_array().cloned().unwrap_or_default();
+        records.len() == 2
+            && records
+                .iter()
+                .any(|r| r["channel_id"] == first && r["end_reason"] == "node_lost")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn while_postgresql_is_down_rooms_go_on_and_records_land_when_it_returns() {
+    let mut pg = common::postgres::TestPostgres::new();
+    let cluster = TestCluster::start_with(2, Some(pg.url()), "").await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    a.create_room("outage", "").await;
+    let mut alice = a.client("alice").await;
+    alice.join("outage", Mode::Audio, None).await.unwrap();
+
+    common::postgres::off_runtime(|| pg.stop());
+    // Rooms work without the database: joins, events, leaves.
+    let bob = b.client("bob").await;
+    bob.join("outage", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "bob").await;
+    bob.leave().await.unwrap();
+    // Reads say why they cannot answer instead of answering stale.
+    let (status, body) = records_of(a, "outage").await;
+    assert_eq!(status, 503, "{body}");
+
+    common::postgres::off_runtime(|| pg.start());
+    // Everything queued lands, in order: Bob joined and left.
+    eventually_within(
+        Duration::from_secs(30),
+        "the queued writes to land",
+        || async {
+            let (status, body) = records_of(b, "outage").await;
+            let members = body["records"][0]["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            status == 200
+                && members
+                    .iter()
+                    .any(|m| m["user"] == "bob" && m["leave_reason"] == "normal")
+        },
+    )
+    .await;
+}

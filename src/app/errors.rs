@@ -84,7 +84,14 @@ impl From<MediaError> for Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Failure {
-        failure(Status::Internal, e)
+        // A database that is away (a cluster's PostgreSQL) comes back; the
+        // caller may retry. Anything else is a fault here.
+        let status = if e.is_transient() {
+            Status::Unavailable
+        } else {
+            Status::Internal
+        };
+        failure(status, e)
     }
 }
 

@@ -29,7 +29,8 @@ impl Quota {
     };
 }
 
-/// The contract; a shared store can implement it later.
+/// The contract: [`SqliteKv`] on one node, [`super::postgres::PgKv`] shared
+/// by a cluster's nodes.
 pub trait KvStore: Send + Sync + 'static {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Value>, StoreError>;
     /// `None` deletes the key. A write that would take the namespace past
@@ -45,9 +46,49 @@ pub trait KvStore: Send + Sync + 'static {
 
 /// What a namespace holds now.
 #[derive(Clone, Copy, Debug, Default)]
-struct Usage {
-    keys: usize,
-    bytes: usize,
+pub(super) struct Usage {
+    pub keys: usize,
+    pub bytes: usize,
+}
+
+impl Usage {
+    /// What the namespace holds after `key` goes from `old` to `new` (JSON
+    /// text; `None`: absent), or the refusal if a write takes it past
+    /// `quota`. A write that shrinks a namespace already over its byte limit
+    /// (the limit was lowered) is let through. Shared by every [`KvStore`],
+    /// so they count and refuse alike.
+    pub(super) fn after(
+        self,
+        key: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+        quota: &Quota,
+    ) -> Result<Usage, StoreError> {
+        let old_bytes = old.map_or(0, |v| key.len() + v.len());
+        let Some(text) = new else {
+            return Ok(Usage {
+                keys: self.keys - usize::from(old.is_some()).min(self.keys),
+                bytes: self.bytes - old_bytes.min(self.bytes),
+            });
+        };
+        let next = Usage {
+            keys: self.keys + usize::from(old.is_none()),
+            bytes: self.bytes - old_bytes.min(self.bytes) + key.len() + text.len(),
+        };
+        if next.keys > quota.keys {
+            return Err(StoreError::Quota(format!(
+                "the policy's store holds {} keys, its limit (policy.effects.store_keys)",
+                quota.keys
+            )));
+        }
+        if next.bytes > quota.bytes && next.bytes > self.bytes {
+            return Err(StoreError::Quota(format!(
+                "the policy's store may hold at most {} bytes (policy.effects.store_bytes); this would make {}",
+                quota.bytes, next.bytes
+            )));
+        }
+        Ok(next)
+    }
 }
 
 pub struct SqliteKv {
@@ -138,44 +179,23 @@ impl KvStore for SqliteKv {
             .prepare_cached("SELECT value FROM script_kv WHERE namespace = ?1 AND key = ?2")?
             .query_row(params![namespace, key], |r| r.get(0))
             .optional()?;
-        let old_bytes = old.as_ref().map_or(0, |v| key.len() + v.len());
-        let after = match value {
-            Some(value) => {
-                let text = value.to_string();
-                let next = Usage {
-                    keys: usage.keys + usize::from(old.is_none()),
-                    bytes: usage.bytes - old_bytes.min(usage.bytes) + key.len() + text.len(),
-                };
-                if next.keys > quota.keys {
-                    return Err(StoreError::Quota(format!(
-                        "the policy's store holds {} keys, its limit (policy.effects.store_keys)",
-                        quota.keys
-                    )));
-                }
-                if next.bytes > quota.bytes && next.bytes > usage.bytes {
-                    return Err(StoreError::Quota(format!(
-                        "the policy's store may hold at most {} bytes (policy.effects.store_bytes); this would make {}",
-                        quota.bytes, next.bytes
-                    )));
-                }
+        let text = value.map(Value::to_string);
+        let after = usage.after(key, old.as_deref(), text.as_deref(), quota)?;
+        match &text {
+            Some(text) => {
                 db.conn
                     .prepare_cached(
                         "INSERT INTO script_kv (namespace, key, value) VALUES (?1, ?2, ?3)
                          ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
                     )?
                     .execute(params![namespace, key, text])?;
-                next
             }
             None => {
                 db.conn
                     .prepare_cached("DELETE FROM script_kv WHERE namespace = ?1 AND key = ?2")?
                     .execute(params![namespace, key])?;
-                Usage {
-                    keys: usage.keys - usize::from(old.is_some()).min(usage.keys),
-                    bytes: usage.bytes - old_bytes.min(usage.bytes),
-                }
             }
-        };
+        }
         db.usage.insert(namespace.to_owned(), after);
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod media;
+pub mod postgres;
 pub mod redis;
 
 use std::future::Future;
