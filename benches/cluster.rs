@@ -154,6 +154,22 @@ async fn client(url: &str, user: &str) -> SignalClient {
     client
 }
 
+/// Opens `room` on `node` itself: the admin API creates where it is asked.
+async fn create_on(http: &reqwest::Client, node: &Node, admin: &str, room: &str) {
+    let resp = http
+        .post(format!("http://127.0.0.1:{}/api/rooms", node.port))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({ "room": room }))
+        .send()
+        .await
+        .expect("create");
+    assert!(
+        resp.status().is_success(),
+        "create {room}: {}",
+        resp.status()
+    );
+}
+
 fn redis_commands(redis: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("stats").query(redis).expect("INFO");
     info.lines()
@@ -318,18 +334,7 @@ async fn run(o: Options) {
     let mut keepers = Vec::new();
     for r in 0..o.rooms {
         let room = format!("bench-{r}");
-        let resp = http
-            .post(format!("http://127.0.0.1:{}/api/rooms", nodes[0].port))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({ "room": room }))
-            .send()
-            .await
-            .expect("create");
-        assert!(
-            resp.status().is_success(),
-            "create {room}: {}",
-            resp.status()
-        );
+        create_on(&http, &nodes[0], &admin, &room).await;
         let keeper = client(&owner, &format!("keeper-{r}")).await;
         keeper.join(&room, Mode::Audio, None).await.expect("join");
         keepers.push(keeper);
@@ -366,18 +371,7 @@ async fn run(o: Options) {
     // node-c; each member goes to node-a or node-b and joins again, retrying
     // while the dead node's lease runs.
     let c_url = nodes[2].ws();
-    let resp = http
-        .post(format!("http://127.0.0.1:{}/api/rooms", nodes[2].port))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({ "room": "failover" }))
-        .send()
-        .await
-        .expect("create");
-    assert!(
-        resp.status().is_success(),
-        "create failover: {}",
-        resp.status()
-    );
+    create_on(&http, &nodes[2], &admin, "failover").await;
     let mut members = Vec::new();
     for i in 0..o.members {
         let m = client(&c_url, &format!("member-{i}")).await;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use common::{PATIENCE, TestServer, eventually};
+use common::{KillOnDrop, PATIENCE, TestServer, eventually};
 
 fn shipped_bot(name: &str) -> PathBuf {
     common::shipped_scripts().join(format!("bots/{name}.lua"))
@@ -671,14 +671,5 @@ async fn the_bot_command_says_what_the_bot_does() {
         "bot was kicked from the room",
     ] {
         assert!(log.contains(line), "`{line}` missing from:\n{log}");
-    }
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -527,14 +527,7 @@ async fn a_bot_with_other_nodes_to_go_to_rejoins_when_its_node_dies() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("conclave bot starts");
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _bot = KillOnDrop(child);
+    let _bot = common::KillOnDrop(child);
     assert_eq!(cluster.owner("lobby").as_deref(), Some("node-a"));
     let (mut hana, members) = rejoin(&cluster.nodes[1], "hana", "lobby").await;
     if !members.iter().any(|m| m == "greeter") {

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use conclave::auth::{Auth, Grants, claims_for};
 use conclave::client::{ClientOptions, SignalClient};
 use serde_json::Value;
 
@@ -235,26 +234,12 @@ impl Drop for Node {
 /// A token (dev key, as the nodes run `--dev`) that may create and join any
 /// room.
 pub fn user_token(user: &str) -> String {
-    let grants = Grants {
-        create: true,
-        rooms: vec!["*".into()],
-        ..Grants::default()
-    };
-    Auth::dev()
-        .mint(&claims_for(user, "", grants, Duration::from_secs(600)))
-        .expect("mint")
+    super::dev_token(user, false)
 }
 
+/// An admin token for the operator `ops`.
 pub fn admin_token() -> String {
-    let grants = Grants {
-        create: true,
-        rooms: vec!["*".into()],
-        admin: true,
-        ..Grants::default()
-    };
-    Auth::dev()
-        .mint(&claims_for("ops", "", grants, Duration::from_secs(600)))
-        .expect("mint")
+    super::dev_token("ops", true)
 }
 
 /// Redis and `n` nodes (`node-a`, `node-b`, ...) that all see each other.

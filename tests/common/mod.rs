@@ -268,6 +268,25 @@ impl TestServer {
     }
 }
 
+/// A child process (a `conclave bot`, say) killed when the test ends,
+/// however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A token signed with the dev key that may create and join any room, and
+/// with `admin` use the admin API, for ten minutes.
+pub fn dev_token(user: &str, admin: bool) -> String {
+    let mut claims = anywhere(user);
+    claims.grants.admin = admin;
+    Auth::dev().mint(&claims).expect("mint")
+}
+
 /// Claims for `user` that may create and join any room, for ten minutes.
 fn anywhere(user: &str) -> conclave::auth::Claims {
     let grants = Grants {
