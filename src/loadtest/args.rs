@@ -11,12 +11,19 @@ use crate::auth::Auth;
 /// `conclave loadtest` arguments.
 #[derive(Debug, clap::Args)]
 pub struct LoadtestArgs {
-    /// Signaling URL of the server under test.
-    #[arg(long, default_value = "ws://127.0.0.1:7880/ws")]
-    pub url: String,
-    /// Where the server's metrics are [default: http://<host:port of --url>/metrics].
-    #[arg(long, value_name = "URL")]
-    pub metrics_url: Option<String>,
+    /// Signaling URL of the server under test. Give it once per node to
+    /// load a cluster: participants are dealt over the nodes in turn, and
+    /// every node's metrics are read and added up.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:7880/ws"
+    )]
+    pub urls: Vec<String>,
+    /// Where the server's metrics are, once per --url in the same order
+    /// [default: http://<host:port of each --url>/metrics].
+    #[arg(long = "metrics-url", value_name = "URL")]
+    pub metrics_urls: Vec<String>,
     /// Rooms to load.
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
@@ -64,8 +71,12 @@ impl LoadtestArgs {
             (Some(secret), false) => Auth::new(secret).map_err(LoadtestError::Secret)?,
             _ => Auth::dev(),
         };
-        let mut config = Config::new(&self.url);
-        config.metrics_url = self.metrics_url;
+        let mut urls = self.urls.into_iter();
+        let mut config = Config::new(&urls.next().unwrap_or_default());
+        config.also = urls.collect();
+        let mut metrics = self.metrics_urls.into_iter();
+        config.metrics_url = metrics.next();
+        config.also_metrics = metrics.collect();
         config.rooms = self.rooms;
         config.publishers = self.publishers;
         config.subscribers = self.subscribers;

@@ -35,7 +35,8 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What every participant shares: settings, media, counters.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub url: String,
+    /// The signaling URLs, one per node; a participant's `Spec::node` picks.
+    pub urls: Vec<String>,
     pub video: bool,
     /// Local address for ICE.
     pub bind: SocketAddr,
@@ -131,7 +132,7 @@ async fn join(spec: &Spec, shared: &Shared) -> Result<(Participant, Duration), S
         .acquire()
         .await
         .map_err(|_| "the run was cancelled".to_owned())?;
-    let mut options = ParticipantOptions::new(&shared.url, &spec.token, &spec.room);
+    let mut options = ParticipantOptions::new(&shared.urls[spec.node], &spec.token, &spec.room);
     options.mode = if shared.video {
         Mode::Video
     } else {

@@ -12,6 +12,12 @@
 //! process's CPU from `/proc/self/stat`, both over the running stage, so the
 //! report shows whether the load tester itself was the bottleneck.
 //!
+//! Against a cluster, give every node's URL (`url` and `also`): participants
+//! are dealt over them in turn, so a room's members arrive through several
+//! nodes and most reach its owner through a relay, as a cluster's clients
+//! do; every node's metrics are read and added up, and the report shows
+//! each node beside the total.
+//!
 //! - [`args`](self::args): the command line and the binary's edge ([`run_cli`]).
 //! - `plan`: who joins which room, with a token each.
 //! - `driver`: one task per participant, from join to leave.
@@ -58,7 +64,7 @@ use crate::auth::{Auth, AuthError};
 use crate::telemetry;
 use driver::{Outcome, Shared, Signals};
 use report::Readings;
-use scrape::Scraper;
+use scrape::Scrapers;
 
 /// Why a run could not take place at all. Failures of single participants
 /// are not errors: they are in the [`Report`].
@@ -89,9 +95,15 @@ pub enum LoadtestError {
 pub struct Config {
     /// The signaling URL, `ws://host:port/ws`.
     pub url: String,
+    /// Other nodes of the same cluster: participant `i` joins through
+    /// `[url, also..][i % n]`.
+    pub also: Vec<String>,
     /// Where the server's metrics are; by default `/metrics` on the host
     /// and port of `url`.
     pub metrics_url: Option<String>,
+    /// Where each of `also`'s metrics are, in order; by default derived
+    /// from each URL as for `url`.
+    pub also_metrics: Vec<String>,
     pub rooms: usize,
     /// Per room.
     pub publishers: usize,
@@ -115,7 +127,9 @@ impl Config {
     pub fn new(url: &str) -> Config {
         Config {
             url: url.to_owned(),
+            also: Vec::new(),
             metrics_url: None,
+            also_metrics: Vec::new(),
             rooms: 1,
             publishers: 1,
             subscribers: 10,
@@ -141,6 +155,28 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Every signaling URL, `url` first.
+    fn urls(&self) -> Vec<String> {
+        std::iter::once(self.url.clone())
+            .chain(self.also.iter().cloned())
+            .collect()
+    }
+
+    /// The metrics URLs as given: none (all derived), or one per URL.
+    fn metrics_urls(&self) -> Result<Vec<String>, LoadtestError> {
+        let urls = self.urls();
+        match (&self.metrics_url, self.also_metrics.is_empty()) {
+            (None, true) => Ok(Vec::new()),
+            (Some(first), true) if urls.len() == 1 => Ok(vec![first.clone()]),
+            (Some(first), false) => Ok(std::iter::once(first.clone())
+                .chain(self.also_metrics.iter().cloned())
+                .collect()),
+            _ => Err(LoadtestError::Invalid(
+                "give a metrics URL for every signaling URL, or for none".into(),
+            )),
+        }
+    }
 }
 
 /// Runs a load test and reports.
@@ -154,19 +190,19 @@ pub async fn run_with_progress(
     show: impl FnMut(&Progress) + Send + 'static,
 ) -> Result<Report, LoadtestError> {
     config.check()?;
-    let scraper = Scraper::new(&config.url, config.metrics_url.as_deref())?;
+    let urls = config.urls();
+    let scraper = Scrapers::new(&urls, &config.metrics_urls()?)?;
     // Valid for the whole run, however slow the joins.
     let ttl = config.duration + config.join_timeout * 2 + Duration::from_secs(3600);
-    let specs = plan::participants(
-        &config.auth,
-        &config.room_prefix,
-        config.rooms,
-        config.publishers,
-        config.subscribers,
-        ttl,
-    )?;
+    let shape = plan::Shape {
+        rooms: config.rooms,
+        publishers: config.publishers,
+        subscribers: config.subscribers,
+        nodes: urls.len(),
+    };
+    let specs = plan::participants(&config.auth, &config.room_prefix, shape, ttl)?;
     let shared = Arc::new(Shared {
-        url: config.url.clone(),
+        urls: urls.clone(),
         video: config.video,
         bind: local_bind(&config.url),
         join_timeout: config.join_timeout,
@@ -187,10 +223,10 @@ pub async fn run_with_progress(
         Box::new(show),
     ));
     let mut readings = Readings {
-        metrics_url: scraper.url(),
+        metrics_urls: scraper.urls(),
         ..Readings::default()
     };
-    let before = scraper.scrape().await;
+    let before = scrape::total(&scraper.scrape().await);
     readings.rss_before = before.as_ref().ok().and_then(|s| s.rss_bytes);
 
     // Publishers join first: the first of each room creates it.
@@ -228,6 +264,12 @@ pub async fn run_with_progress(
         .map(|(end, start)| end - start);
     let end_server = scraper.scrape().await;
     readings.server_seconds = started.elapsed().as_secs_f64();
+    readings.nodes = start_server
+        .iter()
+        .zip(&end_server)
+        .map(|(start, end)| report::NodeReading::between(start, end))
+        .collect();
+    let (start_server, end_server) = (scrape::total(&start_server), scrape::total(&end_server));
     match (&start_server, &end_server) {
         (Ok(start), Ok(end)) => {
             readings.server_cpu_seconds =

@@ -2,7 +2,8 @@
 //!
 //! Names are predictable so a failure can be found in the server's logs:
 //! room `lt-r3`, its publishers `lt-r3-p0`.., its subscribers `lt-r3-s0`..
-//! (with the default prefix `lt`).
+//! (with the default prefix `lt`). Against several nodes, participants are
+//! dealt over them in turn, in that order.
 
 use std::time::Duration;
 
@@ -16,19 +17,34 @@ pub(crate) struct Spec {
     pub user: String,
     pub publisher: bool,
     pub token: String,
+    /// Which of the run's signaling URLs this participant joins through.
+    pub node: usize,
 }
 
-/// Everyone, publishers first, each with a token valid for `ttl`. Publishers
-/// may create their room (the first to arrive does); subscribers may only
-/// enter it as audience.
+/// How many of what, and through how many nodes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    pub rooms: usize,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub nodes: usize,
+}
+
+/// Everyone, publishers first, each with a token valid for `ttl` and a node
+/// (`0..nodes`, in turn). Publishers may create their room (the first to
+/// arrive does); subscribers may only enter it as audience.
 pub(crate) fn participants(
     auth: &Auth,
     prefix: &str,
-    rooms: usize,
-    publishers: usize,
-    subscribers: usize,
+    shape: Shape,
     ttl: Duration,
 ) -> Result<Vec<Spec>, AuthError> {
+    let Shape {
+        rooms,
+        publishers,
+        subscribers,
+        nodes,
+    } = shape;
     let mut specs = Vec::with_capacity(rooms * (publishers + subscribers));
     for publisher in [true, false] {
         let (count, letter) = if publisher {
@@ -56,6 +72,7 @@ pub(crate) fn participants(
                     user,
                     publisher,
                     token,
+                    node: specs.len() % nodes.max(1),
                 });
             }
         }
@@ -70,7 +87,14 @@ mod tests {
     #[test]
     fn publishers_come_first_and_tokens_grant_what_each_needs() {
         let auth = Auth::dev();
-        let specs = participants(&auth, "lt", 2, 1, 2, Duration::from_secs(60)).unwrap();
+        let shape = Shape {
+            rooms: 2,
+            publishers: 1,
+            subscribers: 2,
+            nodes: 1,
+        };
+        let specs = participants(&auth, "lt", shape, Duration::from_secs(60)).unwrap();
+        assert!(specs.iter().all(|s| s.node == 0));
         let users: Vec<&str> = specs.iter().map(|s| s.user.as_str()).collect();
         assert_eq!(
             users,
@@ -84,5 +108,18 @@ mod tests {
         let subscriber = auth.verify(&specs[5].token).unwrap();
         assert!(!subscriber.grants.create);
         assert_eq!(subscriber.grants.roles, [Role::Audience]);
+    }
+
+    #[test]
+    fn participants_are_dealt_over_the_nodes_in_turn() {
+        let shape = Shape {
+            rooms: 1,
+            publishers: 1,
+            subscribers: 4,
+            nodes: 3,
+        };
+        let specs = participants(&Auth::dev(), "lt", shape, Duration::from_secs(60)).unwrap();
+        let nodes: Vec<usize> = specs.iter().map(|s| s.node).collect();
+        assert_eq!(nodes, [0, 1, 2, 0, 1]);
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::Shared;
-use super::scrape::Scraper;
+use super::scrape::{self, Scrapers};
 use super::stats::Live;
 use crate::telemetry;
 
@@ -51,7 +51,7 @@ pub(crate) struct Watched {
 /// Reports progress every second, and once more at `stop`.
 pub(crate) async fn watch(
     shared: Arc<Shared>,
-    scraper: Scraper,
+    scraper: Scrapers,
     participants: u64,
     stage: watch::Receiver<Stage>,
     stop: CancellationToken,
@@ -77,7 +77,7 @@ pub(crate) async fn watch(
             _ = stop.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let server = scraper.scrape().await.ok();
+        let server = scrape::total(&scraper.scrape().await).ok();
         let now = Instant::now();
         let (sent, received) = (Live::get(&live.sent), Live::get(&live.received));
         let own_cpu = telemetry::process_cpu_seconds();

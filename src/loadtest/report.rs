@@ -23,7 +23,12 @@ pub struct Report {
     pub audio: MediaReport,
     /// Present for `--video` runs.
     pub video: Option<MediaReport>,
+    /// The whole server: every node's figures added up.
     pub server: ServerReport,
+    /// Each node, when the run went through more than one (in the order of
+    /// the URLs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
     pub load_tester: LoadTesterReport,
     /// Every participant that failed to join or ran into trouble later.
     pub errors: Vec<ParticipantError>,
@@ -33,6 +38,9 @@ pub struct Report {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub url: String,
+    /// The other nodes' URLs, when there were any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     pub rooms: usize,
     pub publishers: usize,
     pub subscribers: usize,
@@ -99,6 +107,22 @@ pub struct ServerReport {
     pub forwarded_per_cpu_second: Option<f64>,
 }
 
+/// One node of a run through several.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The signaling URL participants joined through.
+    pub url: String,
+    pub metrics_url: String,
+    /// Participants that joined through it, and that failed to.
+    pub joined: usize,
+    pub join_failed: usize,
+    /// CPU seconds used during the media phase.
+    pub cpu_seconds: Option<f64>,
+    /// Packets it forwarded during the media phase: the rooms it owns.
+    pub forwarded_packets: Option<u64>,
+    pub error: Option<String>,
+}
+
 /// This process, over the media phase, so it can be set beside the server.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadTesterReport {
@@ -143,7 +167,9 @@ impl std::fmt::Display for ParticipantError {
 /// CPU and server readings taken by the run.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Readings {
-    pub metrics_url: String,
+    pub metrics_urls: Vec<String>,
+    /// Each node's figures over the media phase, in URL order.
+    pub nodes: Vec<NodeReading>,
     pub media_seconds: f64,
     pub own_cpu_seconds: Option<f64>,
     pub server_cpu_seconds: Option<f64>,
@@ -153,6 +179,33 @@ pub(crate) struct Readings {
     pub rss_before: Option<u64>,
     pub rss_peak: Option<u64>,
     pub server_error: Option<String>,
+}
+
+/// One node's figures over the media phase.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeReading {
+    pub cpu_seconds: Option<f64>,
+    pub forwarded: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl NodeReading {
+    pub(crate) fn between(
+        start: &Result<super::scrape::Sample, String>,
+        end: &Result<super::scrape::Sample, String>,
+    ) -> NodeReading {
+        match (start, end) {
+            (Ok(s), Ok(e)) => NodeReading {
+                cpu_seconds: e.cpu_seconds.zip(s.cpu_seconds).map(|(e, s)| e - s),
+                forwarded: e.forwarded.zip(s.forwarded).map(|(e, s)| e - s),
+                error: None,
+            },
+            (Err(e), _) | (_, Err(e)) => NodeReading {
+                error: Some(e.clone()),
+                ..NodeReading::default()
+            },
+        }
+    }
 }
 
 impl Report {
@@ -181,9 +234,32 @@ impl Report {
             _ => None,
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let urls = config.urls();
+        let nodes = if urls.len() > 1 {
+            urls.iter()
+                .enumerate()
+                .map(|(i, url)| {
+                    let through: Vec<_> = outcomes.iter().filter(|o| o.spec.node == i).collect();
+                    let joined = through.iter().filter(|o| o.join.is_ok()).count();
+                    let reading = readings.nodes.get(i).cloned().unwrap_or_default();
+                    NodeReport {
+                        url: url.clone(),
+                        metrics_url: readings.metrics_urls.get(i).cloned().unwrap_or_default(),
+                        joined,
+                        join_failed: through.len() - joined,
+                        cpu_seconds: reading.cpu_seconds,
+                        forwarded_packets: reading.forwarded,
+                        error: reading.error,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Report {
             settings: Settings {
                 url: config.url.clone(),
+                also: config.also.clone(),
                 rooms: config.rooms,
                 publishers: config.publishers,
                 subscribers: config.subscribers,
@@ -200,7 +276,7 @@ impl Report {
             audio: media(outcomes, MediaKind::Audio),
             video: config.video.then(|| media(outcomes, MediaKind::Video)),
             server: ServerReport {
-                metrics_url: readings.metrics_url,
+                metrics_url: readings.metrics_urls.join(", "),
                 error: readings.server_error,
                 cpu_seconds: server_cpu,
                 cpu_percent: server_cpu.map(|c| share(c, readings.server_seconds)),
@@ -209,6 +285,7 @@ impl Report {
                 forwarded_packets: readings.server_forwarded,
                 forwarded_per_cpu_second: per_cpu,
             },
+            nodes,
             load_tester: LoadTesterReport {
                 cpu_seconds: readings.own_cpu_seconds,
                 cpu_percent: readings
@@ -245,7 +322,11 @@ impl Report {
             s.subscribers,
             if s.video { "audio + video" } else { "audio" },
             s.duration_seconds,
-            s.url
+            std::iter::once(&s.url)
+                .chain(&s.also)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let j = &self.joins;
         let l = &j.latency_ms;
@@ -310,6 +391,25 @@ impl Report {
         }
         if let Some(e) = &v.error {
             let _ = writeln!(out, "  (metrics incomplete: {e})");
+        }
+        for n in &self.nodes {
+            let cpu = n
+                .cpu_seconds
+                .map_or_else(|| "?".into(), |c| format!("{c:.2} s"));
+            let forwarded = n
+                .forwarded_packets
+                .map_or_else(|| "?".into(), |f| f.to_string());
+            let _ = writeln!(
+                out,
+                "  node      {}  joined {} ({} failed)  CPU {cpu}  forwarded {forwarded}{}",
+                n.url,
+                n.joined,
+                n.join_failed,
+                n.error
+                    .as_ref()
+                    .map(|e| format!("  ({e})"))
+                    .unwrap_or_default()
+            );
         }
         let t = &self.load_tester;
         match t.cpu_percent {
@@ -420,6 +520,7 @@ mod tests {
                 user: user.into(),
                 publisher,
                 token: String::new(),
+                node: 0,
             },
             join: if joined {
                 Ok(Duration::from_millis(40))
@@ -483,5 +584,60 @@ mod tests {
             (report.audio.clone(), report.errors.clone())
         );
         assert!(report.summary().contains("joins       4 of 5 (1 failed)"));
+        assert!(report.nodes.is_empty(), "one URL: no per-node rows");
+    }
+
+    #[test]
+    fn a_run_over_several_nodes_reports_each_beside_the_total() {
+        let mut config = Config::new("ws://127.0.0.1:1/ws");
+        config.also = vec!["ws://127.0.0.1:2/ws".into()];
+        let mut through_b = outcome("r0", "r0-s0", false, true);
+        through_b.spec.node = 1;
+        let mut failed_b = outcome("r0", "r0-s1", false, false);
+        failed_b.spec.node = 1;
+        let outcomes = [outcome("r0", "r0-p0", true, true), through_b, failed_b];
+        let readings = Readings {
+            metrics_urls: vec![
+                "http://127.0.0.1:1/metrics".into(),
+                "http://127.0.0.1:2/metrics".into(),
+            ],
+            nodes: vec![
+                NodeReading {
+                    cpu_seconds: Some(2.0),
+                    forwarded: Some(500),
+                    error: None,
+                },
+                NodeReading {
+                    error: Some("GET http://127.0.0.1:2/metrics: refused".into()),
+                    ..NodeReading::default()
+                },
+            ],
+            ..Readings::default()
+        };
+        let report = Report::build(&config, &outcomes, readings);
+        let rows: Vec<_> = report
+            .nodes
+            .iter()
+            .map(|n| (n.url.as_str(), n.joined, n.join_failed, n.forwarded_packets))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("ws://127.0.0.1:1/ws", 1, 0, Some(500)),
+                ("ws://127.0.0.1:2/ws", 1, 1, None)
+            ]
+        );
+        let summary = report.summary();
+        assert!(
+            summary.contains("ws://127.0.0.1:1/ws ws://127.0.0.1:2/ws"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("node      ws://127.0.0.1:2/ws  joined 1 (1 failed)"),
+            "{summary}"
+        );
+        let back: Report = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(back.nodes, report.nodes);
+        assert_eq!(back.settings.also, config.also);
     }
 }

@@ -1,5 +1,6 @@
 //! Reads the server's `/metrics`: its CPU time and memory (the standard
-//! process metrics) and how many packets it forwarded.
+//! process metrics) and how many packets it forwarded. A run over several
+//! nodes of a cluster reads every node's and adds them up ([`Scrapers`]).
 //!
 //! A plain HTTP/1.1 GET through hyper-util's client, already in the tree
 //! through axum; the few values needed are picked from the text exposition.
@@ -84,6 +85,62 @@ impl Scraper {
     }
 }
 
+/// One scraper per node, in the order of the signaling URLs.
+#[derive(Clone, Debug)]
+pub(crate) struct Scrapers(Vec<Scraper>);
+
+impl Scrapers {
+    /// A scraper for each of `ws_urls`: at `metrics_urls[i]` when those are
+    /// given (one per signaling URL), else derived from the signaling URL.
+    pub(crate) fn new(
+        ws_urls: &[String],
+        metrics_urls: &[String],
+    ) -> Result<Scrapers, LoadtestError> {
+        if !metrics_urls.is_empty() && metrics_urls.len() != ws_urls.len() {
+            return Err(LoadtestError::Invalid(format!(
+                "{} metrics URL(s) for {} signaling URL(s): give one per --url, or none",
+                metrics_urls.len(),
+                ws_urls.len()
+            )));
+        }
+        ws_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| Scraper::new(url, metrics_urls.get(i).map(String::as_str)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Scrapers)
+    }
+
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.0.iter().map(Scraper::url).collect()
+    }
+
+    /// Every node at once; one reading per node, in order.
+    pub(crate) async fn scrape(&self) -> Vec<Result<Sample, String>> {
+        futures_util::future::join_all(self.0.iter().map(Scraper::scrape)).await
+    }
+}
+
+/// The nodes' readings added up. A figure is known only when every node
+/// gave it (a total over some nodes would read as the cluster's); the
+/// first failure is the error.
+pub(crate) fn total(readings: &[Result<Sample, String>]) -> Result<Sample, String> {
+    let mut sum = Sample {
+        cpu_seconds: Some(0.0),
+        rss_bytes: Some(0),
+        forwarded: Some(0),
+        received: Some(0),
+    };
+    for reading in readings {
+        let s = reading.as_ref().map_err(Clone::clone)?;
+        sum.cpu_seconds = sum.cpu_seconds.zip(s.cpu_seconds).map(|(a, b)| a + b);
+        sum.rss_bytes = sum.rss_bytes.zip(s.rss_bytes).map(|(a, b)| a + b);
+        sum.forwarded = sum.forwarded.zip(s.forwarded).map(|(a, b)| a + b);
+        sum.received = sum.received.zip(s.received).map(|(a, b)| a + b);
+    }
+    Ok(sum)
+}
+
 /// `ws://host:port/anything` → `http://host:port/metrics`.
 fn metrics_url_for(ws_url: &str) -> Result<String, LoadtestError> {
     let invalid = |reason: &str| LoadtestError::InvalidUrl {
@@ -162,5 +219,39 @@ mod tests {
             }
         );
         assert_eq!(parse("garbage"), Sample::default());
+    }
+
+    #[test]
+    fn a_total_adds_every_node_and_knows_a_figure_only_when_all_do() {
+        let node = |cpu, rss| Sample {
+            cpu_seconds: cpu,
+            rss_bytes: Some(rss),
+            forwarded: Some(10),
+            received: Some(1),
+        };
+        let sum = total(&[Ok(node(Some(1.5), 100)), Ok(node(Some(2.0), 50))]).unwrap();
+        assert_eq!(sum.cpu_seconds, Some(3.5));
+        assert_eq!(sum.rss_bytes, Some(150));
+        assert_eq!(sum.forwarded, Some(20));
+        let partial = total(&[Ok(node(Some(1.0), 1)), Ok(node(None, 1))]).unwrap();
+        assert_eq!(partial.cpu_seconds, None);
+        assert_eq!(
+            total(&[Ok(node(None, 1)), Err("GET x: refused".into())]),
+            Err("GET x: refused".into())
+        );
+    }
+
+    #[test]
+    fn metrics_urls_are_one_per_signaling_url_or_none() {
+        let ws = [
+            "ws://127.0.0.1:1/ws".to_owned(),
+            "ws://127.0.0.1:2/ws".to_owned(),
+        ];
+        let derived = Scrapers::new(&ws, &[]).unwrap();
+        assert_eq!(
+            derived.urls(),
+            ["http://127.0.0.1:1/metrics", "http://127.0.0.1:2/metrics"]
+        );
+        assert!(Scrapers::new(&ws, &["http://127.0.0.1:9/metrics".to_owned()]).is_err());
     }
 }
