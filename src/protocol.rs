@@ -334,6 +334,12 @@ pub struct HelloOk {
     /// `reconnect_grace_ms` for a reconnect before leaving with `timeout`.
     pub heartbeat_timeout_ms: u64,
     pub reconnect_grace_ms: u64,
+    /// In a cluster: the signaling URLs of its serving nodes, this one
+    /// first. Any of them serves any room, so a client whose connection
+    /// drops tries them in turn to get back to its rooms within the grace.
+    /// Absent on a single server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 /// `data` of the `create` response.

@@ -165,7 +165,7 @@ impl Server {
         tracing::info!(servers = communities.len(), "community servers loaded");
         let stop_accepting = CancellationToken::new();
 
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_cluster(cluster.as_ref().map(|c| c.metrics().as_ref()));
         let pool = Pool::start(
             "conclave-lua",
             config.scripts.clone(),

@@ -738,3 +738,52 @@ async fn a_browser_hears_a_bot_and_a_bot_records_the_browser() {
     alice.close().await;
     srv.shutdown().await;
 }
+
+// ---- in a cluster ---------------------------------------------------------------
+
+#[tokio::test]
+async fn a_page_whose_node_dies_gets_back_into_its_room_through_another_node() {
+    use common::cluster::{TestCluster, user_token};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = TestCluster::start(2).await;
+    cluster.nodes[0].create_room("town", "").await;
+    assert_eq!(cluster.owner("town").as_deref(), Some("node-a"));
+
+    // The page is served by node-a, the room's node.
+    let pat = Browser::start().await;
+    pat.open(&cluster.nodes[0].url("/")).await;
+    pat.join("town", &user_token("pat"), "interactor", "audio")
+        .await;
+    let state = pat.wait_joined("town", 1).await;
+    assert_eq!(
+        state["nodes"],
+        serde_json::json!([cluster.nodes[0].ws_url(), cluster.nodes[1].ws_url()]),
+        "hello lists the cluster, this node first"
+    );
+    pat.wait_for("media connected", |s| {
+        s["media"]["connection"] == "connected"
+    })
+    .await;
+
+    // node-a dies with the page's connection, its page origin and the room.
+    cluster.nodes[0].kill9();
+    let b = cluster.nodes[1].ws_url();
+    let state = pat
+        .wait_for("back in town through node-b", |s| {
+            s["joined"] == true && s["room"] == "town" && s["url"] == b.as_str()
+        })
+        .await;
+    assert_eq!(member(&state, "pat")["role"], "interactor");
+    assert_eq!(cluster.owner("town").as_deref(), Some("node-b"));
+    pat.wait_for("media connected to node-b", |s| {
+        s["media"]["connection"] == "connected"
+    })
+    .await;
+
+    // One room, on node-b: a client there finds the page in it.
+    let watcher = cluster.nodes[1].client("watcher").await;
+    let joined = watcher.join("town", Mode::Audio, None).await.unwrap();
+    let users: Vec<&str> = joined.members.iter().map(|m| m.user.as_str()).collect();
+    assert!(users.contains(&"pat"), "{users:?}");
+    pat.close().await;
+}

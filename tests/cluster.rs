@@ -626,3 +626,107 @@ async fn while_postgresql_is_down_rooms_go_on_and_records_land_when_it_returns()
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_load_tester_spreads_participants_over_every_node_and_reads_each() {
+    let cluster = TestCluster::start(3).await;
+    let mut config = conclave::loadtest::Config::new(&cluster.nodes[0].ws_url());
+    config.also = cluster.nodes[1..].iter().map(|n| n.ws_url()).collect();
+    config.rooms = 2;
+    config.publishers = 1;
+    config.subscribers = 4;
+    config.duration = Duration::from_secs(2);
+    let report = conclave::loadtest::run(config).await.expect("a run");
+    assert_eq!(report.joins.succeeded, 10, "{:?}", report.errors);
+    assert_eq!(report.nodes.len(), 3);
+    for (node, row) in cluster.nodes.iter().zip(&report.nodes) {
+        assert_eq!(row.url, node.ws_url());
+        // Ten participants dealt over three nodes: four, three, three.
+        assert!(row.joined >= 3, "{row:?}");
+        assert!(row.error.is_none(), "{row:?}");
+    }
+    // Every subscriber heard its room's publisher, whichever node it came
+    // through; only the rooms' owners forwarded.
+    assert_eq!(report.audio.tracks_received, 8, "{:?}", report.audio);
+    let forwarded: u64 = report
+        .nodes
+        .iter()
+        .filter_map(|n| n.forwarded_packets)
+        .sum();
+    assert_eq!(report.server.forwarded_packets, Some(forwarded));
+    assert!(forwarded > 0);
+    let forwarding = report
+        .nodes
+        .iter()
+        .filter(|n| n.forwarded_packets > Some(0))
+        .count();
+    assert!(
+        forwarding <= 2,
+        "two rooms, two owners at most: {:?}",
+        report.nodes
+    );
+}
+
+/// `name`'s value in `node`'s `/metrics`, if it is there.
+async fn metric(node: &common::cluster::Node, name: &str) -> Option<f64> {
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn every_node_exports_the_clusters_size_and_its_own_part_in_it() {
+    let cluster = TestCluster::start(3).await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    a.create_room("census", "").await;
+    let bob = b.client("bob").await;
+    bob.join("census", Mode::Audio, None).await.unwrap();
+
+    assert_eq!(
+        metric(
+            a,
+            "conclave_cluster_claims_total{kind=\"create\",outcome=\"won\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(metric(b, "conclave_cluster_relays").await, Some(1.0));
+    assert_eq!(metric(a, "conclave_cluster_relays").await, Some(0.0));
+    // The cluster-wide figures, from the registry: on every node alike once
+    // a heartbeat has read node-a's new load.
+    for node in [a, b, c] {
+        eventually("the cluster's room and member on every node", || async {
+            metric(node, "conclave_cluster_nodes{state=\"serving\"}").await == Some(3.0)
+                && metric(node, "conclave_cluster_rooms").await == Some(1.0)
+                && metric(node, "conclave_cluster_members").await == Some(1.0)
+        })
+        .await;
+    }
+    // A second create of the name, through node-c, is refused there.
+    let carol = c.client("carol").await;
+    let refused = carol.create("census", "").await.unwrap_err();
+    assert_eq!(refused.status(), Some(Status::Conflict));
+
+    bob.leave().await.unwrap();
+    drop(bob);
+    eventually("node-b's relay gone", || async {
+        metric(b, "conclave_cluster_relays").await == Some(0.0)
+    })
+    .await;
+
+    // A single server has no cluster series.
+    let single = common::TestServer::start().await;
+    let text = reqwest::get(single.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("conclave_rooms "), "{text}");
+    assert!(!text.contains("conclave_cluster_"), "{text}");
+}

@@ -11,10 +11,18 @@
 // sessionStorage while joined, and the page joins again on load; the server
 // treats that as a takeover within the reconnect grace window.
 //
+// A lost connection is taken back the same way, by joining again within the
+// grace. In a cluster, hello lists every serving node's signaling URL; the
+// page tries the one it was on, then its own origin, then the others, so it
+// gets back into its room when the node that served it dies (the room opens
+// again on a live node as its members come back).
+//
 // Tests and debugging read the page through `window.conclave`:
 //
 //   conclave.state()  -> {
 //     connected, user, name, joined, room, channelId, role, mode, resumed,
+//     url,    // the signaling URL of the open connection
+//     nodes,  // a cluster's signaling URLs from hello ([] on a single server)
 //     members: [{user, name, role, mode, audio_muted, video_muted,
 //                screen_sharing, speaking, level, element}],
 //                // element: "audio" | "video" | null, the remote media element
@@ -79,6 +87,8 @@
     role: null,
     mode: null,
     resumed: false,
+    url: null,
+    nodes: [],
     customInfo: "",
     /** user id -> member object from the server, plus speaking and level */
     members: new Map(),
@@ -144,13 +154,17 @@
       this.ws = null;
     }
 
-    open() {
-      const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    /** Opens the WebSocket at `url`; only a socket that opened reports its close. */
+    open(url) {
       return new Promise((resolve, reject) => {
-        const ws = new WebSocket(`${scheme}//${location.host}/ws`);
+        const ws = new WebSocket(url);
         this.ws = ws;
-        ws.onopen = () => resolve();
-        ws.onerror = () => reject(new Error("cannot reach the server"));
+        let opened = false;
+        ws.onopen = () => {
+          opened = true;
+          resolve();
+        };
+        ws.onerror = () => reject(new Error(`cannot reach ${url}`));
         ws.onmessage = (e) => this.receive(e.data);
         ws.onclose = (e) => {
           clearInterval(this.heartbeat);
@@ -159,7 +173,7 @@
           }
           this.pending.clear();
           reject(new Error(`connection closed (${e.code})`));
-          if (!this.closing) this.onClose(e.code, e.reason);
+          if (opened && !this.closing) this.onClose(e.code, e.reason);
         };
       });
     }
@@ -511,12 +525,26 @@
     if (signal) signal.close();
     signal = new Signal(onEvent, onSocketClosed);
     signalToken = token;
-    try {
-      await signal.open();
-    } catch (e) {
-      fail("connect", null, e.message);
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const own = `${scheme}//${location.host}/ws`;
+    const urls = [...new Set([state.url, own, ...state.nodes].filter(Boolean))];
+    let reached = null;
+    let last = null;
+    for (const url of urls) {
+      try {
+        await signal.open(url);
+        reached = url;
+        break;
+      } catch (e) {
+        last = e;
+      }
+    }
+    if (!reached) {
+      fail("connect", null, last ? last.message : "nowhere to connect");
+      signal = null;
       return false;
     }
+    state.url = reached;
     state.connected = true;
     const resp = await signal.hello(token);
     if (!check("hello", resp)) {
@@ -528,6 +556,7 @@
     }
     state.user = resp.data.user;
     state.name = resp.data.name;
+    state.nodes = resp.data.nodes || [];
     log(`connected as ${state.user} to ${resp.data.server}`);
     render();
     return true;
@@ -632,13 +661,25 @@
     state.joined = false;
     render();
     // A membership survives a lost connection for the grace window: try to
-    // take it back a few times.
-    if (wasIn && reconnects < 5) {
-      reconnects++;
-      setTimeout(() => join().then(() => { if (state.joined) reconnects = 0; }), 1000 * reconnects);
-    } else if (wasIn) {
+    // take it back until then.
+    if (wasIn) rejoin();
+  }
+
+  /** Joins again after a lost connection, through any node; gives up after about the grace. */
+  function rejoin() {
+    if (reconnects >= 8) {
+      reconnects = 0;
       saveSession(false);
+      return;
     }
+    reconnects++;
+    setTimeout(async () => {
+      await join();
+      const busy = state.lastError && state.lastError.code === 503;
+      if (state.joined) reconnects = 0;
+      // Unreachable, or the room is between nodes: try again shortly.
+      else if (!state.connected || busy) rejoin();
+    }, Math.min(500 * reconnects, 3000));
   }
 
   // ---- events ------------------------------------------------------------------
@@ -942,6 +983,8 @@
         role: state.role,
         mode: state.mode,
         resumed: state.resumed,
+        url: state.url,
+        nodes: state.nodes,
         members: [...state.members.values()].map((m) => {
           const t = tiles.get(m.user);
           return { ...m, element: t && t.element ? t.element.tagName.toLowerCase() : null };

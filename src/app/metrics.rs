@@ -44,7 +44,14 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// A single node's metrics.
     pub fn new() -> Arc<Metrics> {
+        Self::with_cluster(None)
+    }
+
+    /// With `cluster`, a cluster node's: its own and the cluster's
+    /// (`conclave_cluster_*`, see `cluster::metrics`).
+    pub fn with_cluster(cluster: Option<&crate::cluster::metrics::ClusterMetrics>) -> Arc<Metrics> {
         // The standard process metrics carry no prefix; everything of ours
         // lives under `conclave_`.
         let mut root = Registry::default();
@@ -91,6 +98,9 @@ impl Metrics {
         media.register(registry);
         let scripts = Arc::new(crate::script::pool::PoolMetrics::default());
         scripts.register(registry);
+        if let Some(cluster) = cluster {
+            cluster.register(registry);
+        }
         let catalog = Arc::new(CatalogMetrics::default());
         registry.register(
             "policy_loads",

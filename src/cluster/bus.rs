@@ -92,6 +92,7 @@ impl Cluster {
         let json = serde_json::to_string(&message).expect("bus messages serialize");
         // The publisher task sends in order; it ends only with the node.
         let _ = self.bus.send(json);
+        self.metrics.bus("published");
     }
 
     /// Tells the other nodes about a ban written here.
@@ -182,7 +183,10 @@ impl Cluster {
                 continue;
             };
             match serde_json::from_str::<Message>(&payload) {
-                Ok(message) if message.from() != self.id => apply(ctx, message),
+                Ok(message) if message.from() != self.id => {
+                    self.metrics.bus("received");
+                    apply(ctx, message)
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "unreadable message on the cluster bus"),
             }

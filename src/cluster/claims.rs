@@ -354,9 +354,8 @@ fn parse_meta(fields: &HashMap<String, String>) -> Option<ClaimMeta> {
     })
 }
 
-#[async_trait::async_trait]
-impl Claims for Cluster {
-    async fn claim(
+impl Cluster {
+    async fn claim_once(
         &self,
         room: &RoomName,
         kind: ClaimKind,
@@ -415,6 +414,20 @@ impl Claims for Cluster {
             -1 => Err(ClaimError::Gone),
             _ => Err(ClaimError::Taken(claim)),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Claims for Cluster {
+    async fn claim(
+        &self,
+        room: &RoomName,
+        kind: ClaimKind,
+        meta: &ClaimMeta,
+    ) -> Result<(), ClaimError> {
+        let result = self.claim_once(room, kind, meta).await;
+        self.metrics.claimed(kind, &result);
+        result
     }
 
     fn release(&self, room: &RoomName, channel_id: ChannelId) {

@@ -49,6 +49,7 @@ impl Cluster {
     /// Sends `request` to `node` and returns its answer (or 502/504 saying
     /// why there is none).
     pub async fn forward(&self, node: &NodeInfo, request: Forward<'_>) -> Response<Body> {
+        self.metrics.admin_forwarded.inc();
         match self.send(node, request).await {
             Ok(response) => response,
             Err((status, why)) => {

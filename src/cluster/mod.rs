@@ -19,6 +19,7 @@ pub mod bus;
 pub mod claims;
 pub mod drain;
 pub mod forward;
+pub mod metrics;
 pub mod nodes;
 pub mod relay;
 
@@ -115,6 +116,7 @@ pub struct Cluster {
     http: forward::HttpClient,
     /// `[rooms] reconnect_grace`: how long a dead node's rooms can come back.
     grace: Duration,
+    metrics: Arc<metrics::ClusterMetrics>,
     /// What this node publishes on the bus, in order (see [`bus`]).
     bus: tokio::sync::mpsc::UnboundedSender<String>,
     bus_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
@@ -182,6 +184,7 @@ impl Cluster {
             renewed: Mutex::new(std::time::Instant::now()),
             scripts: claims::Scripts::new(),
             http: forward::HttpClient::new(),
+            metrics: Arc::default(),
             grace,
             config,
         }))
@@ -200,6 +203,11 @@ impl Cluster {
         &self.config
     }
 
+    /// The cluster's metrics, registered on this node's `/metrics`.
+    pub fn metrics(&self) -> &Arc<metrics::ClusterMetrics> {
+        &self.metrics
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -212,6 +220,22 @@ impl Cluster {
     /// The live nodes as of the last heartbeat.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.nodes.lock().expect("node list").clone()
+    }
+
+    /// Where clients can reach the cluster: this node's signaling URL, then
+    /// every other serving node's as of the last heartbeat.
+    pub fn signaling_urls(&self) -> Vec<String> {
+        let others = self
+            .nodes
+            .lock()
+            .expect("node list")
+            .iter()
+            .filter(|n| n.id != self.id && n.state == NodeState::Serving)
+            .map(|n| relay::signaling_url(&n.url))
+            .collect::<Vec<_>>();
+        std::iter::once(relay::signaling_url(&self.url))
+            .chain(others)
+            .collect()
     }
 
     /// A live node by id.

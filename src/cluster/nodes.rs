@@ -110,6 +110,7 @@ impl Cluster {
                 }
                 Ok(()) => {}
                 Err(e) => {
+                    self.metrics.heartbeat_failures.inc();
                     if !redis_down {
                         tracing::error!(error = %e, "cluster heartbeat failed");
                     }
@@ -187,6 +188,7 @@ impl Cluster {
     /// registration lapsed are dropped from the set.
     pub async fn read_nodes(&self) -> Result<Vec<NodeInfo>, redis::RedisError> {
         let nodes = self.fetch_nodes().await?;
+        self.metrics.saw(&nodes);
         *self.nodes.lock().expect("node list") = nodes.clone();
         Ok(nodes)
     }

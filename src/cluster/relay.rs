@@ -31,6 +31,27 @@ const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Relay {
     pub node: String,
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// `conclave_cluster_relays`, one less when the relay goes.
+    open: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(gauge) = self.open.take() {
+            gauge.dec();
+        }
+    }
+}
+
+impl super::Cluster {
+    /// Opens a relay from this node to `node` for a client that said hello
+    /// with `token`, counted in `conclave_cluster_relays` while it lasts.
+    pub async fn open_relay(&self, node: &NodeInfo, token: &str) -> Result<Relay, Failure> {
+        let mut relay = Relay::open(node, &self.id, token).await?;
+        self.metrics.relays.inc();
+        relay.open = Some(self.metrics.relays.clone());
+        Ok(relay)
+    }
 }
 
 impl Relay {
@@ -98,6 +119,7 @@ impl Relay {
         Ok(Relay {
             node: node.id.clone(),
             ws,
+            open: None,
         })
     }
 

@@ -53,32 +53,55 @@ async fn index(State(state): State<Arc<AppState>>) -> Response {
     } else {
         INDEX_HTML.to_owned()
     };
-    asset("text/html; charset=utf-8", html)
+    // In a cluster the page may move to another node's /ws when this one
+    // goes (see web/conclave.js): those are the only other places it may
+    // connect to. Nodes that join after the page loaded are not among them.
+    let others = state
+        .cluster
+        .as_ref()
+        .map(|c| c.signaling_urls())
+        .unwrap_or_default();
+    asset("text/html; charset=utf-8", html, &others)
 }
 
 async fn client_js() -> Response {
-    asset("text/javascript; charset=utf-8", CLIENT_JS.to_owned())
+    asset("text/javascript; charset=utf-8", CLIENT_JS.to_owned(), &[])
 }
 
 async fn style_css() -> Response {
-    asset("text/css; charset=utf-8", STYLE_CSS.to_owned())
+    asset("text/css; charset=utf-8", STYLE_CSS.to_owned(), &[])
 }
 
-fn asset(content_type: &'static str, body: String) -> Response {
+fn asset(content_type: &'static str, body: String, connect: &[String]) -> Response {
+    let policy = content_policy(connect);
     (
         [
             (header::CONTENT_TYPE, content_type),
             // The files change with the binary; always revalidate.
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'",
-            ),
         ],
+        [(header::CONTENT_SECURITY_POLICY, policy)],
         body,
     )
         .into_response()
+}
+
+/// The page's Content-Security-Policy: its own origin only, and for
+/// `connect`, these URLs too. A URL that could break out of the header (a
+/// space, a quote, a semicolon) is left out.
+fn content_policy(connect: &[String]) -> String {
+    let mut sources = String::from("'self'");
+    for url in connect {
+        if url
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, ';' | ',' | '\'' | '"'))
+        {
+            sources.push(' ');
+            sources.push_str(url);
+        }
+    }
+    format!("default-src 'self'; connect-src {sources}; object-src 'none'; base-uri 'none'")
 }
 
 #[derive(Deserialize)]
@@ -132,4 +155,26 @@ fn check_field(field: &str, value: &str, may_be_empty: bool) -> Result<(), Failu
         return Err(bad("contains a control character".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_policy;
+
+    #[test]
+    fn the_page_may_connect_to_its_own_origin_and_the_clusters_nodes_only() {
+        assert_eq!(
+            content_policy(&[]),
+            "default-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'"
+        );
+        let policy = content_policy(&[
+            "ws://10.0.0.2:7880/ws".into(),
+            "wss://b.example/ws; script-src *".into(),
+        ]);
+        assert!(
+            policy.contains("connect-src 'self' ws://10.0.0.2:7880/ws;"),
+            "{policy}"
+        );
+        assert!(!policy.contains("script-src"), "{policy}");
+    }
 }

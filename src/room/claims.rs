@@ -23,7 +23,7 @@ pub struct ClaimMeta {
 }
 
 /// How a room is being opened.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClaimKind {
     /// A new room: refused if the name is held anywhere, or its owner died
     /// less than a grace period ago (the room may still come back).

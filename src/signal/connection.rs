@@ -214,7 +214,7 @@ impl Connection {
                         }
                     }
                     None => {
-                        let node = self.relay.take().map(|r| r.node).unwrap_or_default();
+                        let node = self.relay.take().map(|r| r.node.clone()).unwrap_or_default();
                         tracing::info!(%node, "the room's node went away");
                         break End::close(close_code::GOING_AWAY, "the room's node went away; reconnect", "relay_lost");
                     }
@@ -449,13 +449,9 @@ impl Connection {
     /// it) on; the answer comes back through the relay.
     async fn start_relay(&mut self, node: &crate::cluster::NodeInfo, text: &str) -> Option<End> {
         let token = self.token.clone().unwrap_or_default();
-        let from = self
-            .state
-            .cluster
-            .as_ref()
-            .map(|c| c.id().to_owned())
-            .unwrap_or_default();
-        match crate::cluster::relay::Relay::open(node, &from, &token).await {
+        // Only a cluster node relays.
+        let cluster = self.state.cluster.clone()?;
+        match cluster.open_relay(node, &token).await {
             Ok(relay) => {
                 tracing::debug!(node = %node.id, "relaying to the room's node");
                 self.relay = Some(relay);
@@ -473,7 +469,11 @@ impl Connection {
     async fn relay_frame(&mut self, text: &str) -> Option<End> {
         let relay = self.relay.as_mut()?;
         if relay.send(text).await.is_err() {
-            let node = self.relay.take().map(|r| r.node).unwrap_or_default();
+            let node = self
+                .relay
+                .take()
+                .map(|r| r.node.clone())
+                .unwrap_or_default();
             tracing::info!(%node, "the room's node went away");
             return Some(End::close(
                 close_code::GOING_AWAY,
@@ -741,6 +741,12 @@ impl Connection {
             heartbeat_interval_ms: config.signal.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: config.signal.heartbeat_timeout.as_millis() as u64,
             reconnect_grace_ms: config.rooms.reconnect_grace.as_millis() as u64,
+            nodes: self
+                .state
+                .cluster
+                .as_ref()
+                .map(|c| c.signaling_urls())
+                .unwrap_or_default(),
         };
         self.identity = Some(Arc::new(identity));
         to_value(ok)
