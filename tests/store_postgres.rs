@@ -497,3 +497,46 @@ async fn writes_queued_during_an_outage_apply_in_order_once_it_ends() {
         assert_eq!(bans[0].subject, "mallory");
     });
 }
+
+#[test]
+fn writes_repeated_after_a_lost_acknowledgement_change_nothing() {
+    let pg = TestPostgres::new();
+    let mut store = PgStore::connect(&pg.url()).unwrap();
+    store.apply(&start(1, "r", 10)).unwrap();
+    // The worker retries a write whose commit it never heard about.
+    store.apply(&join(1, "a", 11)).unwrap();
+    store.apply(&join(1, "a", 11)).unwrap();
+    // A rejoin later is a second membership.
+    store
+        .apply(&leave(1, "a", 12, LeaveReason::Normal))
+        .unwrap();
+    store.apply(&join(1, "a", 13)).unwrap();
+    let rec = &store.records(&RecordQuery::default()).unwrap()[0];
+    let joins: Vec<i64> = rec.members.iter().map(|m| m.joined_at).collect();
+    assert_eq!(joins, [11, 13]);
+}
+
+#[test]
+fn the_first_end_of_a_record_stands_and_closes_the_members_left_open() {
+    let pg = TestPostgres::new();
+    let mut store = PgStore::connect(&pg.url()).unwrap();
+    store.apply(&start(1, "r", 10)).unwrap();
+    store.apply(&join(1, "a", 11)).unwrap();
+    // The node that revived the room ends the dead node's record ...
+    store
+        .apply(&RecordOp::End {
+            channel_id: ChannelId(1),
+            ended_at: 20,
+            reason: "node_lost".into(),
+        })
+        .unwrap();
+    // ... and the stale owner, waking later, cannot rewrite it.
+    store.apply(&end(1, 30)).unwrap();
+    let rec = &store.records(&RecordQuery::default()).unwrap()[0];
+    assert_eq!(
+        (rec.ended_at, rec.end_reason.as_deref()),
+        (Some(20), Some("node_lost"))
+    );
+    assert_eq!(rec.members[0].left_at, Some(20));
+    assert_eq!(rec.members[0].leave_reason.as_deref(), Some("node_lost"));
+}

@@ -80,6 +80,15 @@ CREATE TABLE script_kv (
     PRIMARY KEY (namespace, key)
 );
 "#,
+    // A membership is one user's join at one instant: a join written again
+    // (the worker retrying after a connection lost before the commit was
+    // acknowledged) must not make a second row.
+    r#"
+DELETE FROM call_members a USING call_members b
+ WHERE a.id > b.id AND a.channel_id = b.channel_id
+   AND a.user_id = b.user_id AND a.joined_at = b.joined_at;
+CREATE UNIQUE INDEX call_members_session ON call_members (channel_id, user_id, joined_at);
+"#,
 ];
 
 /// The schema version this build brings a database up to.
@@ -143,7 +152,8 @@ impl RecordStatements {
             )?,
             join: client.prepare(
                 "INSERT INTO call_members (channel_id, user_id, name, role, joined_at)
-                 VALUES ($1, $2, $3, $4, $5)",
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (channel_id, user_id, joined_at) DO NOTHING",
             )?,
             role: client.prepare(
                 "UPDATE call_members SET role = $3
@@ -154,7 +164,16 @@ impl RecordStatements {
                  WHERE channel_id = $1 AND user_id = $2 AND left_at IS NULL",
             )?,
             end: client.prepare(
-                "UPDATE call_records SET ended_at = $2, end_reason = $3 WHERE channel_id = $1",
+                // The first end stands: a retried write changes nothing,
+                // and a stale owner that wakes after its room moved cannot
+                // overwrite the `node_lost` the new owner wrote. Members
+                // still open then (a dead node's) leave with the record.
+                "WITH ended AS (
+                     UPDATE call_records SET ended_at = $2, end_reason = $3
+                     WHERE channel_id = $1 AND ended_at IS NULL
+                 )
+                 UPDATE call_members SET left_at = $2, leave_reason = $3
+                 WHERE channel_id = $1 AND left_at IS NULL",
             )?,
             records: client.prepare(
                 "SELECT channel_id, room, custom_info, created_at, started_at, ended_at, end_reason
