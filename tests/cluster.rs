@@ -513,15 +513,28 @@ async fn rejoin(
 
 #[tokio::test]
 async fn a_bot_with_other_nodes_to_go_to_rejoins_when_its_node_dies() {
+    bot_rejoins_when_its_node_dies(true).await;
+}
+
+#[tokio::test]
+async fn a_bot_rejoins_through_the_nodes_hello_listed_without_being_told_any() {
+    bot_rejoins_when_its_node_dies(false).await;
+}
+
+/// A `conclave bot` on node-a, told of node-b with `--also-url` when `told`.
+async fn bot_rejoins_when_its_node_dies(told: bool) {
     let mut cluster = TestCluster::start(2).await;
     cluster.nodes[0].create_room("lobby", "").await;
     let greeter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bots/greeter.lua");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"));
+    command
         .args(["bot", "--dev", "--user", "greeter", "--room", "lobby"])
         .arg("--url")
-        .arg(cluster.nodes[0].ws_url())
-        .arg("--also-url")
-        .arg(cluster.nodes[1].ws_url())
+        .arg(cluster.nodes[0].ws_url());
+    if told {
+        command.arg("--also-url").arg(cluster.nodes[1].ws_url());
+    }
+    let child = command
         .arg(&greeter)
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::null())

@@ -60,6 +60,10 @@ pub struct BotConfig {
     /// The script threads to run on (the server's, for its own bots); a
     /// pool of one thread is started for the bot when `None`.
     pub pool: Option<crate::script::pool::Pool>,
+    /// Written by each run: the cluster's signaling URLs its `hello` listed
+    /// (empty from a single server), shared by the config's clones. `conclave
+    /// bot` rejoins through them when its node goes, with no `--also-url`.
+    pub learned: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl BotConfig {
@@ -86,6 +90,7 @@ impl BotConfig {
             limits: LuaLimits::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             pool: None,
+            learned: Default::default(),
         }
     }
 }
@@ -206,9 +211,10 @@ pub struct BotArgs {
     /// Signaling URL of the server.
     #[arg(long, default_value = "ws://127.0.0.1:7880/ws")]
     pub url: String,
-    /// Another node of the same cluster; repeatable. With any, the bot
-    /// rejoins through the first node that answers whenever its connection
-    /// drops or its room's node goes away, until Ctrl-C.
+    /// Another node of the same cluster; repeatable. With any, or when the
+    /// server's hello lists a cluster's nodes (it does on a cluster node),
+    /// the bot rejoins through the first node that answers whenever its
+    /// connection drops or its room's node goes away, until Ctrl-C.
     #[arg(long = "also-url", value_name = "URL")]
     pub also_url: Vec<String>,
     /// Access token; with `--dev` one is minted for `--user` instead.
@@ -286,7 +292,22 @@ pub async fn run_cli(args: BotArgs) -> Result<(), BotError> {
     loop {
         let until = stop.clone();
         let started = std::time::Instant::now();
-        let result = run(config.clone(), async move { until.cancelled().await }).await;
+        // The nodes given, then those the last hello listed.
+        let mut attempt = config.clone();
+        let learned = config.learned.lock().expect("learned nodes").clone();
+        for url in learned {
+            if url != attempt.url && !attempt.also.contains(&url) {
+                attempt.also.push(url);
+            }
+        }
+        let result = run(attempt, async move { until.cancelled().await }).await;
+        let elsewhere = !config.also.is_empty()
+            || config
+                .learned
+                .lock()
+                .expect("learned nodes")
+                .iter()
+                .any(|url| *url != config.url);
         if started.elapsed() > Duration::from_secs(60) {
             pause = Duration::from_millis(200);
         }
@@ -298,7 +319,7 @@ pub async fn run_cli(args: BotArgs) -> Result<(), BotError> {
                 | Ok(Ended::Removed(LeaveReason::Shutdown))
                 | Err(BotError::Join(_))
         );
-        if config.also.is_empty() || stop.is_cancelled() || !node_gone {
+        if !elsewhere || stop.is_cancelled() || !node_gone {
             let ended = result?;
             tracing::info!("bot {ended}");
             return Ok(());

@@ -56,6 +56,10 @@ pub struct ParticipantOptions {
     pub bind: SocketAddr,
     /// How long joining (connect to DTLS up) may take.
     pub timeout: Duration,
+    /// Where to put the cluster's signaling URLs as soon as `hello` lists
+    /// them (`HelloOk::nodes`), before the join completes: a join cut short
+    /// by its node dying still leaves the caller somewhere else to go.
+    pub nodes_seen: Option<Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl ParticipantOptions {
@@ -74,6 +78,7 @@ impl ParticipantOptions {
             publish_video: false,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             timeout: Duration::from_secs(10),
+            nodes_seen: None,
         }
     }
 }
@@ -106,6 +111,9 @@ impl Participant {
             .collect();
         let (mut client, _) = SignalClient::connect_first(&urls, ClientOptions::default()).await?;
         let hello = client.hello(&options.token).await?;
+        if let Some(seen) = &options.nodes_seen {
+            seen.lock().expect("nodes seen").clone_from(&hello.nodes);
+        }
         if options.create
             && let Err(e) = client.create(&options.room, "").await
             && e.status() != Some(Status::Conflict)
