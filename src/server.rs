@@ -197,7 +197,13 @@ impl Server {
             store: store.clone(),
             metrics: metrics.rooms.clone(),
             catalog,
-            kv: Some(kv),
+            kv: Some(match &cluster {
+                Some(cluster) => Arc::new(crate::cluster::fence::FencedKv {
+                    inner: kv,
+                    cluster: cluster.clone(),
+                }),
+                None => kv,
+            }),
             media: media.clone(),
             clock,
             bans: bans.clone(),

@@ -297,7 +297,30 @@ async fn a_paused_owner_is_fenced_and_closes_its_copy_when_it_wakes() {
     bob.join("fenced", Mode::Audio, None).await.unwrap();
     assert_eq!(cluster.owner("fenced").as_deref(), Some("node-b"));
 
-    a.signal(libc::SIGCONT);
+    // A request alice sends to her paused node is not applied when it
+    // wakes, whether the connection reads it before the heartbeat has
+    // closed the room (refused: fenced) or after (she is in no room).
+    let refused = {
+        let request = alice.send_data(json!("still here?"), None);
+        tokio::pin!(request);
+        // Polled once: the frame is handed to the client's writer.
+        tokio::select! {
+            biased;
+            answer = &mut request => panic!("a paused node answered: {answer:?}"),
+            () = std::future::ready(()) => {}
+        }
+        // Lets the client's writer put the frame on the socket.
+        tokio::task::yield_now().await;
+        a.signal(libc::SIGCONT);
+        request.await.expect_err("a stale owner applies nothing")
+    };
+    assert!(
+        matches!(
+            refused.status(),
+            Some(Status::Unavailable) | Some(Status::NotFound)
+        ),
+        "{refused}"
+    );
     // node-a's renewal is refused: it closes its copy and its member hears
     // so, and node-b's claim stands.
     let reason = event_where(&mut alice, |e| match e {
@@ -742,4 +765,39 @@ async fn every_node_exports_the_clusters_size_and_its_own_part_in_it() {
         .unwrap();
     assert!(text.contains("conclave_rooms "), "{text}");
     assert!(!text.contains("conclave_cluster_"), "{text}");
+}
+
+#[tokio::test]
+async fn a_node_that_has_not_renewed_for_a_lease_writes_nothing_to_the_key_value_store() {
+    use conclave::cluster::fence::FencedKv;
+    use conclave::store::kv::{KvStore, Quota, SqliteKv};
+    let redis = common::redis::RedisServer::start();
+    let config = conclave::cluster::ClusterConfig {
+        redis_url: redis.url(),
+        lease: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let bind = "127.0.0.1:1".parse().unwrap();
+    let cluster = conclave::cluster::Cluster::connect(config, bind, Duration::from_secs(15))
+        .await
+        .expect("connects to redis");
+    let dir = tempfile::tempdir().unwrap();
+    let kv = FencedKv {
+        inner: std::sync::Arc::new(SqliteKv::open(&dir.path().join("kv.db")).unwrap()),
+        cluster: cluster.clone(),
+    };
+    let write = |n: i64| kv.set("room", "count", Some(&json!(n)), &Quota::UNLIMITED);
+    write(1).expect("a node that just renewed writes");
+    // No heartbeat runs here: the lease passes without a renewal.
+    eventually("a lease without a renewal", || async {
+        cluster.claims_expired()
+    })
+    .await;
+    let refused = write(2).expect_err("fenced");
+    assert!(refused.is_transient(), "{refused}");
+    assert_eq!(kv.get("room", "count").unwrap(), Some(json!(1)));
+    // Renewed again (it holds no claims, so every renewal succeeds).
+    cluster.renew_all().await.unwrap();
+    write(3).expect("renewed: writes again");
+    assert_eq!(kv.get("room", "count").unwrap(), Some(json!(3)));
 }

@@ -283,6 +283,10 @@ impl Cluster {
     /// holds now (fenced: close them here), or the Redis error that stopped
     /// the renewal.
     pub async fn renew_all(&self) -> Result<Vec<RoomName>, redis::RedisError> {
+        // Redis starts each renewed lease when it runs the script, after
+        // this: counting from here, this node's view of its leases never
+        // outlasts Redis's.
+        let sent = std::time::Instant::now();
         let held = self.held();
         let lease = ms(self.config.lease);
         let meta_ttl = ms(self.meta_ttl());
@@ -311,12 +315,16 @@ impl Cluster {
                 _ => {}
             }
         }
-        *self.renewed.lock().expect("renewal time") = std::time::Instant::now();
+        *self.renewed.lock().expect("renewal time") = sent;
         Ok(lost)
     }
 
-    /// Whether the last full renewal is older than a lease: the claims may
-    /// have lapsed and been taken, so the rooms must not go on here.
+    /// Whether the last full renewal was sent a lease ago or more: the
+    /// claims may have lapsed and been taken, so nothing may be applied to
+    /// the rooms here ([`super::fence`]). Counted from before the renewal
+    /// went out, this ends no later than the leases in Redis do (clocks
+    /// that run at different rates differ by parts per million, far less
+    /// than the round trip this leaves in hand).
     pub fn claims_expired(&self) -> bool {
         self.renewed.lock().expect("renewal time").elapsed() >= self.config.lease
     }

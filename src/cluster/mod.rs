@@ -18,6 +18,7 @@
 pub mod bus;
 pub mod claims;
 pub mod drain;
+pub mod fence;
 pub mod forward;
 pub mod metrics;
 pub mod nodes;

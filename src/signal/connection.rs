@@ -384,6 +384,18 @@ impl Connection {
         let Some(cluster) = self.state.cluster.clone() else {
             return Ok(None);
         };
+        // Fenced (see `cluster::fence`): this node's rooms may be another's
+        // by now, so nothing is applied here until the heartbeat has renewed
+        // the claims or closed the rooms.
+        if self.identity.is_some()
+            && !matches!(request, Request::Ping {})
+            && cluster.claims_expired()
+        {
+            return Err(Failure::new(
+                Status::Unavailable,
+                "this node has lost touch with the cluster; reconnect, to any node",
+            ));
+        }
         if self.identity.is_none() || self.room.is_some() {
             return Ok(None);
         }
