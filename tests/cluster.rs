@@ -801,3 +801,38 @@ async fn a_node_that_has_not_renewed_for_a_lease_writes_nothing_to_the_key_value
     write(3).expect("renewed: writes again");
     assert_eq!(kv.get("room", "count").unwrap(), Some(json!(3)));
 }
+
+#[tokio::test]
+async fn a_client_that_moves_to_a_room_on_another_node_goes_there_directly() {
+    let cluster = TestCluster::start(3).await;
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    a.create_room("first", "").await;
+    b.create_room("second", "").await;
+    let carol = c.client("carol").await;
+    carol.join("first", Mode::Audio, None).await.unwrap();
+    assert_eq!(metric(a, "conclave_connections").await, Some(1.0));
+    carol.leave().await.unwrap();
+
+    let joined = carol.join("second", Mode::Audio, None).await.unwrap();
+    assert_eq!(joined.room.as_str(), "second");
+    // node-c let its relay to node-a go and opened one to node-b; node-a
+    // carries nothing for carol any more (no second hop through it).
+    eventually("node-a's relay connection closed", || async {
+        metric(a, "conclave_connections").await == Some(0.0)
+    })
+    .await;
+    assert_eq!(metric(a, "conclave_cluster_relays").await, Some(0.0));
+    assert_eq!(metric(c, "conclave_cluster_relays").await, Some(1.0));
+    assert_eq!(metric(b, "conclave_connections").await, Some(1.0));
+    let bob = b.client("bob").await;
+    bob.join("second", Mode::Audio, None).await.unwrap();
+    let (status, members) = b.get("/api/rooms/second/members").await;
+    assert_eq!(status, 200, "{members}");
+    let users: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["carol", "bob"]);
+}

@@ -10,6 +10,13 @@
 //! straight to it. A direct node-to-node socket rather than Redis pub/sub:
 //! a message crosses one TCP hop instead of two plus a Redis, and ordering
 //! per connection is the socket's.
+//!
+//! A relay lasts while the client may be in a room over it. The relaying
+//! node follows that from the frames it passes ([`Membership`]): once the
+//! client has left (or was removed) and asked for nothing since, its next
+//! `create`, `join` or `connect` closes the relay and is routed afresh, so a
+//! client that moves from a room on one node to a room on another reaches
+//! the second directly instead of through the first.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -17,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::NodeInfo;
-use crate::protocol::{PROTOCOL_VERSION, ServerMessage};
+use crate::protocol::{PROTOCOL_VERSION, Request, ServerMessage};
 use crate::status::{Failure, Status};
 
 /// The id the relay's own `hello` goes out with; its answer is the relay's
@@ -33,6 +40,76 @@ pub struct Relay {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// `conclave_cluster_relays`, one less when the relay goes.
     open: Option<prometheus_client::metrics::gauge::Gauge>,
+    membership: Membership,
+}
+
+/// What the relaying node knows of the client's membership on the owner,
+/// from the requests it passed on and the answers and events it passed back.
+#[derive(Debug, Default)]
+struct Membership {
+    /// `join` and `connect` requests passed on and not yet answered.
+    entering: Vec<u64>,
+    /// A `leave` passed on and not yet answered, with nothing asked since
+    /// that could put the client back in a room.
+    leaving: Option<u64>,
+    /// Whether the client may be in a room over this relay.
+    in_room: bool,
+}
+
+impl Membership {
+    fn client_sent(&mut self, id: u64, request: &Request) {
+        match request {
+            Request::Join { .. } | Request::Connect { .. } => {
+                self.entering.push(id);
+                self.leaving = None;
+            }
+            Request::Leave {} => self.leaving = Some(id),
+            _ => {}
+        }
+    }
+
+    fn owner_sent(&mut self, text: &str) {
+        let awaiting = !self.entering.is_empty() || self.leaving.is_some();
+        // Most frames are neither: skip parsing them.
+        let response = awaiting && text.contains("\"response\"");
+        let ended = self.in_room
+            && (text.contains("\"disconnected\"") || text.contains("\"channel_ended\""));
+        if !response && !ended {
+            return;
+        }
+        match serde_json::from_str::<ServerMessage>(text) {
+            Ok(ServerMessage::Response {
+                id: Some(id), code, ..
+            }) => {
+                if let Some(i) = self.entering.iter().position(|e| *e == id) {
+                    self.entering.swap_remove(i);
+                    if code == crate::status::Status::Ok {
+                        self.in_room = true;
+                    }
+                } else if self.leaving == Some(id) {
+                    self.leaving = None;
+                    // A leave that failed leaves the membership as it was,
+                    // except that there was none to leave.
+                    if code == crate::status::Status::Ok || code == crate::status::Status::NotFound
+                    {
+                        self.in_room = false;
+                    }
+                }
+            }
+            Ok(ServerMessage::Disconnected { .. } | ServerMessage::ChannelEnded { .. })
+                if self.entering.is_empty() =>
+            {
+                self.in_room = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the client is in no room over the relay and has nothing in
+    /// flight that could put it in one.
+    fn idle(&self) -> bool {
+        !self.in_room && self.entering.is_empty() && self.leaving.is_none()
+    }
 }
 
 impl Drop for Relay {
@@ -120,7 +197,19 @@ impl Relay {
             node: node.id.clone(),
             ws,
             open: None,
+            membership: Membership::default(),
         })
+    }
+
+    /// Notes a client request about to be passed on, for [`Relay::idle`].
+    pub fn client_sent(&mut self, id: u64, request: &Request) {
+        self.membership.client_sent(id, request);
+    }
+
+    /// Whether the client is in no room over this relay and has asked for
+    /// nothing that could put it in one: a new room can be routed afresh.
+    pub fn idle(&self) -> bool {
+        self.membership.idle()
     }
 
     /// Passes one client frame on.
@@ -136,7 +225,10 @@ impl Relay {
     pub async fn recv(&mut self) -> Option<String> {
         while let Some(frame) = self.ws.next().await {
             match frame {
-                Ok(Message::Text(text)) => return Some(text.as_str().to_owned()),
+                Ok(Message::Text(text)) => {
+                    self.membership.owner_sent(&text);
+                    return Some(text.as_str().to_owned());
+                }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
             }
@@ -173,7 +265,58 @@ pub async fn next(relay: &mut Option<Relay>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::signaling_url;
+    use super::{Membership, signaling_url};
+    use crate::protocol::Request;
+
+    fn join() -> Request {
+        serde_json::from_str(r#"{"type":"join","room":"r","mode":"audio"}"#).unwrap()
+    }
+
+    fn answer(id: u64, code: u16) -> String {
+        format!(r#"{{"type":"response","id":{id},"code":{code}}}"#)
+    }
+
+    const KICKED: &str =
+        r#"{"type":"disconnected","room":"r","channel_id":1,"code":200,"reason":"kicked"}"#;
+
+    #[test]
+    fn a_relay_is_idle_once_its_client_has_left_and_asked_for_nothing_since() {
+        let mut m = Membership::default();
+        m.client_sent(1, &join());
+        assert!(!m.idle(), "a join in flight");
+        m.owner_sent(&answer(1, 200));
+        assert!(!m.idle(), "in the room");
+        m.client_sent(2, &Request::Leave {});
+        m.owner_sent(r#"{"type":"member_left","room":"r","user":"x","reason":"normal"}"#);
+        assert!(!m.idle(), "the leave not answered yet");
+        m.owner_sent(&answer(2, 200));
+        assert!(m.idle());
+    }
+
+    #[test]
+    fn a_join_sent_right_after_a_leave_keeps_the_relay() {
+        let mut m = Membership::default();
+        m.client_sent(1, &join());
+        m.owner_sent(&answer(1, 200));
+        m.client_sent(2, &Request::Leave {});
+        m.client_sent(3, &join());
+        m.owner_sent(&answer(2, 200));
+        assert!(!m.idle(), "the second join is in flight");
+        m.owner_sent(&answer(3, 200));
+        assert!(!m.idle(), "in the second room");
+    }
+
+    #[test]
+    fn a_removed_client_is_in_no_room_and_a_refused_join_puts_it_in_none() {
+        let mut m = Membership::default();
+        m.client_sent(1, &join());
+        m.owner_sent(&answer(1, 404));
+        assert!(m.idle(), "the join was refused");
+        m.client_sent(2, &join());
+        m.owner_sent(&answer(2, 200));
+        m.owner_sent(KICKED);
+        assert!(m.idle(), "kicked");
+    }
 
     #[test]
     fn the_signaling_url_follows_the_advertised_base() {

@@ -114,8 +114,8 @@ struct Connection {
     /// The token hello was said with: a relay says hello with it again.
     token: Option<String>,
     /// In a cluster, once this connection's room lives on another node:
-    /// every frame goes there and back unchanged, for the rest of the
-    /// connection's life (see `cluster::relay`).
+    /// every frame goes there and back unchanged, until the client is in no
+    /// room there and asks for another (see `cluster::relay`).
     relay: Option<crate::cluster::relay::Relay>,
     /// This connection is a relay from another node (see [`serve`]).
     relayed: bool,
@@ -324,6 +324,22 @@ impl Connection {
         }
         self.rejected_in_a_row = 0;
 
+        if let (Some(relay), Ok(env)) = (self.relay.as_mut(), &parsed) {
+            let enters = matches!(
+                env.request,
+                Request::Create { .. } | Request::Join { .. } | Request::Connect { .. }
+            );
+            if !(enters && relay.idle()) {
+                relay.client_sent(env.id, &env.request);
+                return self.relay_frame(text).await;
+            }
+            // In no room over the relay: this request is routed as if it
+            // were the first, and may stay here or go elsewhere.
+            if let Some(relay) = self.relay.take() {
+                tracing::debug!(node = %relay.node, "relay no longer needed");
+                relay.close().await;
+            }
+        }
         let (reply, kind, code) = match parsed {
             Err(malformed) => {
                 self.reject_frame("malformed");
@@ -334,14 +350,13 @@ impl Connection {
                     400,
                 )
             }
-            Ok(_) if self.relay.is_some() => {
-                return self.relay_frame(text).await;
-            }
             Ok(env) => {
                 let kind = env.request.kind();
                 match self.route(&env.request).await {
                     Ok(None) => {}
-                    Ok(Some(node)) => return self.start_relay(&node, text).await,
+                    Ok(Some(node)) => {
+                        return self.start_relay(&node, text, env.id, &env.request).await;
+                    }
                     Err(failure) => {
                         let code = failure.status.code();
                         let reply = ServerMessage::error(Some(env.id), failure);
@@ -459,12 +474,19 @@ impl Connection {
 
     /// Opens a relay to `node` and passes `text` (the request that chose
     /// it) on; the answer comes back through the relay.
-    async fn start_relay(&mut self, node: &crate::cluster::NodeInfo, text: &str) -> Option<End> {
+    async fn start_relay(
+        &mut self,
+        node: &crate::cluster::NodeInfo,
+        text: &str,
+        id: u64,
+        request: &Request,
+    ) -> Option<End> {
         let token = self.token.clone().unwrap_or_default();
         // Only a cluster node relays.
         let cluster = self.state.cluster.clone()?;
         match cluster.open_relay(node, &token).await {
-            Ok(relay) => {
+            Ok(mut relay) => {
+                relay.client_sent(id, request);
                 tracing::debug!(node = %node.id, "relaying to the room's node");
                 self.relay = Some(relay);
                 self.relay_frame(text).await
