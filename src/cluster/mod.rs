@@ -118,6 +118,8 @@ pub struct Cluster {
     /// `[rooms] reconnect_grace`: how long a dead node's rooms can come back.
     grace: Duration,
     metrics: Arc<metrics::ClusterMetrics>,
+    /// Rooms this node found on other nodes, and which (see [`Cluster::seen_on`]).
+    seen: Mutex<std::collections::HashMap<crate::ids::RoomName, String>>,
     /// What this node publishes on the bus, in order (see [`bus`]).
     bus: tokio::sync::mpsc::UnboundedSender<String>,
     bus_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
@@ -186,6 +188,7 @@ impl Cluster {
             scripts: claims::Scripts::new(),
             http: forward::HttpClient::new(),
             metrics: Arc::default(),
+            seen: Mutex::default(),
             grace,
             config,
         }))
@@ -237,6 +240,25 @@ impl Cluster {
         std::iter::once(relay::signaling_url(&self.url))
             .chain(others)
             .collect()
+    }
+
+    /// Notes that `room` was found on `node` (a route to it).
+    pub fn saw(&self, room: &crate::ids::RoomName, node: &str) {
+        /// A bound on what is remembered; past it, start again.
+        const MAX_SEEN: usize = 100_000;
+        let mut seen = self.seen.lock().expect("seen rooms");
+        if seen.len() >= MAX_SEEN {
+            seen.clear();
+        }
+        seen.insert(room.clone(), node.to_owned());
+    }
+
+    /// The live node `room` was last found on from here, if any. A hint,
+    /// not an answer: the room may have moved since, and the node it names
+    /// then routes the request on itself.
+    pub fn seen_on(&self, room: &crate::ids::RoomName) -> Option<String> {
+        let node = self.seen.lock().expect("seen rooms").get(room).cloned()?;
+        self.node(&node).map(|n| n.id)
     }
 
     /// A live node by id.

@@ -14,9 +14,11 @@
 //! A relay lasts while the client may be in a room over it. The relaying
 //! node follows that from the frames it passes ([`Membership`]): once the
 //! client has left (or was removed) and asked for nothing since, its next
-//! `create`, `join` or `connect` closes the relay and is routed afresh, so a
-//! client that moves from a room on one node to a room on another reaches
-//! the second directly instead of through the first.
+//! `create`, `join` or `connect` is routed afresh (one look-up in Redis,
+//! skipped for a room this node last found on the relay's node): to the
+//! same node, through the same relay; elsewhere, the relay closes,
+//! so a client that moves from a room on one node to a room on another
+//! reaches the second directly instead of through the first.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;

@@ -329,16 +329,20 @@ impl Connection {
                 env.request,
                 Request::Create { .. } | Request::Join { .. } | Request::Connect { .. }
             );
-            if !(enters && relay.idle()) {
+            // A room last found on the relay's node goes the same way
+            // without asking Redis (if it moved since, that node routes the
+            // request on: a second hop, never a wrong answer).
+            let same_node = || {
+                let room = entered_room(&env.request)?;
+                self.state.cluster.as_ref()?.seen_on(&room)
+            };
+            if !(enters && relay.idle()) || same_node().as_deref() == Some(relay.node.as_str()) {
                 relay.client_sent(env.id, &env.request);
                 return self.relay_frame(text).await;
             }
             // In no room over the relay: this request is routed as if it
-            // were the first, and may stay here or go elsewhere.
-            if let Some(relay) = self.relay.take() {
-                tracing::debug!(node = %relay.node, "relay no longer needed");
-                relay.close().await;
-            }
+            // were the first (below), and keeps the relay only if it goes
+            // to the same node.
         }
         let (reply, kind, code) = match parsed {
             Err(malformed) => {
@@ -353,8 +357,13 @@ impl Connection {
             Ok(env) => {
                 let kind = env.request.kind();
                 match self.route(&env.request).await {
-                    Ok(None) => {}
+                    Ok(None) => self.let_relay_go().await,
                     Ok(Some(node)) => {
+                        if let Some(relay) = self.relay.as_mut().filter(|r| r.node == node.id) {
+                            relay.client_sent(env.id, &env.request);
+                            return self.relay_frame(text).await;
+                        }
+                        self.let_relay_go().await;
                         return self.start_relay(&node, text, env.id, &env.request).await;
                     }
                     Err(failure) => {
@@ -454,7 +463,10 @@ impl Connection {
         };
         match route {
             Route::Local => Ok(None),
-            Route::Remote(node) => Ok(Some(node)),
+            Route::Remote(node) => {
+                cluster.saw(&room, &node.id);
+                Ok(Some(node))
+            }
             Route::Revive(meta) => match rooms.revive(room.clone(), meta).await {
                 Ok(handle) => {
                     tracing::info!(room = %room, channel_id = %handle.channel_id(), "room opened again after its node was lost");
@@ -496,6 +508,15 @@ impl Connection {
                 let reply = ServerMessage::error(id, failure);
                 self.respond(reply).await.err().map(End::from)
             }
+        }
+    }
+
+    /// Closes a relay the client is in no room over: its next room is
+    /// here, or on another node.
+    async fn let_relay_go(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            tracing::debug!(node = %relay.node, "relay no longer needed");
+            relay.close().await;
         }
     }
 
@@ -855,4 +876,16 @@ fn is_too_big(e: &axum::Error) -> bool {
         source = err.source();
     }
     false
+}
+
+/// The existing room a request asks to enter: `join`'s, or a channel's for
+/// `connect` (a `create` is placed, not found).
+fn entered_room(request: &Request) -> Option<crate::ids::RoomName> {
+    match request {
+        Request::Join { room, .. } => Some(room.clone()),
+        Request::Connect {
+            server, channel, ..
+        } => Some(crate::community::channel::room_name(*server, *channel)),
+        _ => None,
+    }
 }
