@@ -836,3 +836,62 @@ async fn a_client_that_moves_to_a_room_on_another_node_goes_there_directly() {
         .collect();
     assert_eq!(users, ["carol", "bob"]);
 }
+
+#[tokio::test]
+async fn on_a_redis_cluster_rooms_are_claimed_found_and_revived_as_on_one_redis() {
+    use common::cluster::{Node, NodeSetup};
+    let redis = common::redis::RedisCluster::start();
+    let scripts = tempfile::tempdir().unwrap();
+    let setup = NodeSetup {
+        redis_url: redis.url(),
+        postgres_url: None,
+        scripts_dir: scripts.path().to_path_buf(),
+        lease: "1s",
+        reconnect_grace: "15s",
+        extra: "redis_cluster = true".into(),
+    };
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.push(Node::start(id, &setup).await);
+    }
+    for node in &nodes {
+        eventually(&format!("{} to see three nodes", node.id), || async {
+            let (status, body) = node.get("/api/cluster/nodes").await;
+            status == 200 && body["nodes"].as_array().map_or(0, Vec::len) == 3
+        })
+        .await;
+    }
+
+    // Found through every node.
+    nodes[0].create_room("town", "").await;
+    let mut alice = nodes[0].client("alice").await;
+    alice.join("town", Mode::Audio, None).await.unwrap();
+    let bob = nodes[1].client("bob").await;
+    bob.join("town", Mode::Audio, None).await.unwrap();
+    hears_join(&mut alice, "bob").await;
+
+    // Claimed once, whichever slot and Redis node a name lands on.
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        clients.push(node.client(&format!("creator-{i}")).await);
+    }
+    for round in 0..20 {
+        let name = format!("race-{round}");
+        let results =
+            futures_util::future::join_all(clients.iter().map(|c| c.create(&name, ""))).await;
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+    }
+    let spread = redis.keys_per_node();
+    assert!(
+        spread.iter().filter(|&&keys| keys > 0).count() >= 2,
+        "the keys live on several Redis nodes: {spread:?}"
+    );
+
+    // A dead owner's room opens again on a live node.
+    drop(bob);
+    nodes[0].kill9();
+    common::closed(&mut alice).await;
+    let (_, members) = rejoin(&nodes[1], "alice", "town").await;
+    assert_eq!(members, ["alice"]);
+}

@@ -12,7 +12,8 @@
 //! (`crate::store::postgres`).
 //!
 //! Every key one operation touches carries one hash tag (`{room:NAME}`,
-//! `{nodes}`), so the same code runs on one Redis or on a Redis Cluster.
+//! `{nodes}`), so the same code runs on one Redis or on a Redis Cluster
+//! (`redis_cluster = true`, through [`RedisConn`]).
 //! docs/cluster.md says how to run it and why it is built this way.
 
 pub mod bus;
@@ -41,6 +42,10 @@ pub use nodes::{NodeInfo, NodeState};
 pub struct ClusterConfig {
     /// `redis://host:port/db`: room ownership, node registry, the bus.
     pub redis_url: String,
+    /// `redis_url` is one node of a Redis Cluster: conclave learns the rest
+    /// from it, follows its slots and redirections, and listens to the bus
+    /// on that node (Redis Cluster passes every message to every node).
+    pub redis_cluster: bool,
     /// `postgres://user@host:port/db`: the durable data every node shares.
     /// Empty: each node keeps its own SQLite store (records, community,
     /// bans stay per node), which suits a test and little else.
@@ -72,6 +77,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: false,
             postgres_url: String::new(),
             node_id: String::new(),
             advertise_url: String::new(),
@@ -101,7 +107,7 @@ pub struct Cluster {
     url: String,
     config: ClusterConfig,
     keys: Keys,
-    redis: redis::aio::ConnectionManager,
+    redis: RedisConn,
     client: redis::Client,
     /// The live nodes as of the last heartbeat, this one included.
     nodes: Mutex<Vec<NodeInfo>>,
@@ -166,10 +172,22 @@ impl Cluster {
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let redis = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(redis_error)?;
+        let redis = if config.redis_cluster {
+            let cluster = redis::cluster::ClusterClient::builder([config.redis_url.as_str()])
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(Duration::from_secs(1))
+                .retries(1)
+                .build()
+                .map_err(redis_error)?;
+            RedisConn::Cluster(cluster.get_async_connection().await.map_err(redis_error)?)
+        } else {
+            RedisConn::Single(
+                client
+                    .get_connection_manager_with_config(manager_config)
+                    .await
+                    .map_err(redis_error)?,
+            )
+        };
         let keys = Keys::new(&config.key_prefix);
         let (bus, bus_queue) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(Cluster {
@@ -288,8 +306,48 @@ impl Cluster {
         Ok(end - RANGE + 1)
     }
 
-    fn redis(&self) -> redis::aio::ConnectionManager {
+    fn redis(&self) -> RedisConn {
         self.redis.clone()
+    }
+}
+
+/// A connection to one Redis or to a Redis Cluster. Both reconnect by
+/// themselves; the cluster one also routes each command, script call and
+/// pipeline by its keys' slot (one per operation: see [`Keys`]).
+#[derive(Clone)]
+pub(crate) enum RedisConn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
     }
 }
 

@@ -10,6 +10,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More `redis-server` arguments (a Redis Cluster node's).
+    args: Vec<String>,
 }
 
 /// A loopback port nobody listens on right now.
@@ -20,10 +22,15 @@ pub fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new())
+    }
+
+    fn start_with(args: Vec<String>) -> RedisServer {
         let mut redis = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            args,
         };
         redis.spawn();
         redis
@@ -39,6 +46,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -92,5 +100,76 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of three primaries on loopback, slots spread over them
+/// by `redis-cli --cluster create` (Debian's redis-tools, which
+/// redis-server brings).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                // The cluster bus needs a port of its own; by default it is
+                // the port + 10000, which a free port may not have.
+                RedisServer::start_with(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-port".into(),
+                    free_port().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ])
+            })
+            .collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs (Debian's redis-tools)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.connection())
+                    .expect("CLUSTER INFO");
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the Redis Cluster did not come up: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// One node's URL: a client learns the rest from it.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                redis::cmd("DBSIZE")
+                    .query(&mut n.connection())
+                    .expect("DBSIZE")
+            })
+            .collect()
     }
 }
