@@ -888,6 +888,19 @@ async fn on_a_redis_cluster_rooms_are_claimed_found_and_revived_as_on_one_redis(
         "the keys live on several Redis nodes: {spread:?}"
     );
 
+    // The bus: a ban made through one node ends a session on another.
+    let mut troll = nodes[2].client("troll").await;
+    let (status, body) = nodes[1]
+        .request(
+            reqwest::Method::POST,
+            "/api/bans",
+            Some(json!({"user": "troll", "reason": "abuse"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let frame = common::closed(&mut troll).await;
+    assert_eq!(frame.map(|f| f.0), Some(1008));
+
     // A dead owner's room opens again on a live node.
     drop(bob);
     nodes[0].kill9();
