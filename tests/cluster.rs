@@ -179,15 +179,7 @@ async fn admin_kick_and_ban_act_through_a_node_that_does_not_own_the_room() {
     })
     .await;
     assert_eq!(gone.as_str(), "kicked");
-    let (status, body) = other.get("/api/rooms/study/members").await;
-    assert_eq!(status, 200, "{body}");
-    let members: Vec<&str> = body["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["user"].as_str().unwrap())
-        .collect();
-    assert_eq!(members, ["alice"]);
+    assert_eq!(other.members("study").await, ["alice"]);
 }
 
 #[tokio::test]
@@ -826,15 +818,7 @@ async fn a_client_that_moves_to_a_room_on_another_node_goes_there_directly() {
     assert_eq!(metric(b, "conclave_connections").await, Some(1.0));
     let bob = b.client("bob").await;
     bob.join("second", Mode::Audio, None).await.unwrap();
-    let (status, members) = b.get("/api/rooms/second/members").await;
-    assert_eq!(status, 200, "{members}");
-    let users: Vec<&str> = members["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["user"].as_str().unwrap())
-        .collect();
-    assert_eq!(users, ["carol", "bob"]);
+    assert_eq!(b.members("second").await, ["carol", "bob"]);
 }
 
 #[tokio::test]

@@ -209,6 +209,18 @@ drain_timeout = "30s"
         self.request(reqwest::Method::GET, path, None).await
     }
 
+    /// The users in `room`, as this node's admin API lists them.
+    pub async fn members(&self, room: &str) -> Vec<String> {
+        let (status, body) = self.get(&format!("/api/rooms/{room}/members")).await;
+        assert_eq!(status, 200, "{body}");
+        body["members"]
+            .as_array()
+            .expect("a member list")
+            .iter()
+            .map(|m| m["user"].as_str().expect("a user").to_owned())
+            .collect()
+    }
+
     /// The rooms this node itself holds (`/healthz` counts them).
     pub async fn local_rooms(&self) -> u64 {
         let Ok(resp) = self.http.get(self.url("/healthz")).send().await else {
