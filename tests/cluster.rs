@@ -182,6 +182,18 @@ async fn admin_kick_and_ban_act_through_a_node_that_does_not_own_the_room() {
     assert_eq!(other.members("study").await, ["alice"]);
 }
 
+/// Bans `user` from the whole server through `node`'s admin API.
+async fn server_ban(node: &common::cluster::Node, user: &str) {
+    let (status, body) = node
+        .request(
+            reqwest::Method::POST,
+            "/api/bans",
+            Some(json!({"user": user, "reason": "abuse"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn a_server_ban_made_on_one_node_ends_sessions_on_every_node() {
     let cluster = TestCluster::start(3).await;
@@ -189,14 +201,7 @@ async fn a_server_ban_made_on_one_node_ends_sessions_on_every_node() {
     for node in &cluster.nodes {
         sessions.push(node.client("troll").await);
     }
-    let (status, body) = cluster.nodes[0]
-        .request(
-            reqwest::Method::POST,
-            "/api/bans",
-            Some(json!({"user": "troll", "reason": "abuse"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    server_ban(&cluster.nodes[0], "troll").await;
     for (node, session) in cluster.nodes.iter().zip(sessions.iter_mut()) {
         let frame = common::closed(session).await;
         assert_eq!(frame.map(|f| f.0), Some(1008), "on {}", node.id);
@@ -874,14 +879,7 @@ async fn on_a_redis_cluster_rooms_are_claimed_found_and_revived_as_on_one_redis(
 
     // The bus: a ban made through one node ends a session on another.
     let mut troll = nodes[2].client("troll").await;
-    let (status, body) = nodes[1]
-        .request(
-            reqwest::Method::POST,
-            "/api/bans",
-            Some(json!({"user": "troll", "reason": "abuse"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    server_ban(&nodes[1], "troll").await;
     let frame = common::closed(&mut troll).await;
     assert_eq!(frame.map(|f| f.0), Some(1008));
 

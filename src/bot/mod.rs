@@ -63,7 +63,7 @@ pub struct BotConfig {
     /// Written by each run: the cluster's signaling URLs its `hello` listed
     /// (empty from a single server), shared by the config's clones. `conclave
     /// bot` rejoins through them when its node goes, with no `--also-url`.
-    pub learned: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub nodes_seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl BotConfig {
@@ -90,7 +90,7 @@ impl BotConfig {
             limits: LuaLimits::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             pool: None,
-            learned: Default::default(),
+            nodes_seen: Default::default(),
         }
     }
 }
@@ -294,8 +294,8 @@ pub async fn run_cli(args: BotArgs) -> Result<(), BotError> {
         let started = std::time::Instant::now();
         // The nodes given, then those the last hello listed.
         let mut attempt = config.clone();
-        let learned = config.learned.lock().expect("learned nodes").clone();
-        for url in learned {
+        let seen = config.nodes_seen.lock().expect("nodes seen").clone();
+        for url in seen {
             if url != attempt.url && !attempt.also.contains(&url) {
                 attempt.also.push(url);
             }
@@ -303,9 +303,9 @@ pub async fn run_cli(args: BotArgs) -> Result<(), BotError> {
         let result = run(attempt, async move { until.cancelled().await }).await;
         let elsewhere = !config.also.is_empty()
             || config
-                .learned
+                .nodes_seen
                 .lock()
-                .expect("learned nodes")
+                .expect("nodes seen")
                 .iter()
                 .any(|url| *url != config.url);
         if started.elapsed() > Duration::from_secs(60) {

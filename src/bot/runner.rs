@@ -54,7 +54,7 @@ pub async fn run(config: BotConfig, shutdown: impl Future<Output = ()>) -> Resul
     options.mode = config.mode;
     options.create = config.create;
     options.bind = config.bind;
-    options.nodes_seen = Some(config.learned.clone());
+    options.nodes_seen = Some(config.nodes_seen.clone());
     let participant = Participant::join(options).await.map_err(BotError::Join)?;
     let me = participant.hello().user.as_str().to_owned();
     let span = tracing::info_span!("bot", room = %config.room, user = %me);
