@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use common::media::{
-    ForgeSsrc, LossyRelay, Participant, across_a_mute, flow, marked, muted_drops,
+    ForgeSsrc, LossyRelay, Participant, SenderReports, across_a_mute, flow, marked, muted_drops,
     speaks_and_is_heard, until_dropped_as_muted, video, video_flow,
 };
 use conclave::ids::UserId;
@@ -385,6 +385,85 @@ async fn video_a_subscriber_lost_on_the_wire_is_retransmitted_by_the_server() {
             }
         }
     }
+}
+
+/// The server encrypts forwarded audio with its own SRTP context, beside
+/// webrtc-rs's write pipeline, so that pipeline's report interceptor never
+/// sees it: the server writes the track's sender reports itself. Each one
+/// counts exactly the packets sent before it and carries the RTP timestamp
+/// of the last of them.
+#[tokio::test]
+async fn audio_sent_beside_the_pipeline_is_counted_in_its_sender_reports() {
+    let server = TestServer::start().await;
+    let reports = SenderReports::default();
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
+    let mut bob = Participant::join_with(&server, "bob", "r", Mode::Audio, Role::Interactor, |r| {
+        reports.install(r)
+    })
+    .await;
+    let first = flow(&mut alice, &mut bob, "warmup").await;
+    let ssrc = bob
+        .all_received()
+        .await
+        .iter()
+        .find(|p| p.user.as_str() == "alice")
+        .expect("flowed")
+        .packet
+        .header
+        .ssrc;
+    // Payloads of varying length, so that the octet count means something.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let mut n = first + 1;
+    let report = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sender report for the forwarded track"
+        );
+        let payload = vec![0x5a; 20 + (n as usize % 17)];
+        alice.media.send_audio(&payload, n * 960, 30).await.unwrap();
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bob.pump(Duration::ZERO).await;
+        if let Some(report) = reports.latest(ssrc) {
+            break report;
+        }
+    };
+    assert!(
+        metric(&server, "conclave_media_direct_packets_total").await > 0.0,
+        "the audio took webrtc-rs's pipeline"
+    );
+    assert_eq!(
+        metric(&server, "conclave_media_srtp_key_mismatch_total").await,
+        0.0
+    );
+    // What the report counts arrived before it, in order (one socket; and
+    // `all_received` is in order of arrival).
+    let got: Vec<rtc::rtp::Packet> = bob
+        .all_received()
+        .await
+        .iter()
+        .filter(|p| p.packet.header.ssrc == ssrc)
+        .map(|p| p.packet.clone())
+        .collect();
+    let counted = report.packet_count as usize;
+    assert!(
+        counted > 0 && counted <= got.len(),
+        "the report counts {counted} packets, {} arrived",
+        got.len()
+    );
+    let octets: usize = got[..counted].iter().map(|p| p.payload.len()).sum();
+    assert_eq!(report.octet_count as usize, octets);
+    assert_eq!(report.rtp_time, got[counted - 1].header.timestamp);
+    // Its wall clock is now's (NTP seconds since 1900).
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ntp_secs = report.ntp_time >> 32;
+    assert!(
+        ntp_secs.abs_diff(unix + 2_208_988_800) < 30,
+        "ntp {ntp_secs}"
+    );
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use super::batch::SendBatch;
 use super::codec::AUDIO_LEVEL_URI;
 use super::level::LevelMeter;
-use super::peer::{Peer, PeerSetup};
+use super::peer::{Direct, Peer, PeerSetup};
 use super::udp::{Inbound, PeerKey, Route, RouteCmd};
 use super::{MediaError, Shared, ice_token};
 use crate::ids::{ConnId, UserId};
@@ -56,6 +56,9 @@ const QUIET_AT_MOST: Duration = Duration::from_secs(1);
 const IDLE_SLACK: Duration = Duration::from_millis(900);
 /// Datagrams handled per wake before timers get a turn.
 const BATCH: usize = 64;
+/// How often a direct track's sender report goes out while it flows
+/// (rtc's report interceptor's default).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Datagrams queued for a room before the port's reader drops more.
 pub(crate) const INBOUND_QUEUE: usize = 4096;
 /// Batches of packets from the room's other shards queued for a shard
@@ -212,6 +215,7 @@ pub(crate) fn spawn_shard(
             .map(|p| SendBatch::new(p.socket.clone()))
             .collect(),
         fan_out: Vec::new(),
+        scratch: Vec::new(),
         held: None,
         awake: HashSet::new(),
         deadlines: BinaryHeap::new(),
@@ -249,6 +253,9 @@ struct MediaTask {
     out: Vec<SendBatch>,
     /// What this wake's publishers sent, for the room's other shards.
     fan_out: Vec<Forward>,
+    /// A direct packet's plaintext, marshalled before it is encrypted; kept
+    /// so that forwarding does not allocate for it.
+    scratch: Vec<u8>,
     /// A message sent after the datagram last handled arrived, kept until
     /// a later datagram or an empty queue (`messages_before`).
     held: Option<Stamped>,
@@ -699,6 +706,23 @@ impl MediaTask {
             return;
         };
         peer.last_heard = inbound.at;
+        if !peer.keys_checked
+            && is_rtcp(&inbound.data)
+            && let Some(tap) = peer.keys.clone()
+            && let Some((_, remote)) = tap.keys()
+        {
+            // Proof of the order the keys were noted in (see `srtp.rs`):
+            // the peer's own SRTCP authenticates under its sending keys.
+            peer.keys_checked = true;
+            if !remote.verify(tap.plain(), &inbound.data) {
+                self.shared.metrics.srtp_key_mismatch.inc();
+                tracing::error!(user = %peer.user, "the peer's SRTCP does not authenticate under the keys noted for it; its media stays on rtc's pipeline");
+                peer.direct = Direct::Off;
+                for out in peer.outgoing.values_mut() {
+                    out.direct = false;
+                }
+            }
+        }
         // A STUN check (RFC 7983: first byte 0 to 3) on a connected quiet
         // peer is answered here and changes none of its timers: it stays
         // quiet, and the tick is not woken for it. The consent checks of
@@ -901,6 +925,7 @@ impl MediaTask {
         let shared = &self.shared;
         let batches = &mut self.out;
         let awake = &mut self.awake;
+        let scratch = &mut self.scratch;
         for (key, peer) in self.peers.iter_mut() {
             if Some(*key) == from_key {
                 continue;
@@ -928,7 +953,37 @@ impl MediaTask {
             packet.header.sequence_number = out.seq.rewrite(packet.header.sequence_number);
             if first {
                 out.sent_any = true;
-                tracing::debug!(to = %peer.user, from = %track.0, kind = ?track.1, "first packet forwarded");
+                // Audio only: video keeps rtc's NACK responder and its
+                // send buffer, which direct packets would bypass.
+                out.direct = track.1 == MediaKind::Audio
+                    && peer.remote.is_some()
+                    && direct_ready(&mut peer.direct, peer.keys.as_deref());
+                tracing::debug!(to = %peer.user, from = %track.0, kind = ?track.1, direct = out.direct, "first packet forwarded");
+            }
+            if out.direct
+                && let (Direct::Ready(context), Some(to)) = (&mut peer.direct, peer.remote)
+            {
+                let batch = &mut batches[peer.port];
+                match send_direct(context, scratch, &packet, to, batch) {
+                    Ok(()) => {
+                        shared.metrics.forwarded_packets.inc();
+                        shared.metrics.direct_packets.inc();
+                        if let Some(report) = out.report.sent(&packet, now) {
+                            let sender = out.sender;
+                            if let Some(mut sender) = peer.pc.rtp_sender(sender)
+                                && sender.write_rtcp(now, vec![Box::new(report)]).is_err()
+                            {
+                                shared.metrics.dropped("report_not_sent");
+                            }
+                            flush_peer(batches, peer);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::trace!(to = %peer.user, error = %e, "direct packet not encrypted");
+                        shared.metrics.dropped("srtp");
+                    }
+                }
+                continue;
             }
             // Straight into the pipeline rather than through
             // `RTCRtpSender::write_rtp`, which rebuilds the sender's whole
@@ -1195,7 +1250,81 @@ fn wake(awake: &mut HashSet<PeerKey>, peer: &mut Peer) {
 fn flush_peer(batches: &mut [SendBatch], peer: &mut Peer) {
     let batch = &mut batches[peer.port];
     while let Some(out) = peer.pc.poll_write() {
+        // DTLS and SRTP go to the selected pair; a STUN answer goes to
+        // whichever pair was checked, which a client with several
+        // candidates need not use.
+        if out.message.first().is_some_and(|b| *b > 3) {
+            peer.remote = Some(out.transport.peer_addr);
+        }
         batch.push(out.message, out.transport.peer_addr);
+    }
+}
+
+/// RFC 5761 §4: RTP and RTCP on one port are told apart by the second
+/// byte, which is an RTCP packet type (192 to 223) only for RTCP.
+fn is_rtcp(datagram: &[u8]) -> bool {
+    matches!(datagram, [128..=191, 192..=223, ..])
+}
+
+/// Builds the peer's own SRTP context the first time a track could use it.
+fn direct_ready(direct: &mut Direct, keys: Option<&super::srtp::KeyTap>) -> bool {
+    if let Direct::Waiting = direct {
+        let context = keys.and_then(|tap| {
+            let (local, _) = tap.keys()?;
+            local.context(tap.plain())
+        });
+        if let Some(context) = context {
+            *direct = Direct::Ready(Box::new(context));
+        }
+    }
+    matches!(direct, Direct::Ready(_))
+}
+
+/// Marshals and encrypts one forwarded packet with the subscriber's own
+/// context, straight into its port's batch: the one allocation is the
+/// datagram itself (rtc-srtp returns the ciphertext in a buffer of its own).
+fn send_direct(
+    context: &mut rtc::srtp::context::Context,
+    scratch: &mut Vec<u8>,
+    packet: &rtc::rtp::Packet,
+    to: std::net::SocketAddr,
+    batch: &mut SendBatch,
+) -> Result<(), rtc::shared::error::Error> {
+    use rtc::shared::marshal::{Marshal, MarshalSize};
+    let len = packet.marshal_size();
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    let len = packet.marshal_to(&mut scratch[..len])?;
+    let datagram = context.encrypt_rtp_with_header(&scratch[..len], &packet.header)?;
+    batch.push(datagram, to);
+    Ok(())
+}
+
+impl super::peer::SenderCounts {
+    /// Counts a sent packet; returns a sender report when one is due (every
+    /// second while the track flows, as rtc's report interceptor would).
+    fn sent(
+        &mut self,
+        packet: &rtc::rtp::Packet,
+        now: Instant,
+    ) -> Option<rtc::rtcp::sender_report::SenderReport> {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(packet.payload.len() as u32);
+        self.rtp_time = packet.header.timestamp;
+        let due = *self.next_report.get_or_insert(now + REPORT_INTERVAL);
+        if now < due {
+            return None;
+        }
+        self.next_report = Some(now + REPORT_INTERVAL);
+        Some(rtc::rtcp::sender_report::SenderReport {
+            ssrc: packet.header.ssrc,
+            ntp_time: rtc::shared::time::SystemInstant::now(now).ntp(now),
+            rtp_time: self.rtp_time,
+            packet_count: self.packets,
+            octet_count: self.octets,
+            ..Default::default()
+        })
     }
 }
 
@@ -1239,4 +1368,100 @@ fn reconcile(
         changed = true;
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Counts the allocations of the thread that makes them, so that tests
+    /// running beside on other threads do not disturb the count.
+    struct Counting;
+
+    // SAFETY: every call is passed to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    fn allocations() -> u64 {
+        ALLOCATIONS.with(|n| n.get())
+    }
+
+    /// The direct path's cost in allocations, steady state: one per
+    /// forwarded packet, the datagram's own buffer (rtc-srtp encrypts into a
+    /// buffer it allocates); none for marshalling, batching, `sendmmsg` or
+    /// the sender-report counters.
+    #[tokio::test]
+    async fn a_direct_packet_allocates_only_its_datagram() {
+        let crypto = rtc::crypto::default_provider().expect("ring");
+        let mut context = rtc::srtp::context::Context::new(
+            &[7; 16],
+            &[9; 12],
+            rtc::srtp::protection_profile::ProtectionProfile::AeadAes128Gcm,
+            None,
+            None,
+            crypto.crypto(),
+        )
+        .expect("context");
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.writable().await.unwrap();
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut batch = SendBatch::new(Arc::new(socket));
+        let mut scratch = Vec::new();
+        let mut counts = super::super::peer::SenderCounts::default();
+        let mut packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                ssrc: 42,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(vec![0xa5; 160]),
+        };
+        let start = Instant::now();
+        let mut run = |from: u16, n: u16| {
+            for seq in from..from + n {
+                packet.header.sequence_number = seq;
+                packet.header.timestamp = u32::from(seq) * 960;
+                send_direct(&mut context, &mut scratch, &packet, to, &mut batch).expect("sent");
+                let _ = counts.sent(&packet, start);
+                if seq % 64 == 63 {
+                    batch.flush();
+                }
+            }
+            batch.flush();
+        };
+        // Warm: the scratch buffer, the batch's vector and the context's
+        // state for this SSRC are made once.
+        run(0, 128);
+        let before = allocations();
+        run(128, 1024);
+        assert_eq!(
+            allocations() - before,
+            1024,
+            "allocations for 1,024 packets"
+        );
+    }
 }

@@ -30,6 +30,7 @@ mod level;
 mod peer;
 mod rewrite;
 mod room;
+mod srtp;
 mod udp;
 mod workers;
 
@@ -78,6 +79,12 @@ pub struct MediaMetrics {
     pub shards: Gauge,
     pub received_packets: Counter,
     pub forwarded_packets: Counter,
+    /// Of those, encrypted with conclave's own SRTP context and sent beside
+    /// rtc's write pipeline (`srtp.rs`).
+    pub direct_packets: Counter,
+    /// Peers whose first SRTCP packet did not authenticate under the keys
+    /// noted for them: their tracks stay on rtc's pipeline.
+    pub srtp_key_mismatch: Counter,
     pub dropped_packets: Family<ReasonLabel, Counter>,
     pub keyframe_requests: Counter,
     /// System calls that sent datagrams, and the datagrams they sent.
@@ -105,6 +112,16 @@ impl MediaMetrics {
             "media_forwarded_packets",
             "RTP packets forwarded to subscribers",
             self.forwarded_packets.clone(),
+        );
+        registry.register(
+            "media_direct_packets",
+            "Forwarded packets encrypted and sent beside webrtc-rs's write pipeline",
+            self.direct_packets.clone(),
+        );
+        registry.register(
+            "media_srtp_key_mismatch",
+            "Peers whose SRTCP did not authenticate under the SRTP keys noted for them",
+            self.srtp_key_mismatch.clone(),
         );
         registry.register(
             "media_dropped_packets",

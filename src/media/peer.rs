@@ -27,6 +27,7 @@ use rtc::rtp_transceiver::{
 use super::forwarder::Offer;
 use super::interceptor::{SsrcGuard, ssrc_guard_slot};
 use super::rewrite::SeqRewriter;
+use super::srtp::KeyTap;
 use super::udp::PeerKey;
 use super::{MediaError, MediaMetrics, codec};
 use crate::ids::{ConnId, UserId};
@@ -60,6 +61,32 @@ pub(crate) struct Outgoing {
     /// Keep asking the source for keyframes until then: the first ones may
     /// go out before this subscriber's DTLS is up and be lost.
     pub keyframes_until: Option<Instant>,
+    /// Sent with the peer's own SRTP context rather than through rtc's
+    /// pipeline; decided at the first packet, for the track's life.
+    pub direct: bool,
+    /// What a direct track's sender reports say (rtc's report interceptor
+    /// never sees its packets).
+    pub report: SenderCounts,
+}
+
+/// A direct track's sender-report state (RFC 3550 §6.4.1).
+#[derive(Default)]
+pub(crate) struct SenderCounts {
+    pub packets: u32,
+    pub octets: u32,
+    /// The newest packet's RTP timestamp (the report goes out as it is sent).
+    pub rtp_time: u32,
+    pub next_report: Option<Instant>,
+}
+
+/// Where a peer's SRTP for direct sending stands.
+pub(crate) enum Direct {
+    /// DTLS not done, or done and not used yet.
+    Waiting,
+    /// Our context, from the first key rtc derived (its local one).
+    Ready(Box<rtc::srtp::context::Context>),
+    /// No keys, or keys that failed their check: rtc's pipeline only.
+    Off,
 }
 
 pub(crate) struct Peer {
@@ -72,6 +99,14 @@ pub(crate) struct Peer {
     pub local: SocketAddr,
     pub ufrag: String,
     pub pc: RTCPeerConnection,
+    /// Notes the SRTP keys rtc derives for `pc` (see `srtp.rs`).
+    pub keys: Option<std::sync::Arc<KeyTap>>,
+    pub direct: Direct,
+    /// The first SRTCP from the peer has been checked against the keys.
+    pub keys_checked: bool,
+    /// Where rtc last sent this peer's datagrams: the nominated pair's
+    /// remote address, for what is sent beside it.
+    pub remote: Option<SocketAddr>,
     /// Receivers by the track id webrtc-rs reports packets under.
     pub incoming: HashMap<String, Incoming>,
     /// Transceivers where this member may publish (server receives).
@@ -117,10 +152,16 @@ impl Peer {
         let registry = registry.with(ssrc_guard_slot(), SsrcGuard::new(setup.metrics));
         // ICE lite: the server has one known address per port and never
         // needs to probe; clients run the checks and the server answers.
-        let settings = SettingEngineBuilder::new()
+        let keys = KeyTap::new();
+        let mut settings = SettingEngineBuilder::new()
             .with_lite(true)
-            .with_ice_credentials(setup.ufrag.clone(), setup.pwd)
-            .build();
+            .with_ice_credentials(setup.ufrag.clone(), setup.pwd);
+        if let Some(keys) = &keys {
+            settings = settings
+                .with_crypto_provider(keys.clone())
+                .with_srtp_protection_profiles(super::srtp::offered_profiles());
+        }
+        let settings = settings.build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(settings)
@@ -150,6 +191,14 @@ impl Peer {
             local: setup.local,
             ufrag: setup.ufrag,
             pc,
+            direct: if keys.is_some() {
+                Direct::Waiting
+            } else {
+                Direct::Off
+            },
+            keys,
+            keys_checked: false,
+            remote: None,
             incoming: HashMap::new(),
             publish: Vec::new(),
             outgoing: HashMap::new(),
@@ -241,6 +290,8 @@ impl Peer {
                 sent_any: false,
                 negotiated: false,
                 keyframes_until: None,
+                direct: false,
+                report: SenderCounts::default(),
             },
         );
         self.out_tracks.insert(track_id, (source.clone(), kind));

@@ -316,6 +316,81 @@ impl Interceptor for ForgeSsrc {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
+/// Notes every sender report a client receives, as it comes off the wire.
+#[derive(Clone, Default)]
+pub struct SenderReports {
+    seen: Arc<Mutex<Vec<rtc::rtcp::sender_report::SenderReport>>>,
+}
+
+impl SenderReports {
+    pub fn install(&self, registry: Registry) -> Registry {
+        registry.with(
+            Slot::from(WIRE),
+            ReportTap {
+                seen: self.seen.clone(),
+                read_queue: VecDeque::new(),
+                write_queue: VecDeque::new(),
+            },
+        )
+    }
+
+    /// The latest report about `ssrc`, if one came.
+    pub fn latest(&self, ssrc: u32) -> Option<rtc::rtcp::sender_report::SenderReport> {
+        let seen = self.seen.lock().expect("reports");
+        seen.iter().rev().find(|r| r.ssrc == ssrc).cloned()
+    }
+}
+
+struct ReportTap {
+    seen: Arc<Mutex<Vec<rtc::rtcp::sender_report::SenderReport>>>,
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for ReportTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let mut seen = self.seen.lock().expect("reports");
+            for p in packets {
+                if let Some(sr) = p
+                    .as_any()
+                    .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
+                {
+                    seen.push(sr.clone());
+                }
+            }
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write_queue.pop_front()
+    }
+}
+
+impl Interceptor for ReportTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 /// A UDP relay between one client and the server's media port that loses,
 /// while armed, the first copy of every RTP packet of one payload type whose
 /// sequence number is a multiple of `every`, in one direction: loss on the
