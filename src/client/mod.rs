@@ -140,7 +140,9 @@ impl SignalClient {
         options: ClientOptions,
     ) -> Result<SignalClient, ClientError> {
         // No Nagle: requests are small and latency-bound (see server.rs).
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(crate::protocol::WS_READ_BUFFER);
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let (mut write, mut read) = socket.split();

@@ -159,9 +159,12 @@ impl Relay {
                 super::forward::FORWARDED,
                 axum::http::HeaderValue::from_str(from).map_err(|e| unreachable(e.to_string()))?,
             );
-            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(crate::protocol::WS_READ_BUFFER);
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
             let hello = serde_json::json!({
                 "id": HELLO_ID,
                 "type": "hello",

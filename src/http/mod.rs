@@ -78,6 +78,7 @@ async fn websocket(
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(crate::protocol::WS_READ_BUFFER)
         .on_upgrade(move |socket| {
             tasks.track_future(crate::signal::connection::serve(
                 socket, state, permit, relayed,
