@@ -254,31 +254,34 @@ impl Participant {
 /// the NACK generator looks for gaps; on send, after everything else.
 const WIRE: usize = 100;
 
-/// Rewrites, on send, the SSRC of every RTP packet whose payload starts with
-/// `prefix` to `ssrc`: media on a stream the client never negotiated. (The
-/// client's own sender refuses an undeclared SSRC, so it is forged past it.)
-pub struct ForgeSsrc {
-    prefix: &'static [u8],
-    ssrc: u32,
+/// A link in a client's chain, closest to the wire, that lets `read` look
+/// at each inbound packet and `write` change each outbound one.
+struct WireHook<R, W> {
+    read: R,
+    write: W,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
-impl ForgeSsrc {
-    pub fn install(prefix: &'static [u8], ssrc: u32, registry: Registry) -> Registry {
-        registry.with(
-            Slot::from(WIRE),
-            ForgeSsrc {
-                prefix,
-                ssrc,
-                read_queue: VecDeque::new(),
-                write_queue: VecDeque::new(),
-            },
-        )
-    }
+fn wire_hook<R, W>(registry: Registry, read: R, write: W) -> Registry
+where
+    R: FnMut(&Packet) + Send + Sync + 'static,
+    W: FnMut(&mut Packet) + Send + Sync + 'static,
+{
+    registry.with(
+        Slot::from(WIRE),
+        WireHook {
+            read,
+            write,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        },
+    )
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for ForgeSsrc {
+impl<R: FnMut(&Packet), W: FnMut(&mut Packet)> Protocol<TaggedPacket, TaggedPacket, ()>
+    for WireHook<R, W>
+{
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -286,6 +289,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ForgeSsrc {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
+        (self.read)(&msg.message.packet);
         self.read_queue.push_back(msg);
         Ok(())
     }
@@ -295,11 +299,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ForgeSsrc {
     }
 
     fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
-        if let Packet::Rtp(rtp) = &mut msg.message.packet
-            && rtp.payload.starts_with(self.prefix)
-        {
-            rtp.header.ssrc = self.ssrc;
-        }
+        (self.write)(&mut msg.message.packet);
         self.write_queue.push_back(msg);
         Ok(())
     }
@@ -309,11 +309,34 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ForgeSsrc {
     }
 }
 
-impl Interceptor for ForgeSsrc {
+impl<R: FnMut(&Packet) + Send + Sync, W: FnMut(&mut Packet) + Send + Sync> Interceptor
+    for WireHook<R, W>
+{
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Rewrites, on send, the SSRC of every RTP packet whose payload starts with
+/// `prefix` to `ssrc`: media on a stream the client never negotiated. (The
+/// client's own sender refuses an undeclared SSRC, so it is forged past it.)
+pub struct ForgeSsrc;
+
+impl ForgeSsrc {
+    pub fn install(prefix: &'static [u8], ssrc: u32, registry: Registry) -> Registry {
+        wire_hook(
+            registry,
+            |_: &Packet| {},
+            move |packet: &mut Packet| {
+                if let Packet::Rtp(rtp) = packet
+                    && rtp.payload.starts_with(prefix)
+                {
+                    rtp.header.ssrc = ssrc;
+                }
+            },
+        )
+    }
 }
 
 /// Notes every sender report a client receives, as it comes off the wire.
@@ -324,13 +347,21 @@ pub struct SenderReports {
 
 impl SenderReports {
     pub fn install(&self, registry: Registry) -> Registry {
-        registry.with(
-            Slot::from(WIRE),
-            ReportTap {
-                seen: self.seen.clone(),
-                read_queue: VecDeque::new(),
-                write_queue: VecDeque::new(),
+        let seen = self.seen.clone();
+        wire_hook(
+            registry,
+            move |packet: &Packet| {
+                let Packet::Rtcp(packets) = packet else {
+                    return;
+                };
+                let mut seen = seen.lock().expect("reports");
+                seen.extend(packets.iter().filter_map(|p| {
+                    p.as_any()
+                        .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
+                        .cloned()
+                }));
             },
+            |_: &mut Packet| {},
         )
     }
 
@@ -339,56 +370,6 @@ impl SenderReports {
         let seen = self.seen.lock().expect("reports");
         seen.iter().rev().find(|r| r.ssrc == ssrc).cloned()
     }
-}
-
-struct ReportTap {
-    seen: Arc<Mutex<Vec<rtc::rtcp::sender_report::SenderReport>>>,
-    read_queue: VecDeque<TaggedPacket>,
-    write_queue: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for ReportTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            let mut seen = self.seen.lock().expect("reports");
-            for p in packets {
-                if let Some(sr) = p
-                    .as_any()
-                    .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
-                {
-                    seen.push(sr.clone());
-                }
-            }
-        }
-        self.read_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read_queue.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Error> {
-        self.write_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write_queue.pop_front()
-    }
-}
-
-impl Interceptor for ReportTap {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// A UDP relay between one client and the server's media port that loses,
