@@ -662,6 +662,14 @@ async fn a_rust_client_and_a_browser_receive_each_other() {
             break;
         }
     }
+    // Both ways went beside webrtc-rs's pipeline, each encrypted with the
+    // receiver's own SRTP context (Chrome counts only what it decrypted),
+    // and no peer's SRTCP failed the check of the keys noted for it.
+    assert!(srv.metric("conclave_media_direct_packets_total").await >= 40.0);
+    assert_eq!(
+        srv.metric("conclave_media_srtp_key_mismatch_total").await,
+        0.0
+    );
     bob.media.close().await;
     alice.close().await;
     srv.shutdown().await;
