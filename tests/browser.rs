@@ -664,8 +664,14 @@ async fn a_rust_client_and_a_browser_receive_each_other() {
     }
     // Both ways went beside webrtc-rs's pipeline, each encrypted with the
     // receiver's own SRTP context (Chrome counts only what it decrypted),
-    // and no peer's SRTCP failed the check of the keys noted for it.
+    // and both peers' SRTCP proved the keys noted for them in the order
+    // they were taken.
     assert!(srv.metric("conclave_media_direct_packets_total").await >= 40.0);
+    // Receiver reports come about once a second, so the check may wait.
+    common::eventually("both peers' keys to be checked", || async {
+        srv.metric("conclave_media_srtp_keys_checked_total").await >= 2.0
+    })
+    .await;
     assert_eq!(
         srv.metric("conclave_media_srtp_key_mismatch_total").await,
         0.0

@@ -432,6 +432,7 @@ async fn audio_sent_beside_the_pipeline_is_counted_in_its_sender_reports() {
         metric(&server, "conclave_media_direct_packets_total").await > 0.0,
         "the audio took webrtc-rs's pipeline"
     );
+    assert!(metric(&server, "conclave_media_srtp_keys_checked_total").await >= 1.0);
     assert_eq!(
         metric(&server, "conclave_media_srtp_key_mismatch_total").await,
         0.0

@@ -709,14 +709,23 @@ impl MediaTask {
         if !peer.keys_checked
             && is_rtcp(&inbound.data)
             && let Some(tap) = peer.keys.clone()
-            && let Some((_, remote)) = tap.keys()
+            && let Some((local, remote)) = tap.keys()
         {
             // Proof of the order the keys were noted in (see `srtp.rs`):
             // the peer's own SRTCP authenticates under its sending keys.
-            peer.keys_checked = true;
-            if !remote.verify(tap.plain(), &inbound.data) {
+            // A datagram that authenticates under neither is not the
+            // peer's (forged, or garbage) and proves nothing either way.
+            if remote.verify(tap.plain(), &inbound.data) {
+                peer.keys_checked = true;
+                self.shared.metrics.srtp_keys_checked.inc();
+            } else if local.verify(tap.plain(), &inbound.data) {
+                peer.keys_checked = true;
+                self.shared.metrics.srtp_keys_checked.inc();
                 self.shared.metrics.srtp_key_mismatch.inc();
-                tracing::error!(user = %peer.user, "the peer's SRTCP does not authenticate under the keys noted for it; its media stays on rtc's pipeline");
+                tracing::error!(user = %peer.user, "the peer's SRTCP authenticates under the keys taken for ours; its media goes through rtc's pipeline");
+                // What went direct was encrypted under the peer's own key,
+                // which it cannot read; rtc's context uses the other key,
+                // so moving those tracks to it repeats no keystream.
                 peer.direct = Direct::Off;
                 for out in peer.outgoing.values_mut() {
                     out.direct = false;

@@ -82,8 +82,10 @@ pub struct MediaMetrics {
     /// Of those, encrypted with conclave's own SRTP context and sent beside
     /// rtc's write pipeline (`srtp.rs`).
     pub direct_packets: Counter,
-    /// Peers whose first SRTCP packet did not authenticate under the keys
-    /// noted for them: their tracks stay on rtc's pipeline.
+    /// Peers whose SRTCP was checked against the SRTP keys noted for them,
+    /// and of those, the ones whose keys were in the other order: their
+    /// tracks go through rtc's pipeline.
+    pub srtp_keys_checked: Counter,
     pub srtp_key_mismatch: Counter,
     pub dropped_packets: Family<ReasonLabel, Counter>,
     pub keyframe_requests: Counter,
@@ -119,8 +121,13 @@ impl MediaMetrics {
             self.direct_packets.clone(),
         );
         registry.register(
+            "media_srtp_keys_checked",
+            "Peers whose SRTCP was checked against the SRTP keys noted for them",
+            self.srtp_keys_checked.clone(),
+        );
+        registry.register(
             "media_srtp_key_mismatch",
-            "Peers whose SRTCP did not authenticate under the SRTP keys noted for them",
+            "Peers whose SRTCP authenticated under the key taken for the server's own",
             self.srtp_key_mismatch.clone(),
         );
         registry.register(

@@ -17,7 +17,8 @@
 //! the master key and salt of each SRTP context built with it. rtc builds the
 //! local (sending) context before the remote one (`DtlsHandler::
 //! update_srtp_contexts`); the forwarder checks that against the first
-//! SRTCP packet the peer sends (see [`Keys::verify`]) before it trusts it.
+//! SRTCP packet of the peer's that authenticates under either key (see
+//! [`Keys::verify`]), and falls back to rtc's pipeline if it was wrong.
 //!
 //! Only two profiles are offered, so the cipher rtc builds next tells which
 //! one was negotiated: an AEAD is AES-128-GCM, a stream cipher is
