@@ -22,13 +22,15 @@
 //!
 //! Only two profiles are offered, so the cipher rtc builds next tells which
 //! one was negotiated: an AEAD is AES-128-GCM, a stream cipher is
-//! AES-128-CM with HMAC-SHA1-80. Both are in every browser; the 32-bit tag
-//! and the 256-bit keys are left out because their ciphers would look the
-//! same from here.
+//! AES-128-CM with HMAC-SHA1-80. Both are in every browser. The 32-bit tag
+//! is left out because its cipher would look the same as the 80-bit one's
+//! from here; the 256-bit keys because nothing needs them.
 //!
 //! The contexts are separate but share keys with rtc's, which is safe as long
-//! as no SSRC is encrypted by both: a track takes one path at its first
-//! packet and keeps it (`Outgoing::direct`).
+//! as no SSRC is encrypted by both under one key: a track takes one path at
+//! its first packet and keeps it (`Outgoing::direct`), unless the check
+//! proves the keys were the other way round, and then what it sent was
+//! under the peer's key, not rtc's.
 
 use std::sync::{Arc, Mutex};
 
