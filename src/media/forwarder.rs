@@ -56,9 +56,6 @@ const QUIET_AT_MOST: Duration = Duration::from_secs(1);
 const IDLE_SLACK: Duration = Duration::from_millis(900);
 /// Datagrams handled per wake before timers get a turn.
 const BATCH: usize = 64;
-/// How often a direct track's sender report goes out while it flows
-/// (rtc's report interceptor's default).
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Datagrams queued for a room before the port's reader drops more.
 pub(crate) const INBOUND_QUEUE: usize = 4096;
 /// Batches of packets from the room's other shards queued for a shard
@@ -1310,33 +1307,6 @@ fn send_direct(
     Ok(())
 }
 
-impl super::peer::SenderCounts {
-    /// Counts a sent packet; returns a sender report when one is due (every
-    /// second while the track flows, as rtc's report interceptor would).
-    fn sent(
-        &mut self,
-        packet: &rtc::rtp::Packet,
-        now: Instant,
-    ) -> Option<rtc::rtcp::sender_report::SenderReport> {
-        self.packets = self.packets.wrapping_add(1);
-        self.octets = self.octets.wrapping_add(packet.payload.len() as u32);
-        self.rtp_time = packet.header.timestamp;
-        let due = *self.next_report.get_or_insert(now + REPORT_INTERVAL);
-        if now < due {
-            return None;
-        }
-        self.next_report = Some(now + REPORT_INTERVAL);
-        Some(rtc::rtcp::sender_report::SenderReport {
-            ssrc: packet.header.ssrc,
-            ntp_time: rtc::shared::time::SystemInstant::now(now).ntp(now),
-            rtp_time: self.rtp_time,
-            packet_count: self.packets,
-            octet_count: self.octets,
-            ..Default::default()
-        })
-    }
-}
-
 /// Adds and removes `peer`'s outgoing tracks to match `want`, and says
 /// whether an offer is due (tracks changed, or the member's right to
 /// publish did).
@@ -1439,7 +1409,7 @@ mod tests {
         let to = sink.local_addr().unwrap();
         let mut batch = SendBatch::new(Arc::new(socket));
         let mut scratch = Vec::new();
-        let mut counts = super::super::peer::SenderCounts::default();
+        let mut counts = crate::media::peer::SenderCounts::default();
         let mut packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,

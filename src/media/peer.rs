@@ -74,9 +74,38 @@ pub(crate) struct Outgoing {
 pub(crate) struct SenderCounts {
     pub packets: u32,
     pub octets: u32,
-    /// The newest packet's RTP timestamp (the report goes out as it is sent).
-    pub rtp_time: u32,
     pub next_report: Option<Instant>,
+}
+
+/// How often a direct track's sender report goes out while it flows
+/// (rtc's report interceptor's default).
+const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl SenderCounts {
+    /// Counts a sent packet; returns a sender report when one is due (every
+    /// second while the track flows, as rtc's report interceptor would). It
+    /// goes out right after `packet`, so its RTP time is that packet's.
+    pub(crate) fn sent(
+        &mut self,
+        packet: &rtc::rtp::Packet,
+        now: Instant,
+    ) -> Option<rtc::rtcp::sender_report::SenderReport> {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(packet.payload.len() as u32);
+        let due = *self.next_report.get_or_insert(now + REPORT_INTERVAL);
+        if now < due {
+            return None;
+        }
+        self.next_report = Some(now + REPORT_INTERVAL);
+        Some(rtc::rtcp::sender_report::SenderReport {
+            ssrc: packet.header.ssrc,
+            ntp_time: rtc::shared::time::SystemInstant::now(now).ntp(now),
+            rtp_time: packet.header.timestamp,
+            packet_count: self.packets,
+            octet_count: self.octets,
+            ..Default::default()
+        })
+    }
 }
 
 /// Where a peer's SRTP for direct sending stands.

@@ -123,23 +123,7 @@ impl KeyTap {
             _ => None,
         }
     }
-}
 
-impl RTCCryptoProvider for KeyTap {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn crypto(&self) -> &dyn RTCCrypto {
-        self
-    }
-
-    fn random(&self) -> &dyn RTCRandom {
-        self.inner.random()
-    }
-}
-
-impl KeyTap {
     fn note_block(&self, algorithm: BlockCipherAlgorithm, key: &[u8], block: &[u8]) {
         if algorithm != BlockCipherAlgorithm::Aes128 || block.len() != 16 {
             return;
@@ -161,6 +145,20 @@ impl KeyTap {
         };
         let salt = block[..profile.salt_len()].to_vec();
         seen.contexts.push(Keys { profile, key, salt });
+    }
+}
+
+impl RTCCryptoProvider for KeyTap {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn crypto(&self) -> &dyn RTCCrypto {
+        self
+    }
+
+    fn random(&self) -> &dyn RTCRandom {
+        self.inner.random()
     }
 }
 
