@@ -186,6 +186,48 @@ async fn a_member_whose_media_goes_silent_times_out() {
 }
 
 #[tokio::test]
+async fn idle_members_live_on_consent_checks_the_port_answers() {
+    // The media timeout is far shorter than the wait, and two audience
+    // members with no tracks to receive send nothing once connected but ICE
+    // consent checks (no RTCP: nothing flows), which the UDP port's reader
+    // answers without handing them to the room's media: only the liveness
+    // it passes on keeps them in, and only answers the clients accept keep
+    // their ICE connected.
+    let server = TestServer::start_with(|c| c.media.timeout = Duration::from_secs(3)).await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Audience).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Audience).await;
+    let answered = "conclave_media_consent_answered_total";
+    let start = metric(&server, answered).await;
+    // Each client checks every 2 s: this spans several media timeouts and
+    // the clients' own 5 s disconnect timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&server, answered).await < start + 14.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consent checks answered by the port: {}",
+            metric(&server, answered).await - start
+        );
+        alice.pump(Duration::from_millis(100)).await;
+        bob.pump(Duration::from_millis(100)).await;
+    }
+    for member in [&mut alice, &mut bob] {
+        let left = member
+            .try_event_where(Duration::ZERO, |e| match e {
+                ServerMessage::MemberLeft { .. } | ServerMessage::Disconnected { .. } => {
+                    Some(e.clone())
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(left, None, "{} saw a member leave", member.user);
+    }
+    // Both peer connections still carry media.
+    let mut carol = Participant::join(&server, "carol", "r", Mode::Audio, Role::Interactor).await;
+    flow(&mut carol, &mut alice, "to-alice").await;
+    flow(&mut carol, &mut bob, "to-bob").await;
+}
+
+#[tokio::test]
 async fn garbage_and_oversized_datagrams_are_dropped_and_counted() {
     let server = TestServer::start().await;
     let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;

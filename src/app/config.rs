@@ -138,8 +138,10 @@ pub struct SignalConfig {
 impl Default for SignalConfig {
     fn default() -> Self {
         SignalConfig {
-            heartbeat_interval: Duration::from_secs(5),
-            heartbeat_timeout: Duration::from_secs(15),
+            // LiveKit's pair: at 5 s, a thousand idle members' pings cost
+            // the server as much as their media's consent checks.
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(20),
             hello_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 * 1024,
             rate_per_second: 50,

@@ -34,7 +34,7 @@ use super::batch::SendBatch;
 use super::codec::AUDIO_LEVEL_URI;
 use super::level::LevelMeter;
 use super::peer::{Direct, Peer, PeerSetup};
-use super::udp::{Inbound, PeerKey, Route, RouteCmd};
+use super::udp::{Heard, Inbound, PeerKey, Route, RouteCmd};
 use super::{MediaError, Shared, ice_token};
 use crate::ids::{ConnId, UserId};
 use crate::model::{MediaKind, Mode, PublishSlot, TrackInfo, VolumeLevel};
@@ -54,6 +54,13 @@ const QUIET_AT_MOST: Duration = Duration::from_secs(1);
 /// visited at the next tick regardless. Without it a room of 1,000 idle
 /// members made 5,000 visits a second.
 const IDLE_SLACK: Duration = Duration::from_millis(900);
+/// How late a connected peer may run its timers when rtc has nothing of
+/// its own to time for it: it publishes nothing (no receiver reports, no
+/// NACKs to send) and every track sent to it goes beside the pipeline or
+/// has sent nothing yet (no sender reports, no retransmissions). Its ICE
+/// consent is answered by the port reader, so the visit only reads that
+/// liveness for the media timeout.
+const IDLE_SLACK_UNTIMED: Duration = Duration::from_secs(5);
 /// Datagrams handled per wake before timers get a turn.
 const BATCH: usize = 64;
 /// Datagrams queued for a room before the port's reader drops more.
@@ -508,6 +515,9 @@ impl MediaTask {
         let port = shared.pick_port();
         let key = shared.next_peer_key();
         let ufrag = ice_token(16);
+        let pwd = ice_token(32);
+        let now = self.shared.clock.now().at;
+        let heard = Heard::new(now);
         let setup = PeerSetup {
             key,
             user: user.clone(),
@@ -517,15 +527,18 @@ impl MediaTask {
             local: shared.ports[port].local,
             advertise: shared.advertise.clone(),
             ufrag: ufrag.clone(),
-            pwd: ice_token(32),
+            pwd: pwd.clone(),
+            heard: heard.clone(),
             metrics: shared.metrics.clone(),
         };
-        let peer = Peer::new(setup, self.shared.clock.now().at)?;
+        let peer = Peer::new(setup, now)?;
         let _ = shared.ports[port].routes.send(RouteCmd::Add {
             ufrag,
             route: Route {
                 peer: key,
                 to: self.inbound_tx.clone(),
+                pwd: pwd.into(),
+                heard,
             },
         });
         shared.metrics.peers.inc();
@@ -729,12 +742,15 @@ impl MediaTask {
                 }
             }
         }
-        // A STUN check (RFC 7983: first byte 0 to 3) on a connected quiet
-        // peer is answered here and changes none of its timers: it stays
-        // quiet, and the tick is not woken for it. The consent checks of
-        // idle members are most of what an idle room receives.
+        // A STUN check (RFC 7983: first byte 0 to 3) the port reader left
+        // to the agent, or RTCP (a subscriber's receiver report, a NACK, a
+        // PLI), on a connected quiet peer is handled right here, answers
+        // and retransmissions included, and moves none of its timers past
+        // the slack a quiet peer is given: it stays quiet, and the tick is
+        // not woken for it. Every subscriber's report each second would
+        // otherwise cost a visit each.
         let stun = inbound.data.first().is_some_and(|b| *b <= 3);
-        if !(stun && peer.connected && peer.quiet_until.is_some()) {
+        if !((stun || is_rtcp(&inbound.data)) && peer.connected && peer.quiet_until.is_some()) {
             wake(&mut self.awake, peer);
         }
         let read = peer.pc.handle_read(TaggedBytesMut {
@@ -1121,6 +1137,7 @@ impl MediaTask {
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
+            peer.last_heard = peer.last_heard.max(peer.heard.last());
             if let Some(quiet) = peer.quiet_until
                 && quiet > now
                 && peer.last_heard + timeout > now
@@ -1177,7 +1194,14 @@ impl MediaTask {
                 .unwrap_or(now + QUIET_AT_MOST)
                 .min(now + QUIET_AT_MOST);
             if peer.connected {
-                quiet = quiet.max(now + IDLE_SLACK);
+                let untimed = peer.incoming.is_empty()
+                    && peer.outgoing.values().all(|o| o.direct || !o.sent_any);
+                let slack = if untimed {
+                    IDLE_SLACK_UNTIMED
+                } else {
+                    IDLE_SLACK
+                };
+                quiet = quiet.max(now + slack);
             }
             peer.quiet_until = Some(quiet);
             // Input during the visit (a keyframe request it relayed to
@@ -1236,6 +1260,19 @@ impl MediaTask {
     fn flush(&mut self, key: PeerKey) {
         if let Some(peer) = self.peers.get_mut(&key) {
             flush_peer(&mut self.out, peer);
+            // Connected, with a pair in use: from now on the port reader
+            // answers the consent checks from there (again if the client
+            // moved to another pair).
+            if peer.connected
+                && let Some(remote) = peer.remote
+                && peer.consent_at != Some(remote)
+            {
+                peer.consent_at = Some(remote);
+                let _ = self.shared.ports[peer.port].routes.send(RouteCmd::Consent {
+                    ufrag: peer.ufrag.clone(),
+                    addr: remote,
+                });
+            }
         }
     }
 }

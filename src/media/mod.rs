@@ -87,6 +87,9 @@ pub struct MediaMetrics {
     /// tracks go through rtc's pipeline.
     pub srtp_keys_checked: Counter,
     pub srtp_key_mismatch: Counter,
+    /// Consent checks (RFC 7675) answered by a port's reader without
+    /// waking the peer's shard.
+    pub consent_answered: Counter,
     pub dropped_packets: Family<ReasonLabel, Counter>,
     pub keyframe_requests: Counter,
     /// System calls that sent datagrams, and the datagrams they sent.
@@ -129,6 +132,11 @@ impl MediaMetrics {
             "media_srtp_key_mismatch",
             "Peers whose SRTCP authenticated under the key taken for the server's own",
             self.srtp_key_mismatch.clone(),
+        );
+        registry.register(
+            "media_consent_answered",
+            "ICE consent checks answered by the UDP port's reader, beside webrtc-rs's agent",
+            self.consent_answered.clone(),
         );
         registry.register(
             "media_dropped_packets",

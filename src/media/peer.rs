@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -28,7 +28,7 @@ use super::forwarder::Offer;
 use super::interceptor::{SsrcGuard, ssrc_guard_slot};
 use super::rewrite::SeqRewriter;
 use super::srtp::KeyTap;
-use super::udp::PeerKey;
+use super::udp::{Heard, PeerKey};
 use super::{MediaError, MediaMetrics, codec};
 use crate::ids::{ConnId, UserId};
 use crate::model::{MediaKind, Mode, PublishSlot, TrackInfo};
@@ -136,6 +136,10 @@ pub(crate) struct Peer {
     /// Where rtc last sent this peer's datagrams: the nominated pair's
     /// remote address, for what is sent beside it.
     pub remote: Option<SocketAddr>,
+    /// Consent checks the port reader answered for this peer (`udp.rs`).
+    pub heard: std::sync::Arc<Heard>,
+    /// The address the port reader was last told to answer checks from.
+    pub consent_at: Option<SocketAddr>,
     /// Receivers by the track id webrtc-rs reports packets under.
     pub incoming: HashMap<String, Incoming>,
     /// Transceivers where this member may publish (server receives).
@@ -172,6 +176,7 @@ pub(crate) struct PeerSetup {
     pub advertise: Vec<IpAddr>,
     pub ufrag: String,
     pub pwd: String,
+    pub heard: std::sync::Arc<Heard>,
     pub metrics: std::sync::Arc<MediaMetrics>,
 }
 
@@ -184,7 +189,12 @@ impl Peer {
         let keys = KeyTap::new();
         let mut settings = SettingEngineBuilder::new()
             .with_lite(true)
-            .with_ice_credentials(setup.ufrag.clone(), setup.pwd);
+            .with_ice_credentials(setup.ufrag.clone(), setup.pwd)
+            // The agent's consent timers are off: once the peer is
+            // connected the port reader answers its checks and the agent
+            // never sees them. Liveness is the shard's media timeout, fed
+            // by every datagram and every check answered (`udp::Heard`).
+            .with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None);
         if let Some(keys) = &keys {
             settings = settings
                 .with_crypto_provider(keys.clone())
@@ -228,6 +238,8 @@ impl Peer {
             keys,
             keys_checked: false,
             remote: None,
+            heard: setup.heard,
+            consent_at: None,
             incoming: HashMap::new(),
             publish: Vec::new(),
             outgoing: HashMap::new(),

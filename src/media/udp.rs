@@ -6,20 +6,31 @@
 //! whose USERNAME starts with a server ufrag we handed out; that binds the
 //! address to the peer. Anything else from an unknown address is dropped and
 //! counted, before any parsing beyond the STUN header.
+//!
+//! Once a peer is connected, the reader answers its consent checks (RFC
+//! 7675) on the selected pair itself: a binding answer is a parse, an
+//! HMAC-SHA1 and a CRC, and for idle members these checks are nearly all
+//! the traffic, so the room's shard is neither woken nor handed them. The
+//! shard learns that the peer is alive from [`Heard`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rtc::stun::attributes::ATTR_USERNAME;
-use rtc::stun::message::Message;
+use rtc::crypto::RTCCryptoProvider;
+use rtc::stun::attributes::{ATTR_ICE_CONTROLLING, ATTR_USERNAME};
+use rtc::stun::fingerprint::FINGERPRINT;
+use rtc::stun::integrity::MessageIntegrity;
+use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message};
+use rtc::stun::xoraddr::XorMappedAddress;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::MediaMetrics;
-use super::batch::{CHUNK, RecvBuffers, recv_batch};
+use super::batch::{CHUNK, RecvBuffers, SendBatch, recv_batch};
 use crate::clock::Clock;
 
 /// Largest datagram accepted; WebRTC packets stay under a 1500-byte MTU.
@@ -41,13 +52,56 @@ pub(crate) struct Inbound {
 pub(crate) struct Route {
     pub peer: PeerKey,
     pub to: mpsc::Sender<Inbound>,
+    /// The peer's ICE password (ours, from its offer), for answering its
+    /// consent checks here.
+    pub pwd: Arc<str>,
+    pub heard: Arc<Heard>,
 }
 
 pub(crate) enum RouteCmd {
     /// Datagrams whose STUN USERNAME starts with `ufrag:` belong to `route`.
     Add { ufrag: String, route: Route },
+    /// The peer is connected and `addr` is its selected pair's far end: its
+    /// consent checks from there are answered by the reader.
+    Consent { ufrag: String, addr: SocketAddr },
     /// The peer is gone: forget its ufrag and every address bound to it.
     Remove { ufrag: String },
+}
+
+/// When the port reader last answered one of a peer's consent checks:
+/// written by the reader, read by the peer's shard for its media timeout.
+pub(crate) struct Heard {
+    base: Instant,
+    /// Nanoseconds after `base`; 0 for never.
+    after: AtomicU64,
+}
+
+impl Heard {
+    pub(crate) fn new(base: Instant) -> Arc<Heard> {
+        Arc::new(Heard {
+            base,
+            after: AtomicU64::new(0),
+        })
+    }
+
+    fn note(&self, at: Instant) {
+        let after = at.saturating_duration_since(self.base).as_nanos();
+        self.after
+            .fetch_max(u64::try_from(after).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The last check answered, or `base` if none was.
+    pub(crate) fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.after.load(Ordering::Relaxed))
+    }
+}
+
+/// An address bound to a peer.
+struct Bound {
+    ufrag: String,
+    route: Route,
+    /// Consent checks from here are answered by the reader.
+    answer: bool,
 }
 
 /// One bound UDP port.
@@ -72,6 +126,8 @@ impl Port {
             cmds,
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
+            crypto: rtc::crypto::default_provider().ok(),
+            answers: SendBatch::new(socket.clone()),
             metrics,
             clock,
         };
@@ -88,7 +144,11 @@ struct Reader {
     socket: Arc<UdpSocket>,
     cmds: mpsc::UnboundedReceiver<RouteCmd>,
     by_ufrag: HashMap<String, Route>,
-    by_addr: HashMap<SocketAddr, (String, Route)>,
+    by_addr: HashMap<SocketAddr, Bound>,
+    /// For the consent answers' HMAC; without it every check goes to rtc.
+    crypto: Option<Arc<dyn RTCCryptoProvider>>,
+    /// Consent answers, sent once per batch received.
+    answers: SendBatch,
     metrics: Arc<MediaMetrics>,
     clock: Clock,
 }
@@ -126,6 +186,7 @@ impl Reader {
                     for (data, from) in bufs.received() {
                         self.route(data, from);
                     }
+                    self.send_answers();
                     if n < CHUNK {
                         return;
                     }
@@ -141,14 +202,34 @@ impl Reader {
         }
     }
 
+    fn send_answers(&mut self) {
+        if self.answers.is_empty() {
+            return;
+        }
+        let done = self.answers.flush();
+        for _ in 0..done.dropped {
+            self.metrics.dropped("send_buffer_full");
+        }
+        self.metrics.send_calls.inc_by(done.calls as u64);
+        self.metrics.sent_datagrams.inc_by(done.sent as u64);
+    }
+
     fn apply(&mut self, cmd: RouteCmd) {
         match cmd {
             RouteCmd::Add { ufrag, route } => {
                 self.by_ufrag.insert(ufrag, route);
             }
+            RouteCmd::Consent { ufrag, addr } => {
+                // One answering address per peer: the pair it uses now.
+                for (at, bound) in self.by_addr.iter_mut() {
+                    if bound.ufrag == ufrag {
+                        bound.answer = *at == addr;
+                    }
+                }
+            }
             RouteCmd::Remove { ufrag } => {
                 self.by_ufrag.remove(&ufrag);
-                self.by_addr.retain(|_, (u, _)| *u != ufrag);
+                self.by_addr.retain(|_, bound| bound.ufrag != ufrag);
             }
         }
     }
@@ -163,8 +244,19 @@ impl Reader {
             self.metrics.dropped("oversized");
             return;
         }
+        let now = self.clock.now().at;
+        if let Some(bound) = self.by_addr.get(&from)
+            && bound.answer
+            && let Some(crypto) = &self.crypto
+            && let Some(answer) = consent_answer(data, from, bound, crypto.as_ref())
+        {
+            bound.route.heard.note(now);
+            self.metrics.consent_answered.inc();
+            self.answers.push(answer, from);
+            return;
+        }
         let route = match self.by_addr.get(&from) {
-            Some((_, route)) => route.clone(),
+            Some(bound) => bound.route.clone(),
             None => match self.bind_address(data, from) {
                 Some(route) => route,
                 None => {
@@ -176,7 +268,7 @@ impl Reader {
         let inbound = Inbound {
             peer: route.peer,
             from,
-            at: self.clock.now().at,
+            at: now,
             data: BytesMut::from(data),
         };
         if route.to.try_send(inbound).is_err() {
@@ -198,7 +290,176 @@ impl Reader {
         let username = std::str::from_utf8(&username).ok()?;
         let ufrag = username.split(':').next()?;
         let route = self.by_ufrag.get(ufrag)?.clone();
-        self.by_addr.insert(from, (ufrag.to_owned(), route.clone()));
+        self.by_addr.insert(
+            from,
+            Bound {
+                ufrag: ufrag.to_owned(),
+                route: route.clone(),
+                answer: false,
+            },
+        );
         Some(route)
+    }
+}
+
+/// The answer to a consent check from the peer bound at `from`, if `data`
+/// is one this reader may answer: a binding request to the peer's ufrag,
+/// from the controlling side, whose integrity and fingerprint hold. The
+/// answer is what rtc's ICE-lite agent sends (RFC 8445 §7.3): the request's
+/// transaction, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY and FINGERPRINT.
+/// Anything else, a role conflict included, is left to the agent.
+fn consent_answer(
+    data: &[u8],
+    from: SocketAddr,
+    bound: &Bound,
+    crypto: &dyn RTCCryptoProvider,
+) -> Option<BytesMut> {
+    // A binding request's first two bytes are its type, 0x0001.
+    if data.get(..2) != Some(&[0, 1]) {
+        return None;
+    }
+    let mut msg = Message::new();
+    msg.raw = data.to_vec();
+    msg.decode().ok()?;
+    if msg.typ != BINDING_REQUEST || !msg.contains(ATTR_ICE_CONTROLLING) {
+        return None;
+    }
+    let username = msg.get(ATTR_USERNAME).ok()?;
+    let ours = username
+        .strip_prefix(bound.ufrag.as_bytes())
+        .is_some_and(|rest| rest.first() == Some(&b':'));
+    if !ours {
+        return None;
+    }
+    FINGERPRINT.check(&msg).ok()?;
+    let pwd = bound.route.pwd.as_bytes();
+    MessageIntegrity::check(&mut msg, pwd, crypto.crypto()).ok()?;
+    let mut answer = Message::new();
+    answer
+        .build(&[
+            Box::new(msg),
+            Box::new(BINDING_SUCCESS),
+            Box::new(XorMappedAddress {
+                ip: from.ip(),
+                port: from.port(),
+            }),
+            Box::new(MessageIntegrity::new_raw_integrity_with_provider(
+                pwd,
+                crypto.crypto(),
+            )),
+            Box::new(FINGERPRINT),
+        ])
+        .ok()?;
+    Some(BytesMut::from(&answer.raw[..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::stun::attributes::ATTR_ICE_CONTROLLED;
+    use rtc::stun::message::{Getter, Setter, TransactionId};
+    use rtc::stun::textattrs::Username;
+
+    const PWD: &str = "0123456789abcdefghijklmnopqrstuv";
+
+    fn bound() -> Bound {
+        let (to, _) = mpsc::channel(1);
+        Bound {
+            ufrag: "server".to_owned(),
+            route: Route {
+                peer: 1,
+                to,
+                pwd: PWD.into(),
+                heard: Heard::new(Instant::now()),
+            },
+            answer: true,
+        }
+    }
+
+    /// A consent check as a controlling client sends it.
+    fn check(username: &str, pwd: &str, role: AttrType, fingerprint: bool) -> Message {
+        let crypto = rtc::crypto::default_provider().unwrap();
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(Username::new(ATTR_USERNAME, username.to_owned())),
+        ])
+        .unwrap();
+        m.add(role, &7u64.to_be_bytes());
+        MessageIntegrity::new_raw_integrity_with_provider(pwd.as_bytes(), crypto.crypto())
+            .add_to(&mut m)
+            .unwrap();
+        if fingerprint {
+            FINGERPRINT.add_to(&mut m).unwrap();
+        }
+        m
+    }
+
+    use rtc::stun::attributes::AttrType;
+
+    fn answer(request: &Message) -> Option<BytesMut> {
+        let crypto = rtc::crypto::default_provider().unwrap();
+        let from: SocketAddr = "192.0.2.7:40404".parse().unwrap();
+        consent_answer(&request.raw, from, &bound(), crypto.as_ref())
+    }
+
+    #[test]
+    fn a_consent_check_is_answered_as_the_ice_agent_would() {
+        let crypto = rtc::crypto::default_provider().unwrap();
+        let request = check("server:client", PWD, ATTR_ICE_CONTROLLING, true);
+        let raw = answer(&request).expect("answered");
+        let mut got = Message::new();
+        got.raw = raw.to_vec();
+        got.decode().unwrap();
+        assert_eq!(got.typ, BINDING_SUCCESS);
+        assert_eq!(got.transaction_id, request.transaction_id);
+        let mut mapped = XorMappedAddress::default();
+        mapped.get_from(&got).unwrap();
+        assert_eq!(
+            SocketAddr::new(mapped.ip, mapped.port),
+            "192.0.2.7:40404".parse::<SocketAddr>().unwrap()
+        );
+        FINGERPRINT.check(&got).unwrap();
+        MessageIntegrity::check(&mut got, PWD.as_bytes(), crypto.crypto()).unwrap();
+    }
+
+    #[test]
+    fn checks_the_reader_cannot_vouch_for_are_left_to_the_agent() {
+        // Another peer's ufrag, a prefix of ours, a wrong password, no
+        // fingerprint, and a client that thinks it is controlled (a role
+        // conflict, which only the agent resolves).
+        for (username, pwd, role, fingerprint) in [
+            ("other:client", PWD, ATTR_ICE_CONTROLLING, true),
+            ("serverx:client", PWD, ATTR_ICE_CONTROLLING, true),
+            (
+                "server:client",
+                "not the password",
+                ATTR_ICE_CONTROLLING,
+                true,
+            ),
+            ("server:client", PWD, ATTR_ICE_CONTROLLING, false),
+            ("server:client", PWD, ATTR_ICE_CONTROLLED, true),
+        ] {
+            let request = check(username, pwd, role, fingerprint);
+            assert!(
+                answer(&request).is_none(),
+                "{username} {pwd} {role:?} {fingerprint}"
+            );
+        }
+        assert!(answer(&Message::new()).is_none());
+        let mut garbage = Message::new();
+        garbage.raw = b"\x00\x01 not stun at all".to_vec();
+        assert!(answer(&garbage).is_none());
+    }
+
+    #[test]
+    fn heard_keeps_the_latest_instant() {
+        let base = Instant::now();
+        let heard = Heard::new(base);
+        assert_eq!(heard.last(), base);
+        heard.note(base + Duration::from_secs(3));
+        heard.note(base + Duration::from_secs(1));
+        assert_eq!(heard.last(), base + Duration::from_secs(3));
     }
 }
