@@ -245,18 +245,19 @@ impl Reader {
             return;
         }
         let now = self.clock.now().at;
-        if let Some(bound) = self.by_addr.get(&from)
-            && bound.answer
-            && let Some(crypto) = &self.crypto
-            && let Some(answer) = consent_answer(data, from, bound, crypto.as_ref())
-        {
-            bound.route.heard.note(now);
-            self.metrics.consent_answered.inc();
-            self.answers.push(answer, from);
-            return;
-        }
         let route = match self.by_addr.get(&from) {
-            Some(bound) => bound.route.clone(),
+            Some(bound) => {
+                if bound.answer
+                    && let Some(crypto) = &self.crypto
+                    && let Some(answer) = consent_answer(data, from, bound, crypto.as_ref())
+                {
+                    bound.route.heard.note(now);
+                    self.metrics.consent_answered.inc();
+                    self.answers.push(answer, from);
+                    return;
+                }
+                bound.route.clone()
+            }
             None => match self.bind_address(data, from) {
                 Some(route) => route,
                 None => {
@@ -356,7 +357,7 @@ fn consent_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::stun::attributes::ATTR_ICE_CONTROLLED;
+    use rtc::stun::attributes::{ATTR_ICE_CONTROLLED, AttrType};
     use rtc::stun::message::{Getter, Setter, TransactionId};
     use rtc::stun::textattrs::Username;
 
@@ -395,8 +396,6 @@ mod tests {
         }
         m
     }
-
-    use rtc::stun::attributes::AttrType;
 
     fn answer(request: &Message) -> Option<BytesMut> {
         let crypto = rtc::crypto::default_provider().unwrap();
