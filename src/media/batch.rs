@@ -16,11 +16,10 @@
 //! allocate here at all. Other systems than Linux send one at a time.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::net::UdpSocket;
 
 /// Datagrams handed to the kernel in one call, and received in one: the
 /// headers live on the stack (about 13 KiB at 64), so the batch owns no
@@ -127,6 +126,8 @@ impl SendBatch {
 }
 
 /// Sends a prefix of `datagrams` (at least one, or an error for the first).
+/// The socket is non-blocking and nobody waits for it to become writable:
+/// a full send buffer drops the rest, as a router would.
 #[cfg(target_os = "linux")]
 fn send_chunk(socket: &UdpSocket, datagrams: &[(BytesMut, SocketAddr)]) -> io::Result<usize> {
     use std::mem::MaybeUninit;
@@ -151,27 +152,29 @@ fn send_chunk(socket: &UdpSocket, datagrams: &[(BytesMut, SocketAddr)]) -> io::R
         hdr.msg_iov = &mut iov[i];
         hdr.msg_iovlen = 1;
     }
-    let fd = socket.as_raw_fd();
-    // Through tokio, so a full send buffer clears the socket's write
-    // readiness the way `try_send_to` would.
-    socket.try_io(tokio::io::Interest::WRITABLE, || {
-        // SAFETY: `hdrs[..len]` point at `iov` and `addrs` entries filled
-        // above, which point at `datagrams`' bytes; all outlive the call,
-        // and the kernel only reads them.
-        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), datagrams.len() as u32, 0) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    })
+    // SAFETY: `hdrs[..len]` point at `iov` and `addrs` entries filled
+    // above, which point at `datagrams`' bytes; all outlive the call, and
+    // the kernel only reads them.
+    let n = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            datagrams.len() as u32,
+            libc::MSG_DONTWAIT,
+        )
+    };
     // `SockAddr` needs no drop: the uninitialized array is simply forgotten.
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
 fn send_chunk(socket: &UdpSocket, datagrams: &[(BytesMut, SocketAddr)]) -> io::Result<usize> {
     let (data, to) = &datagrams[0];
-    socket.try_send_to(data, *to).map(|_| 1)
+    socket.send_to(data, *to).map(|_| 1)
 }
 
 /// Room for [`CHUNK`] received datagrams of up to `size` bytes each.
@@ -206,7 +209,8 @@ impl RecvBuffers {
 }
 
 /// Receives what is waiting, up to [`CHUNK`] datagrams, without blocking:
-/// `WouldBlock` when nothing is.
+/// `WouldBlock` when nothing is. Fewer than [`CHUNK`] means the socket's
+/// queue was empty when the call returned.
 #[cfg(target_os = "linux")]
 pub(crate) fn recv_batch(socket: &UdpSocket, into: &mut RecvBuffers) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
@@ -230,25 +234,21 @@ pub(crate) fn recv_batch(socket: &UdpSocket, into: &mut RecvBuffers) -> io::Resu
         hdr.msg_iov = &mut iov[i];
         hdr.msg_iovlen = 1;
     }
-    let fd = socket.as_raw_fd();
-    let n = socket.try_io(tokio::io::Interest::READABLE, || {
-        // SAFETY: every header points at its own slice of `into.bufs` and
-        // its own `names` entry, all alive and writable for the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                CHUNK as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    })?;
+    // SAFETY: every header points at its own slice of `into.bufs` and its
+    // own `names` entry, all alive and writable for the call.
+    let n = unsafe {
+        libc::recvmmsg(
+            socket.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            CHUNK as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
     for i in 0..n {
         let hdr = &hdrs[i];
         // A datagram longer than its buffer is cut and flagged; the caller
@@ -267,7 +267,7 @@ pub(crate) fn recv_batch(socket: &UdpSocket, into: &mut RecvBuffers) -> io::Resu
 pub(crate) fn recv_batch(socket: &UdpSocket, into: &mut RecvBuffers) -> io::Result<usize> {
     into.count = 0;
     let size = into.size;
-    let (n, from) = socket.try_recv_from(&mut into.bufs[..size])?;
+    let (n, from) = socket.recv_from(&mut into.bufs[..size])?;
     into.lens[0] = n;
     into.from[0] = Some(from);
     into.count = 1;
@@ -278,19 +278,32 @@ pub(crate) fn recv_batch(socket: &UdpSocket, into: &mut RecvBuffers) -> io::Resu
 mod tests {
     use super::*;
 
-    async fn pair() -> (Arc<UdpSocket>, UdpSocket) {
-        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        // tokio learns a new socket is writable from its first poll; a
-        // port in a server has long been polled.
-        a.writable().await.unwrap();
-        (Arc::new(a), b)
+    use tokio::io::unix::AsyncFd;
+
+    fn pair() -> (Arc<UdpSocket>, AsyncFd<UdpSocket>) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        // SAFETY: the `AsyncFd` owns the socket, so its fd stays open.
+        (Arc::new(a), unsafe { AsyncFd::register(b) }.unwrap())
+    }
+
+    /// Waits for `b` to hold datagrams, then takes a batch of them.
+    async fn receive(b: &AsyncFd<UdpSocket>, bufs: &mut RecvBuffers) -> usize {
+        loop {
+            let mut ready = b.readable().await.unwrap();
+            match ready.try_io(|b| recv_batch(b.get_ref(), bufs)) {
+                Ok(got) => return got.unwrap(),
+                Err(_would_block) => continue,
+            }
+        }
     }
 
     #[tokio::test]
     async fn a_batch_arrives_whole_and_in_order_over_several_calls() {
-        let (a, b) = pair().await;
-        let to = b.local_addr().unwrap();
+        let (a, b) = pair();
+        let to = b.get_ref().local_addr().unwrap();
         let mut batch = SendBatch::new(a.clone());
         let n = CHUNK * 2 + 5;
         for i in 0..n {
@@ -307,15 +320,11 @@ mod tests {
         let mut bufs = RecvBuffers::new(1501);
         let mut got = Vec::new();
         while got.len() < n {
-            b.readable().await.unwrap();
-            match recv_batch(&b, &mut bufs) {
-                Ok(_) => got.extend(bufs.received().map(|(data, from)| {
-                    assert_eq!(from, a.local_addr().unwrap());
-                    String::from_utf8(data.to_vec()).unwrap()
-                })),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
-            }
+            receive(&b, &mut bufs).await;
+            got.extend(bufs.received().map(|(data, from)| {
+                assert_eq!(from, a.local_addr().unwrap());
+                String::from_utf8(data.to_vec()).unwrap()
+            }));
         }
         let want: Vec<String> = (0..n).map(|i| format!("datagram {i}")).collect();
         assert_eq!(got, want);
@@ -323,8 +332,8 @@ mod tests {
 
     #[tokio::test]
     async fn one_bad_destination_loses_only_its_own_datagram() {
-        let (a, b) = pair().await;
-        let to = b.local_addr().unwrap();
+        let (a, b) = pair();
+        let to = b.get_ref().local_addr().unwrap();
         let mut batch = SendBatch::new(a);
         batch.push(BytesMut::from(&b"one"[..]), to);
         // An IPv6 destination on an IPv4 socket: the kernel refuses it.
@@ -332,22 +341,22 @@ mod tests {
         batch.push(BytesMut::from(&b"two"[..]), to);
         let done = batch.flush();
         assert_eq!((done.sent, done.failed), (2, 1), "{done:?}");
-        let mut buf = [0u8; 16];
-        let (n, _) = b.recv_from(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"one");
-        let (n, _) = b.recv_from(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"two");
+        let mut bufs = RecvBuffers::new(16);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            receive(&b, &mut bufs).await;
+            got.extend(bufs.received().map(|(data, _)| data.to_vec()));
+        }
+        assert_eq!(got, [&b"one"[..], &b"two"[..]]);
     }
 
     #[tokio::test]
     async fn an_oversized_datagram_is_cut_to_the_buffer() {
-        let (a, b) = pair().await;
-        a.send_to(&[7u8; 40], b.local_addr().unwrap())
-            .await
+        let (a, b) = pair();
+        a.send_to(&[7u8; 40], b.get_ref().local_addr().unwrap())
             .unwrap();
         let mut bufs = RecvBuffers::new(16);
-        b.readable().await.unwrap();
-        assert_eq!(recv_batch(&b, &mut bufs).unwrap(), 1);
+        assert_eq!(receive(&b, &mut bufs).await, 1);
         let (data, _) = bufs.received().next().unwrap();
         assert_eq!(data.len(), 16);
     }

@@ -1428,8 +1428,8 @@ mod tests {
     /// forwarded packet, the datagram's own buffer (rtc-srtp encrypts into a
     /// buffer it allocates); none for marshalling, batching, `sendmmsg` or
     /// the sender-report counters.
-    #[tokio::test]
-    async fn a_direct_packet_allocates_only_its_datagram() {
+    #[test]
+    fn a_direct_packet_allocates_only_its_datagram() {
         let crypto = rtc::crypto::default_provider().expect("ring");
         let mut context = rtc::srtp::context::Context::new(
             &[7; 16],
@@ -1440,8 +1440,8 @@ mod tests {
             crypto.crypto(),
         )
         .expect("context");
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        socket.writable().await.unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
         let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = sink.local_addr().unwrap();
         let mut batch = SendBatch::new(Arc::new(socket));

@@ -90,6 +90,9 @@ pub struct MediaMetrics {
     /// Consent checks (RFC 7675) answered by a port's reader without
     /// waking the peer's shard.
     pub consent_answered: Counter,
+    /// Reads of a port on its timer, taken out of epoll while only consent
+    /// checks arrive.
+    pub coalesced_reads: Counter,
     pub dropped_packets: Family<ReasonLabel, Counter>,
     pub keyframe_requests: Counter,
     /// System calls that sent datagrams, and the datagrams they sent.
@@ -137,6 +140,11 @@ impl MediaMetrics {
             "media_consent_answered",
             "ICE consent checks answered by the UDP port's reader, beside webrtc-rs's agent",
             self.consent_answered.clone(),
+        );
+        registry.register(
+            "media_udp_coalesced_reads",
+            "Reads of a UDP port on a timer while it carries only consent checks",
+            self.coalesced_reads.clone(),
         );
         registry.register(
             "media_dropped_packets",

@@ -12,9 +12,19 @@
 //! HMAC-SHA1 and a CRC, and for idle members these checks are nearly all
 //! the traffic, so the room's shard is neither woken nor handed them. The
 //! shard learns that the peer is alive from [`Heard`].
+//!
+//! A port that has carried nothing but consent checks for a while (a
+//! server of idle members: browsers check every few seconds each, a
+//! thousand members are hundreds of checks a second) is read on a timer
+//! instead: the socket leaves epoll, and every [`COALESCE`] the reader takes
+//! and answers what queued meanwhile, in one `recvmmsg` and one `sendmmsg`.
+//! An fd still registered would wake the runtime on every datagram even
+//! while nobody reads it. The first datagram for a room, or a read that
+//! finds nothing, puts the socket back in epoll, so media never waits on
+//! the timer but once.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +36,8 @@ use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
 use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message};
 use rtc::stun::xoraddr::XorMappedAddress;
-use tokio::net::UdpSocket;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::MediaMetrics;
@@ -35,6 +46,15 @@ use crate::clock::Clock;
 
 /// Largest datagram accepted; WebRTC packets stay under a 1500-byte MTU.
 pub(crate) const MAX_DATAGRAM: usize = 1500;
+
+/// How long a port carrying only consent checks lets them queue before
+/// reading them. A check's answer may wait this long (consent allows 30 s);
+/// the first media datagram after a quiet spell may too, once.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// How long a port must have routed nothing to a room before its reads are
+/// coalesced: a room with media in it is read as datagrams arrive.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Identifies one peer connection across the process.
 pub(crate) type PeerKey = u64;
@@ -118,7 +138,12 @@ impl Port {
         clock: Clock,
         tracker: &tokio_util::task::TaskTracker,
     ) -> std::io::Result<Port> {
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        // A std socket, not tokio's: the reader registers it with the
+        // runtime only while it reads datagrams as they arrive, and every
+        // send is a non-blocking `sendmmsg` that never waits for it.
+        let socket = UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        let socket = Arc::new(socket);
         let local = socket.local_addr()?;
         let (routes, cmds) = mpsc::unbounded_channel();
         let reader = Reader {
@@ -128,6 +153,7 @@ impl Port {
             by_addr: HashMap::new(),
             crypto: rtc::crypto::default_provider().ok(),
             answers: SendBatch::new(socket.clone()),
+            last_routed: clock.now().at,
             metrics,
             clock,
         };
@@ -149,57 +175,150 @@ struct Reader {
     crypto: Option<Arc<dyn RTCCryptoProvider>>,
     /// Consent answers, sent once per batch received.
     answers: SendBatch,
+    /// When a datagram last went to a room.
+    last_routed: Instant,
     metrics: Arc<MediaMetrics>,
     clock: Clock,
 }
+
+/// What one read of the socket's queue took.
+#[derive(Debug, Default, Clone, Copy)]
+struct Read {
+    datagrams: usize,
+    /// Handed to a room (rather than answered here or dropped).
+    routed: usize,
+    /// The queue was empty when the last call returned.
+    drained: bool,
+}
+
+/// Batches taken in one wake before the reader lets the runtime run
+/// others (the rooms it just handed datagrams to among them).
+const BATCHES_PER_WAKE: usize = 16;
 
 impl Reader {
     async fn run(mut self) {
         // One byte more than accepted, so an oversized datagram is seen as
         // such instead of silently truncated to a plausible length.
         let mut bufs = RecvBuffers::new(MAX_DATAGRAM + 1);
+        while self.read_as_it_arrives(&mut bufs).await && self.read_coalesced(&mut bufs).await {}
+    }
+
+    /// Reads datagrams as they arrive, the socket registered with the
+    /// runtime, until the port has routed nothing to a room for [`QUIET`]
+    /// and consent checks come closer together than [`COALESCE`]: then
+    /// true, to read on a timer instead. False when the port is done.
+    async fn read_as_it_arrives(&mut self, bufs: &mut RecvBuffers) -> bool {
+        // SAFETY: the `Arc` the registration holds keeps the socket, and so
+        // its file descriptor, open and unchanged until the registration
+        // is dropped.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(self.socket.clone(), Interest::READABLE) };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "udp port cannot be polled");
+                return false;
+            }
+        };
+        let mut last_wake: Option<Instant> = None;
         loop {
             tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
                     Some(cmd) => self.apply(cmd),
                     // The media plane is gone: stop reading.
-                    None => return,
+                    None => return false,
                 },
-                ready = self.socket.readable() => {
-                    if let Err(e) = ready {
-                        tracing::warn!(error = %e, "udp port unreadable");
-                        return;
+                ready = fd.readable() => {
+                    let mut ready = match ready {
+                        Ok(ready) => ready,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "udp port unreadable");
+                            return false;
+                        }
+                    };
+                    let read = self.read_queued(bufs);
+                    if read.drained {
+                        // Emptied by the last call: a datagram since is a
+                        // new edge for epoll, so no call is spent on
+                        // finding the queue empty.
+                        ready.clear_ready();
                     }
-                    self.read_ready(&mut bufs);
-                },
+                    if read.datagrams == 0 {
+                        continue;
+                    }
+                    let now = self.clock.now().at;
+                    let checks_only = read.routed == 0
+                        && now.saturating_duration_since(self.last_routed) >= QUIET;
+                    if checks_only && last_wake.is_some_and(|at| now - at < COALESCE) {
+                        // Dropping `fd` takes the socket out of epoll.
+                        return true;
+                    }
+                    last_wake = Some(now);
+                }
+            }
+        }
+    }
+
+    /// Reads the socket every [`COALESCE`], out of epoll, for as long as
+    /// each read finds datagrams and routes none to a room: true to read
+    /// them as they arrive again, false when the port is done.
+    async fn read_coalesced(&mut self, bufs: &mut RecvBuffers) -> bool {
+        loop {
+            let due = tokio::time::sleep(COALESCE);
+            tokio::pin!(due);
+            loop {
+                tokio::select! {
+                    cmd = self.cmds.recv() => match cmd {
+                        Some(cmd) => self.apply(cmd),
+                        None => return false,
+                    },
+                    () = &mut due => break,
+                }
+            }
+            self.metrics.coalesced_reads.inc();
+            let read = self.read_queued(bufs);
+            if read.datagrams == 0 || read.routed > 0 {
+                return true;
             }
         }
     }
 
     /// Takes what the socket holds, a batch per system call, and routes it.
-    fn read_ready(&mut self, bufs: &mut RecvBuffers) {
-        loop {
+    fn read_queued(&mut self, bufs: &mut RecvBuffers) -> Read {
+        let mut read = Read::default();
+        for _ in 0..BATCHES_PER_WAKE {
             match recv_batch(&self.socket, bufs) {
                 Ok(n) => {
                     self.metrics.recv_calls.inc();
                     self.metrics.received_datagrams.inc_by(n as u64);
+                    read.datagrams += n;
                     for (data, from) in bufs.received() {
-                        self.route(data, from);
+                        if self.route(data, from) {
+                            read.routed += 1;
+                        }
                     }
                     self.send_answers();
                     if n < CHUNK {
-                        return;
+                        read.drained = true;
+                        break;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    read.drained = true;
+                    break;
+                }
                 Err(e) => {
                     // ICMP port unreachable from a vanished peer shows up
-                    // here on some systems; it is not fatal to the port.
+                    // here on some systems; the call reports it once and
+                    // it is not fatal to the port, so read on.
                     tracing::trace!(error = %e, "udp receive error");
-                    return;
                 }
             }
         }
+        if read.routed > 0 {
+            self.last_routed = self.clock.now().at;
+        }
+        read
     }
 
     fn send_answers(&mut self) {
@@ -234,7 +353,8 @@ impl Reader {
         }
     }
 
-    fn route(&mut self, data: &[u8], from: SocketAddr) {
+    /// Answers, drops or hands `data` to its room: true for the last.
+    fn route(&mut self, data: &[u8], from: SocketAddr) -> bool {
         // Commands are applied before the datagram so a just-added peer's
         // first check finds its route.
         while let Ok(cmd) = self.cmds.try_recv() {
@@ -242,7 +362,7 @@ impl Reader {
         }
         if data.len() > MAX_DATAGRAM {
             self.metrics.dropped("oversized");
-            return;
+            return false;
         }
         let now = self.clock.now().at;
         let route = match self.by_addr.get(&from) {
@@ -254,7 +374,7 @@ impl Reader {
                     bound.route.heard.note(now);
                     self.metrics.consent_answered.inc();
                     self.answers.push(answer, from);
-                    return;
+                    return false;
                 }
                 bound.route.clone()
             }
@@ -262,7 +382,7 @@ impl Reader {
                 Some(route) => route,
                 None => {
                     self.metrics.dropped("unknown_source");
-                    return;
+                    return false;
                 }
             },
         };
@@ -275,6 +395,7 @@ impl Reader {
         if route.to.try_send(inbound).is_err() {
             self.metrics.dropped("room_busy");
         }
+        true
     }
 
     /// A first datagram from `from`: accepted only as a STUN message whose
@@ -450,6 +571,138 @@ mod tests {
         let mut garbage = Message::new();
         garbage.raw = b"\x00\x01 not stun at all".to_vec();
         assert!(answer(&garbage).is_none());
+    }
+
+    /// A port whose only bound peer is `server`, connected from `client`.
+    async fn connected_port() -> (
+        Port,
+        Arc<MediaMetrics>,
+        tokio::net::UdpSocket,
+        mpsc::Receiver<Inbound>,
+    ) {
+        let metrics = Arc::new(MediaMetrics::default());
+        let tracker = tokio_util::task::TaskTracker::new();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let port = Port::bind(local, metrics.clone(), Clock::new(), &tracker)
+            .await
+            .unwrap();
+        let (to, mut room) = mpsc::channel(16);
+        let route = Route {
+            peer: 1,
+            to,
+            pwd: PWD.into(),
+            heard: Heard::new(Instant::now()),
+        };
+        let ufrag = "server".to_owned();
+        port.routes
+            .send(RouteCmd::Add {
+                ufrag: ufrag.clone(),
+                route,
+            })
+            .unwrap();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The first check binds the client's address; it goes to the room,
+        // whose agent answers it and, once connected, hands consent here.
+        let first = check("server:client", PWD, ATTR_ICE_CONTROLLING, true);
+        client.send_to(&first.raw, port.local).await.unwrap();
+        room.recv().await.expect("the first check reaches the room");
+        let addr = client.local_addr().unwrap();
+        port.routes.send(RouteCmd::Consent { ufrag, addr }).unwrap();
+        (port, metrics, client, room)
+    }
+
+    /// Sends a consent check and waits for the reader's answer.
+    async fn answered(client: &tokio::net::UdpSocket, port: &Port) {
+        let request = check("server:client", PWD, ATTR_ICE_CONTROLLING, true);
+        client.send_to(&request.raw, port.local).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = client.recv(&mut buf).await.unwrap();
+        let mut got = Message::new();
+        got.raw = buf[..n].to_vec();
+        got.decode().unwrap();
+        assert_eq!(
+            (got.typ, got.transaction_id),
+            (BINDING_SUCCESS, request.transaction_id)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_carrying_only_consent_checks_reads_them_on_a_timer() {
+        let (port, metrics, client, mut room) = connected_port().await;
+        // A quiet second, then two checks closer than the timer: answered
+        // as they arrive, after which the socket is read on the timer.
+        tokio::time::advance(QUIET).await;
+        answered(&client, &port).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        answered(&client, &port).await;
+        let (recv_calls, send_calls) = (metrics.recv_calls.get(), metrics.send_calls.get());
+        let answered_before = metrics.consent_answered.get();
+
+        // Ten checks over 10 ms queue untouched: no wake reads them.
+        let mut pending = Vec::new();
+        for _ in 0..10 {
+            let request = check("server:client", PWD, ATTR_ICE_CONTROLLING, true);
+            client.send_to(&request.raw, port.local).await.unwrap();
+            pending.push(request.transaction_id);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            metrics.recv_calls.get(),
+            recv_calls,
+            "read before the timer"
+        );
+        assert_eq!(metrics.coalesced_reads.get(), 0);
+
+        // At the timer: all ten taken in one call, answered in one.
+        let mut buf = [0u8; 256];
+        for id in pending {
+            let n = client.recv(&mut buf).await.unwrap();
+            let mut got = Message::new();
+            got.raw = buf[..n].to_vec();
+            got.decode().unwrap();
+            assert_eq!((got.typ, got.transaction_id), (BINDING_SUCCESS, id));
+        }
+        assert_eq!(metrics.recv_calls.get(), recv_calls + 1);
+        assert_eq!(metrics.send_calls.get(), send_calls + 1);
+        assert_eq!(metrics.consent_answered.get(), answered_before + 10);
+        assert_eq!(metrics.coalesced_reads.get(), 1);
+
+        // A datagram for the room waits for the next read, once; after it
+        // the socket is read as datagrams arrive again.
+        client
+            .send_to(&[0x80, 111, 0, 1], port.local)
+            .await
+            .unwrap();
+        let media = room.recv().await.expect("routed");
+        assert_eq!(&media.data[..], &[0x80, 111, 0, 1]);
+        assert_eq!(metrics.coalesced_reads.get(), 2);
+        client
+            .send_to(&[0x80, 111, 0, 2], port.local)
+            .await
+            .unwrap();
+        let media = room.recv().await.expect("routed");
+        assert_eq!(&media.data[..], &[0x80, 111, 0, 2]);
+        assert_eq!(metrics.coalesced_reads.get(), 2, "read on the timer again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_with_media_reads_consent_checks_as_they_arrive() {
+        let (port, metrics, client, _room) = connected_port().await;
+        // Checks closer than the timer, but the room's first check went
+        // through less than a second ago: no coalescing.
+        for _ in 0..5 {
+            answered(&client, &port).await;
+            tokio::time::advance(Duration::from_millis(5)).await;
+        }
+        assert_eq!(metrics.coalesced_reads.get(), 0);
+        // The same after a quiet second, when checks come far apart.
+        tokio::time::advance(QUIET).await;
+        for _ in 0..5 {
+            answered(&client, &port).await;
+            tokio::time::advance(COALESCE * 2).await;
+        }
+        assert_eq!(metrics.coalesced_reads.get(), 0);
+        assert_eq!(metrics.consent_answered.get(), 10);
     }
 
     #[test]
