@@ -249,7 +249,9 @@ impl Reader {
                     let now = self.clock.now().at;
                     let checks_only = read.routed == 0
                         && now.saturating_duration_since(self.last_routed) >= QUIET;
-                    if checks_only && last_wake.is_some_and(|at| now - at < COALESCE) {
+                    if checks_only
+                        && last_wake.is_some_and(|at| now.saturating_duration_since(at) < COALESCE)
+                    {
                         // Dropping `fd` takes the socket out of epoll.
                         return true;
                     }
@@ -615,15 +617,30 @@ mod tests {
     async fn answered(client: &tokio::net::UdpSocket, port: &Port) {
         let request = check("server:client", PWD, ATTR_ICE_CONTROLLING, true);
         client.send_to(&request.raw, port.local).await.unwrap();
+        answer_arrives(client, request.transaction_id).await;
+    }
+
+    /// Waits for the next datagram and checks it answers transaction `id`.
+    async fn answer_arrives(client: &tokio::net::UdpSocket, id: TransactionId) {
         let mut buf = [0u8; 256];
         let n = client.recv(&mut buf).await.unwrap();
         let mut got = Message::new();
         got.raw = buf[..n].to_vec();
         got.decode().unwrap();
-        assert_eq!(
-            (got.typ, got.transaction_id),
-            (BINDING_SUCCESS, request.transaction_id)
-        );
+        assert_eq!((got.typ, got.transaction_id), (BINDING_SUCCESS, id));
+    }
+
+    /// Sends a media-like datagram and waits for the room to get it.
+    async fn reaches_the_room(
+        client: &tokio::net::UdpSocket,
+        port: &Port,
+        room: &mut mpsc::Receiver<Inbound>,
+        seq: u8,
+    ) {
+        let datagram = [0x80, 111, 0, seq];
+        client.send_to(&datagram, port.local).await.unwrap();
+        let got = room.recv().await.expect("routed");
+        assert_eq!(&got.data[..], &datagram);
     }
 
     #[tokio::test(start_paused = true)]
@@ -654,13 +671,8 @@ mod tests {
         assert_eq!(metrics.coalesced_reads.get(), 0);
 
         // At the timer: all ten taken in one call, answered in one.
-        let mut buf = [0u8; 256];
         for id in pending {
-            let n = client.recv(&mut buf).await.unwrap();
-            let mut got = Message::new();
-            got.raw = buf[..n].to_vec();
-            got.decode().unwrap();
-            assert_eq!((got.typ, got.transaction_id), (BINDING_SUCCESS, id));
+            answer_arrives(&client, id).await;
         }
         assert_eq!(metrics.recv_calls.get(), recv_calls + 1);
         assert_eq!(metrics.send_calls.get(), send_calls + 1);
@@ -669,20 +681,14 @@ mod tests {
 
         // A datagram for the room waits for the next read, once; after it
         // the socket is read as datagrams arrive again.
-        client
-            .send_to(&[0x80, 111, 0, 1], port.local)
-            .await
-            .unwrap();
-        let media = room.recv().await.expect("routed");
-        assert_eq!(&media.data[..], &[0x80, 111, 0, 1]);
+        reaches_the_room(&client, &port, &mut room, 1).await;
         assert_eq!(metrics.coalesced_reads.get(), 2);
-        client
-            .send_to(&[0x80, 111, 0, 2], port.local)
-            .await
-            .unwrap();
-        let media = room.recv().await.expect("routed");
-        assert_eq!(&media.data[..], &[0x80, 111, 0, 2]);
-        assert_eq!(metrics.coalesced_reads.get(), 2, "read on the timer again");
+        reaches_the_room(&client, &port, &mut room, 2).await;
+        assert_eq!(
+            metrics.coalesced_reads.get(),
+            2,
+            "read on the timer, not as it arrived"
+        );
     }
 
     #[tokio::test(start_paused = true)]
