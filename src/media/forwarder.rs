@@ -54,13 +54,19 @@ const QUIET_AT_MOST: Duration = Duration::from_secs(1);
 /// visited at the next tick regardless. Without it a room of 1,000 idle
 /// members made 5,000 visits a second.
 const IDLE_SLACK: Duration = Duration::from_millis(900);
-/// How late a connected peer may run its timers when rtc has nothing of
-/// its own to time for it: it publishes nothing (no receiver reports, no
-/// NACKs to send) and every track sent to it goes beside the pipeline or
-/// has sent nothing yet (no sender reports, no retransmissions). Its ICE
-/// consent is answered by the port reader, so the visit only reads that
-/// liveness for the media timeout.
-const IDLE_SLACK_UNTIMED: Duration = Duration::from_secs(5);
+/// The grid a connected peer's next visit is rounded up to. Every shard of
+/// every room counts it from the server clock's anchor (`Clock::on_grid`),
+/// so a thousand idle members come due on five instants a second, not
+/// scattered over it, and each instant is one wake of the shard. A multiple
+/// of the port reader's coalescing period, so that shard 0 of a room,
+/// which shares a runtime with the port readers, is woken with a
+/// coalesced read rather than beside it.
+const IDLE_GRID: Duration = Duration::from_millis(200);
+const _: () = assert!(
+    IDLE_GRID
+        .as_millis()
+        .is_multiple_of(super::udp::COALESCE.as_millis())
+);
 /// Datagrams handled per wake before timers get a turn.
 const BATCH: usize = 64;
 /// Datagrams queued for a room before the port's reader drops more.
@@ -267,9 +273,10 @@ struct MediaTask {
     /// visit (their `quiet_until` is `None`).
     awake: HashSet<PeerKey>,
     /// When each quiet peer is next due (its own timer, or its media
-    /// timeout), earliest first. Entries go stale when input wakes a peer
-    /// early; a stale one is skipped when it comes up. The tick touches only
-    /// the awake and the due, never every peer.
+    /// timeout), earliest first: one live entry per peer (`Peer::queued`,
+    /// `schedule`), which the tick moves on when the peer's deadline moved
+    /// later since. The tick touches only the awake and the due, never
+    /// every peer.
     deadlines: BinaryHeap<Reverse<(Instant, PeerKey)>>,
 }
 
@@ -1124,12 +1131,32 @@ impl MediaTask {
         let timeout = self.shared.config.timeout;
         let mut lost = Vec::new();
         let mut visit: Vec<PeerKey> = self.awake.drain().collect();
+        let mut later = Vec::new();
         while let Some(Reverse((at, key))) = self.deadlines.peek().copied() {
             if at > now {
                 break;
             }
             self.deadlines.pop();
-            visit.push(key);
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if peer.queued != Some(at) {
+                // Superseded by an earlier entry of the same peer.
+                continue;
+            }
+            peer.queued = None;
+            match peer.quiet_until {
+                // Visited since the entry was made, and due later now:
+                // the entry moves to its new deadline (after the loop,
+                // lest it come up again in this one).
+                Some(quiet) if quiet > now => later.push((quiet, key)),
+                _ => visit.push(key),
+            }
+        }
+        for (quiet, key) in later {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                schedule(&mut self.deadlines, &mut peer.queued, key, quiet);
+            }
         }
         visit.sort_unstable();
         visit.dedup();
@@ -1138,14 +1165,6 @@ impl MediaTask {
                 continue;
             };
             peer.last_heard = peer.last_heard.max(peer.heard.last());
-            if let Some(quiet) = peer.quiet_until
-                && quiet > now
-                && peer.last_heard + timeout > now
-            {
-                // A stale deadline: the peer was visited since, and its
-                // current one is in the heap.
-                continue;
-            }
             if peer.pc.poll_timeout().is_some_and(|t| t <= now)
                 && let Err(e) = peer.pc.handle_timeout(now)
             {
@@ -1176,7 +1195,7 @@ impl MediaTask {
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            if peer.failed || now.duration_since(peer.last_heard) > timeout {
+            if peer.failed || now.duration_since(peer.last_heard) >= timeout {
                 lost.push((key, peer.conn));
                 continue;
             }
@@ -1186,29 +1205,22 @@ impl MediaTask {
                 wake(&mut self.awake, peer);
                 continue;
             }
-            // Quiet until its next timer (looked at again within a second
-            // all the same), or until its media timeout.
-            let mut quiet = peer
-                .pc
-                .poll_timeout()
-                .unwrap_or(now + QUIET_AT_MOST)
-                .min(now + QUIET_AT_MOST);
-            if peer.connected {
-                let untimed = peer.incoming.is_empty()
-                    && peer.outgoing.values().all(|o| o.direct || !o.sent_any);
-                let slack = if untimed {
-                    IDLE_SLACK_UNTIMED
-                } else {
-                    IDLE_SLACK
-                };
-                quiet = quiet.max(now + slack);
-            }
+            let idle = peer.connected.then(|| Idle {
+                untimed: peer.incoming.is_empty()
+                    && peer.outgoing.values().all(|o| o.direct || !o.sent_any),
+            });
+            let quiet = next_visit(
+                &self.shared.clock,
+                now,
+                peer.pc.poll_timeout(),
+                idle,
+                peer.last_heard + timeout,
+            );
             peer.quiet_until = Some(quiet);
             // Input during the visit (a keyframe request it relayed to
             // itself, say) woke it again: it is visited next tick anyway.
             if !self.awake.contains(&key) {
-                self.deadlines
-                    .push(Reverse((quiet.min(peer.last_heard + timeout), key)));
+                schedule(&mut self.deadlines, &mut peer.queued, key, quiet);
             }
         }
         for (key, conn) in lost {
@@ -1273,6 +1285,62 @@ impl MediaTask {
                     addr: remote,
                 });
             }
+        }
+    }
+}
+
+/// Makes sure the peer `key`, whose live entry is at `queued`, has one in
+/// the heap no later than `at`.
+///
+/// A peer keeps one live entry: a visit that moves its deadline later
+/// leaves the entry where it is, and when it comes up the tick moves it on
+/// to `quiet_until`. Pushing an entry per visit instead filled the heap
+/// with stale ones: every member's join wakes the shard's every peer, and
+/// a thousand joins left half a million entries, each popped in its turn.
+fn schedule(
+    deadlines: &mut BinaryHeap<Reverse<(Instant, PeerKey)>>,
+    queued: &mut Option<Instant>,
+    key: PeerKey,
+    at: Instant,
+) {
+    if queued.is_none_or(|queued| at < queued) {
+        *queued = Some(at);
+        deadlines.push(Reverse((at, key)));
+    }
+}
+
+/// What a connected peer's next visit may wait for.
+#[derive(Clone, Copy)]
+struct Idle {
+    /// rtc has nothing of its own to time for the peer: it publishes
+    /// nothing (no receiver reports, no NACKs to send) and its every track
+    /// goes beside the pipeline or has sent nothing yet (no sender reports,
+    /// no retransmissions). Its consent is answered by the port reader.
+    untimed: bool,
+}
+
+/// When a peer visited at `now` is next due: its next rtc timer (looked at
+/// within a second all the same), or its media timeout (`expires`). A
+/// connected peer (`idle` given) waits at least `IDLE_SLACK` for its
+/// timers, or, untimed, only for the media timeout, when the visit reads
+/// the liveness the port reader noted; either way its deadline goes on
+/// the server's `IDLE_GRID`. A peer still connecting is due on time: its
+/// ICE and DTLS timers are its handshake.
+fn next_visit(
+    clock: &crate::clock::Clock,
+    now: Instant,
+    timer: Option<Instant>,
+    idle: Option<Idle>,
+    expires: Instant,
+) -> Instant {
+    let timer = timer
+        .unwrap_or(now + QUIET_AT_MOST)
+        .min(now + QUIET_AT_MOST);
+    match idle {
+        None => timer.min(expires),
+        Some(Idle { untimed: true }) => clock.on_grid(expires, IDLE_GRID),
+        Some(Idle { untimed: false }) => {
+            clock.on_grid(timer.max(now + IDLE_SLACK).min(expires), IDLE_GRID)
         }
     }
 }
@@ -1479,5 +1547,66 @@ mod tests {
             1024,
             "allocations for 1,024 packets"
         );
+    }
+
+    /// Idle peers' visits land on the server's grid, whatever instant their
+    /// last visit was, so that many share one wake; a connecting peer's
+    /// handshake timers are kept to the instant.
+    #[tokio::test(start_paused = true)]
+    async fn idle_visits_fall_on_shared_instants() {
+        let clock = crate::clock::Clock::new();
+        let start = clock.now().at;
+        let ms = Duration::from_millis;
+        let on_grid = |at: Instant| {
+            at.duration_since(start)
+                .as_nanos()
+                .is_multiple_of(IDLE_GRID.as_nanos())
+        };
+        let timed = Some(Idle { untimed: false });
+        let untimed = Some(Idle { untimed: true });
+        let mut seen = HashSet::new();
+        for offset in [101, 150, 199, 250, 300] {
+            let now = start + ms(offset);
+            let expires = now + Duration::from_secs(20);
+            // rtc's ICE agent asks for 200 ms; the visit waits its slack,
+            // then to the next point of the grid.
+            let at = next_visit(&clock, now, Some(now + ms(200)), timed, expires);
+            assert!(on_grid(at), "{at:?} is off the grid");
+            assert!(at >= now + IDLE_SLACK && at < now + IDLE_SLACK + IDLE_GRID);
+            seen.insert(at);
+            // Untimed: the media timeout, on the grid.
+            let at = next_visit(&clock, now, Some(now + ms(200)), untimed, expires);
+            assert!(on_grid(at) && at >= expires && at < expires + IDLE_GRID);
+            // Connecting: its own timer, exactly.
+            let at = next_visit(&clock, now, Some(now + ms(30)), None, expires);
+            assert_eq!(at, now + ms(30));
+        }
+        // Five peers visited at five instants come due at one.
+        assert_eq!(seen.len(), 1);
+        // A media timeout sooner than the slack still bounds the wait.
+        let now = start + ms(5);
+        let at = next_visit(&clock, now, None, timed, now + ms(300));
+        assert_eq!(at, start + ms(400));
+    }
+
+    /// Deadlines that move later leave a peer's one entry where it is;
+    /// only an earlier one adds another.
+    #[test]
+    fn a_peer_keeps_one_live_deadline() {
+        let base = Instant::now();
+        let ms = Duration::from_millis;
+        let mut heap = BinaryHeap::new();
+        let mut queued = None;
+        let key: PeerKey = 7;
+        for later in 1..=1000 {
+            schedule(&mut heap, &mut queued, key, base + ms(later));
+        }
+        assert_eq!(heap.len(), 1);
+        assert_eq!(queued, Some(base + ms(1)));
+        // Sooner than the live entry: a new one, which is now the live one.
+        schedule(&mut heap, &mut queued, key, base);
+        assert_eq!(heap.len(), 2);
+        assert_eq!(queued, Some(base));
+        assert_eq!(heap.peek(), Some(&Reverse((base, key))));
     }
 }

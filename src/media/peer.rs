@@ -156,6 +156,9 @@ pub(crate) struct Peer {
     /// the next tick looks at it. (A sans-I/O peer connection changes only
     /// on input or on its timers, so a peer left alone has nothing to say.)
     pub quiet_until: Option<Instant>,
+    /// The instant of this peer's one live entry in its shard's deadline
+    /// heap, if it has one; any other entry of it there is stale.
+    pub queued: Option<Instant>,
     pub failed: bool,
     /// DTLS is up (the connection reached `connected`). Before that the
     /// pipeline has no SRTP keys and discards, with a warning each, what
@@ -248,6 +251,7 @@ impl Peer {
             renegotiate: false,
             last_heard: now,
             quiet_until: None,
+            queued: None,
             failed: false,
             connected: false,
             publish_offered: false,

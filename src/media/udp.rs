@@ -50,7 +50,7 @@ pub(crate) const MAX_DATAGRAM: usize = 1500;
 /// How long a port carrying only consent checks lets them queue before
 /// reading them. A check's answer may wait this long (consent allows 30 s);
 /// the first media datagram after a quiet spell may too, once.
-const COALESCE: Duration = Duration::from_millis(20);
+pub(crate) const COALESCE: Duration = Duration::from_millis(20);
 
 /// How long a port must have routed nothing to a room before its reads are
 /// coalesced: a room with media in it is read as datagrams arrive.
@@ -266,7 +266,12 @@ impl Reader {
     /// them as they arrive again, false when the port is done.
     async fn read_coalesced(&mut self, bufs: &mut RecvBuffers) -> bool {
         loop {
-            let due = tokio::time::sleep(COALESCE);
+            // On the clock's grid, where the shards' idle visits fall too:
+            // one wake of the runtime for both.
+            let next = self
+                .clock
+                .on_grid(self.clock.now().at + COALESCE / 2, COALESCE);
+            let due = tokio::time::sleep_until(tokio::time::Instant::from_std(next));
             tokio::pin!(due);
             loop {
                 tokio::select! {
