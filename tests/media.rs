@@ -193,15 +193,16 @@ async fn idle_members_live_on_consent_checks_the_port_answers() {
     // answers without handing them to the room's media: only the liveness
     // it passes on keeps them in, and only answers the clients accept keep
     // their ICE connected.
-    let server = TestServer::start_with(|c| c.media.timeout = Duration::from_secs(3)).await;
+    let interval = conclave::client::media::CONSENT_INTERVAL;
+    let server = TestServer::start_with(|c| c.media.timeout = interval + interval / 2).await;
     let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Audience).await;
     let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Audience).await;
     let answered = "conclave_media_consent_answered_total";
     let start = metric(&server, answered).await;
-    // Each client checks every 2 s: this spans several media timeouts and
-    // the clients' own 5 s disconnect timeout.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric(&server, answered).await < start + 14.0 {
+    // Each client checks every 5 s: eight answers span three media
+    // timeouts and the clients' own disconnect timeout.
+    let deadline = std::time::Instant::now() + interval * 8;
+    while metric(&server, answered).await < start + 8.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "consent checks answered by the port: {}",

@@ -52,6 +52,14 @@ use crate::media::codec;
 use crate::model::MediaKind;
 use crate::protocol::Request;
 
+/// How often the client checks ICE consent on its selected pair (RFC 7675).
+pub const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
+/// Silence from the server this long and the connection is disconnected:
+/// two answers missed, and half an interval for the third.
+const CONSENT_SILENT: Duration = Duration::from_millis(12_500);
+/// Silence this long and it has failed: consent expires (RFC 7675 §5.1).
+const CONSENT_EXPIRES: Duration = Duration::from_secs(30);
+
 /// What a session publishes and where it listens.
 #[derive(Clone, Debug)]
 pub struct MediaOptions {
@@ -168,6 +176,18 @@ impl MediaSession {
                     .with_host_acceptance_min_wait(Some(Duration::ZERO))
                     // Take the DTLS client side, as browsers do.
                     .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
+                    // Consent every 5 s, as RFC 7675 asks (and Firefox and
+                    // aiortc do), not rtc's 2 s: for an idle member the
+                    // checks are nearly all its traffic, and the server pays
+                    // for each. With an answer only every 5 s, silence means
+                    // trouble after two missed ones, not rtc's 5 s, and
+                    // failure at 30 s, consent's own limit (rtc counts the
+                    // failed timeout from the disconnected one).
+                    .with_ice_timeouts(
+                        Some(CONSENT_SILENT),
+                        Some(CONSENT_EXPIRES - CONSENT_SILENT),
+                        Some(CONSENT_INTERVAL),
+                    )
                     .build(),
             )
             .with_media_engine(media)
