@@ -199,8 +199,8 @@ async fn idle_members_live_on_consent_checks_the_port_answers() {
     let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Audience).await;
     let answered = "conclave_media_consent_answered_total";
     let start = metric(&server, answered).await;
-    // Each client checks every 5 s: eight answers span three media
-    // timeouts and the clients' own disconnect timeout.
+    // Each client checks every 5 s: eight answers, four each, span more
+    // than two media timeouts and the clients' own disconnect timeout.
     let deadline = std::time::Instant::now() + interval * 8;
     while metric(&server, answered).await < start + 8.0 {
         assert!(

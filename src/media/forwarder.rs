@@ -1296,7 +1296,8 @@ impl MediaTask {
 /// leaves the entry where it is, and when it comes up the tick moves it on
 /// to `quiet_until`. Pushing an entry per visit instead filled the heap
 /// with stale ones: every member's join wakes the shard's every peer, and
-/// a thousand joins left half a million entries, each popped in its turn.
+/// the joins of a thousand members left over 100,000 entries per shard,
+/// each popped in its turn.
 fn schedule(
     deadlines: &mut BinaryHeap<Reverse<(Instant, PeerKey)>>,
     queued: &mut Option<Instant>,
