@@ -146,6 +146,120 @@ async fn speaking_members_are_announced_in_volume_events() {
 }
 
 #[tokio::test]
+async fn a_steady_speaker_is_announced_once_and_to_each_newcomer() {
+    // Long intervals, so that a client pausing a whole interval by accident
+    // (which would read as a stop and a new start) is out of the question.
+    let server =
+        TestServer::start_with(|c| c.media.volume_interval = Duration::from_millis(500)).await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
+    // `flow` speaks at level 30.
+    flow(&mut alice, &mut bob, "warmup").await;
+    // Then alice holds level 20, a packet every 20 ms, from `first` on.
+    let media = &alice.media;
+    let speak = |first: u32| async move {
+        for n in first.. {
+            media
+                .send_audio(&marked("steady", n), n * 960, 20)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let alice_speaks = |e: &ServerMessage| match e {
+        ServerMessage::Volume { levels } => levels
+            .iter()
+            .find(|l| l.user.as_str() == "alice" && l.speaking)
+            .map(|l| l.level),
+        _ => None,
+    };
+    // Carol joins while nothing changes, and is told alice speaks.
+    let mut carol = tokio::select! {
+        carol = Participant::join(&server, "carol", "r", Mode::Audio, Role::Audience) => carol,
+        () = speak(0) => unreachable!("alice speaks on"),
+    };
+    let level = tokio::select! {
+        level = carol.event_where(alice_speaks) => level,
+        () = speak(100_000) => unreachable!("alice speaks on"),
+    };
+    assert_eq!(level, 20);
+    // Five more intervals at the same level, then silence.
+    for n in 200_000..200_125 {
+        media
+            .send_audio(&marked("steady", n), n * 960, 20)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // All bob was told about alice, up to her stop.
+    let mut told = Vec::new();
+    loop {
+        let entry = bob
+            .event_where(|e| match e {
+                ServerMessage::Volume { levels } => levels
+                    .iter()
+                    .find(|l| l.user.as_str() == "alice")
+                    .map(|l| (l.level, l.speaking)),
+                _ => None,
+            })
+            .await;
+        told.push(entry);
+        if !entry.1 {
+            break;
+        }
+    }
+    let steady = told
+        .iter()
+        .position(|e| *e == (20, true))
+        .unwrap_or_else(|| panic!("never told alice speaks at 20: {told:?}"));
+    assert!(
+        told[..steady].iter().all(|e| *e == (30, true)),
+        "before the steady level: {told:?}"
+    );
+    assert_eq!(told[steady..], [(20, true), (127, false)], "{told:?}");
+}
+
+#[tokio::test]
+async fn a_speaker_who_mutes_is_announced_as_stopped() {
+    let server = TestServer::start().await;
+    let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;
+    let mut bob = Participant::join(&server, "bob", "r", Mode::Audio, Role::Interactor).await;
+    flow(&mut alice, &mut bob, "warmup").await;
+    assert_eq!(speaks_and_is_heard(&mut alice, &mut bob).await, 20);
+    alice
+        .client
+        .mute(MediaKind::Audio, true, None)
+        .await
+        .unwrap();
+    // She keeps sending loud packets, which the server drops and does not
+    // meter; the room announces only changes, so without a word bob would
+    // think she speaks on.
+    let media = &alice.media;
+    let loud = async {
+        for n in 0.. {
+            media
+                .send_audio(&marked("muted", n), n * 960, 20)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let stopped = bob.event_where(|e| match e {
+        ServerMessage::Volume { levels } => levels
+            .iter()
+            .find(|l| l.user.as_str() == "alice")
+            .filter(|l| !l.speaking)
+            .map(|l| l.level),
+        _ => None,
+    });
+    let stopped = tokio::select! {
+        level = stopped => level,
+        () = loud => unreachable!("alice sends on"),
+    };
+    assert_eq!(stopped, 127);
+}
+
+#[tokio::test]
 async fn a_member_whose_media_goes_silent_times_out() {
     let server = TestServer::start_with(|c| c.media.timeout = Duration::from_millis(1500)).await;
     let mut alice = Participant::join(&server, "alice", "r", Mode::Audio, Role::Interactor).await;

@@ -35,6 +35,11 @@ pub struct MediaConfig {
     /// Audio level (RFC 6464 dBov, 0 loudest .. 127 silent) at or below
     /// which a member counts as speaking.
     pub speaking_threshold: u8,
+    /// How far (in dB) a speaker's level moves from the one last announced
+    /// before a `volume` event says so again; `0`: every interval. A
+    /// `volume` event carries only what changed: someone starting or
+    /// stopping, or a level that moved this much.
+    pub volume_step: u8,
     /// Keyframe requests forwarded to one publisher's video at most this often.
     #[serde(with = "humantime_serde")]
     pub keyframe_interval: Duration,
@@ -63,6 +68,7 @@ impl Default for MediaConfig {
             timeout: Duration::from_secs(20),
             volume_interval: Duration::from_millis(200),
             speaking_threshold: 60,
+            volume_step: 6,
             keyframe_interval: Duration::from_millis(500),
             workers: 0,
             peers_per_shard: 100,

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use super::batch::SendBatch;
 use super::codec::AUDIO_LEVEL_URI;
-use super::level::LevelMeter;
+use super::level::{LevelMeter, SILENT};
 use super::peer::{Direct, Peer, PeerSetup};
 use super::udp::{Heard, Inbound, PeerKey, Route, RouteCmd};
 use super::{MediaError, Shared, ice_token};
@@ -622,8 +622,25 @@ impl MediaTask {
                 keyframes.push(user.clone());
             }
         }
-        self.meters
-            .retain(|user, _| gates.get(user).is_some_and(|g| g.audio));
+        // A speaker whose audio may no longer flow (muted, demoted, gone)
+        // stopped: said once, as a quiet interval would, since the room
+        // announces only what changed.
+        let mut stopped = Vec::new();
+        self.meters.retain(|user, meter| {
+            let keep = gates.get(user).is_some_and(|g| g.audio);
+            if !keep && meter.is_speaking() {
+                stopped.push(VolumeLevel {
+                    user: user.clone(),
+                    level: SILENT,
+                    speaking: false,
+                });
+            }
+            keep
+        });
+        if !stopped.is_empty() {
+            stopped.sort_by(|a, b| a.user.cmp(&b.user));
+            let _ = self.events.send(MediaEvent::Volume { levels: stopped });
+        }
         self.gates = gates;
         for user in keyframes {
             let _ = self.request_keyframe(&user, now);

@@ -11,6 +11,7 @@ pub mod error;
 pub mod registry;
 pub mod state;
 pub mod task;
+mod volume;
 
 use std::sync::Arc;
 

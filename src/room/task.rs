@@ -31,6 +31,7 @@ use tracing::Instrument;
 use super::error::Error;
 use super::registry::RoomsInner;
 use super::state::{CloseReason, Joiner, Operator, Output, Recipients, Room, RoomError};
+use super::volume::Speakers;
 use super::{Outbound, Sink};
 use crate::auth::Identity;
 use crate::clock::Clock;
@@ -382,6 +383,7 @@ pub(crate) fn spawn(room: Room, policy: RoomPolicy, queue: usize, ctx: RoomConte
         media: None,
         media_events,
         gates: Vec::new(),
+        speakers: Speakers::default(),
     };
     tracker.spawn(driver.run(rx, media_rx).instrument(span));
     handle
@@ -434,6 +436,8 @@ struct RoomTask {
     media_events: mpsc::UnboundedSender<MediaEvent>,
     /// The last gates sent to the media task.
     gates: Vec<Gate>,
+    /// Who speaks, as the members last heard it.
+    speakers: Speakers,
 }
 
 impl RoomTask {
@@ -1085,8 +1089,9 @@ impl RoomTask {
         }
     }
 
-    /// Speaking levels: to every member as a `volume` event, and to the
-    /// policy's `on_speaking` hook for each member speaking.
+    /// Speaking levels: to the members as a `volume` event of what changed
+    /// (see `volume`), and to the policy's `on_speaking` hook for each member
+    /// speaking.
     async fn volume(&mut self, levels: Vec<VolumeLevel>) {
         let levels: Vec<VolumeLevel> = levels
             .into_iter()
@@ -1095,16 +1100,30 @@ impl RoomTask {
         if levels.is_empty() {
             return;
         }
-        let text: Arc<str> = ServerMessage::Volume {
-            levels: levels.clone(),
-        }
-        .to_json()
-        .into();
+        let step = self
+            .ctx
+            .media
+            .as_ref()
+            .map_or(0, |m| m.config().volume_step);
+        let news = self.speakers.report(&levels, step);
+        let event = |levels: Vec<VolumeLevel>| -> Option<Arc<str>> {
+            (!levels.is_empty()).then(|| ServerMessage::Volume { levels }.to_json().into())
+        };
+        let (changes, mut everyone) = (event(news.changes), None);
         for conn in self.room.connections() {
-            if let Some(sink) = self.sinks.get(&conn) {
+            let text = if self.speakers.heard_last(conn) {
+                changes.as_ref()
+            } else {
+                // Joined since the last event: told everyone speaking.
+                everyone
+                    .get_or_insert_with(|| event(news.everyone.clone()))
+                    .as_ref()
+            };
+            if let (Some(text), Some(sink)) = (text, self.sinks.get(&conn)) {
                 sink.push(Outbound::Text(text.clone()));
             }
         }
+        self.speakers.heard_by(self.room.connections());
         if self.policy.wants("on_speaking") {
             for level in levels.iter().filter(|l| l.speaking) {
                 let view = self.view();
@@ -1221,6 +1240,7 @@ impl RoomTask {
                     if let Some(reaction) = reaction_of(&msg) {
                         if let Reaction::Left(user, _) = &reaction {
                             self.present.remove(user);
+                            self.speakers.forget(user);
                         }
                         reactions.push(reaction);
                     }
