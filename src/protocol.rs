@@ -99,7 +99,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sdp_mline_index: Option<u16>,
     },
-    /// Heartbeat; any message counts, this one does nothing else.
+    /// Heartbeat; any message counts, this one does nothing else. Without
+    /// an `id` it is a notification: counted as life and never answered
+    /// (see [`Frame::Heartbeat`]).
     Ping {},
     /// Connect to a community media channel: join the room bound to it,
     /// opening that room on the first connect. Leave with `leave`.
@@ -157,9 +159,36 @@ pub struct Malformed {
     pub message: String,
 }
 
+/// One text frame from a client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// A request, answered with its id.
+    Request(Envelope),
+    /// `{"type":"ping"}` with no id: the client is alive, and nothing is
+    /// sent back. An idle member's only traffic is its heartbeat, and an
+    /// answer to each would be the server's largest idle cost (a TCP send
+    /// per member per interval, for a reply no client reads).
+    Heartbeat,
+}
+
+/// Parses one text frame that must be a request (with an id).
+pub fn parse_request(text: &str) -> Result<Envelope, Malformed> {
+    match parse_frame(text)? {
+        Frame::Request(env) => Ok(env),
+        Frame::Heartbeat => Err(missing_id()),
+    }
+}
+
+fn missing_id() -> Malformed {
+    Malformed {
+        id: None,
+        message: "missing field `id`".into(),
+    }
+}
+
 /// Parses one text frame. The id is read first, so even a request with a bad
 /// body gets an answer its sender can match.
-pub fn parse_request(text: &str) -> Result<Envelope, Malformed> {
+pub fn parse_frame(text: &str) -> Result<Frame, Malformed> {
     let mut value: Value = serde_json::from_str(text).map_err(|e| Malformed {
         id: None,
         message: format!("malformed JSON: {e}"),
@@ -184,13 +213,11 @@ pub fn parse_request(text: &str) -> Result<Envelope, Malformed> {
         id,
         message: format!("invalid request: {e}"),
     })?;
-    let Some(id) = id else {
-        return Err(Malformed {
-            id: None,
-            message: "missing field `id`".into(),
-        });
-    };
-    Ok(Envelope { id, request })
+    match (id, request) {
+        (Some(id), request) => Ok(Frame::Request(Envelope { id, request })),
+        (None, Request::Ping {}) => Ok(Frame::Heartbeat),
+        (None, _) => Err(missing_id()),
+    }
 }
 
 /// Everything the server sends.
@@ -441,7 +468,7 @@ mod tests {
         assert_eq!(err.id, None);
         assert!(err.message.starts_with("malformed JSON"));
 
-        let err = parse_request(r#"{"type":"ping"}"#).unwrap_err();
+        let err = parse_request(r#"{"type":"leave"}"#).unwrap_err();
         assert_eq!(err.message, "missing field `id`");
 
         let err = parse_request(r#"{"id":1,"type":"ping","extra":1}"#).unwrap_err();
@@ -450,6 +477,31 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_ping_without_an_id_is_a_heartbeat_and_nothing_else_is() {
+        assert_eq!(parse_frame(r#"{"type":"ping"}"#).unwrap(), Frame::Heartbeat);
+        assert_eq!(
+            parse_frame(r#"{"id":2,"type":"ping"}"#).unwrap(),
+            Frame::Request(Envelope {
+                id: 2,
+                request: Request::Ping {}
+            })
+        );
+        // A request that needs an answer still needs its id.
+        let err = parse_frame(r#"{"type":"leave"}"#).unwrap_err();
+        assert_eq!(err.message, "missing field `id`");
+        // And a heartbeat with fields is no heartbeat.
+        let err = parse_frame(r#"{"type":"ping","extra":1}"#).unwrap_err();
+        assert!(
+            err.message.contains("unknown field `extra`"),
+            "{}",
+            err.message
+        );
+        // Where a request is expected, a heartbeat is one without an id.
+        let err = parse_request(r#"{"type":"ping"}"#).unwrap_err();
+        assert_eq!(err.message, "missing field `id`");
     }
 
     #[test]

@@ -77,7 +77,7 @@ async fn malformed_frames_get_400_with_the_reason() {
             "unknown variant `hologram`",
         ),
         (r#"{"id":"x","type":"ping"}"#, None, "`id` must be"),
-        (r#"{"type":"ping"}"#, None, "missing field `id`"),
+        (r#"{"type":"leave"}"#, None, "missing field `id`"),
     ];
     for (frame, id, needle) in cases {
         eve.send_raw(Message::text(frame)).unwrap();

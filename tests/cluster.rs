@@ -890,3 +890,32 @@ async fn on_a_redis_cluster_rooms_are_claimed_found_and_revived_as_on_one_redis(
     let (_, members) = rejoin(&nodes[1], "alice", "town").await;
     assert_eq!(members, ["alice"]);
 }
+
+/// A relayed client's heartbeats (pings without an id, which nothing
+/// answers) reach the room's node, whose side of the relay times out on
+/// silence like any connection.
+#[tokio::test]
+async fn a_relayed_clients_heartbeats_reach_the_rooms_node() {
+    let extra = "\n[signal]\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"1s\"\n";
+    let cluster = TestCluster::start_with(2, None, extra).await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    a.create_room("vigil", "").await;
+    let carol = b.client("carol").await;
+    carol.join("vigil", Mode::Audio, None).await.unwrap();
+    assert_eq!(metric(a, "conclave_cluster_relays").await, Some(0.0));
+    assert_eq!(metric(b, "conclave_cluster_relays").await, Some(1.0));
+    // Three heartbeat timeouts with nothing but heartbeats sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        metric(
+            a,
+            r#"conclave_connections_closed_total{reason="heartbeat"}"#
+        )
+        .await,
+        None,
+        "node-a timed the relayed connection out"
+    );
+    assert_eq!(metric(a, "conclave_connections").await, Some(1.0));
+    assert_eq!(carol.close_frame(), None);
+    assert_eq!(a.members("vigil").await, ["carol"]);
+}

@@ -76,6 +76,12 @@ async fn frames_count_as_life(frame: fn() -> Message, answered: bool) {
     }
     client.ping().await.expect("still connected");
     assert_eq!(client.close_frame(), None);
+    if !answered {
+        // Whatever the server said to those frames came before the answer
+        // to the ping, so it would be waiting here.
+        let said = client.take_events().try_recv();
+        assert!(said.is_err(), "the server answered: {said:?}");
+    }
     srv.shutdown().await;
 }
 
@@ -87,6 +93,12 @@ async fn binary_frames_count_as_life() {
 #[tokio::test]
 async fn malformed_frames_count_as_life() {
     frames_count_as_life(|| Message::text("{not json"), true).await;
+}
+
+/// The heartbeat clients send (protocol.md §2.2): a `ping` with no id.
+#[tokio::test]
+async fn pings_without_an_id_count_as_life_and_get_no_answer() {
+    frames_count_as_life(|| Message::text(r#"{"type":"ping"}"#), false).await;
 }
 
 #[tokio::test]

@@ -216,7 +216,12 @@
       const resp = await this.request("hello", { version: PROTOCOL_VERSION, token });
       if (resp.code === 200) {
         const every = Math.max(1000, resp.data.heartbeat_interval_ms || 5000);
-        this.heartbeat = setInterval(() => this.request("ping"), every);
+        // A ping without an id is a heartbeat: the server answers nothing.
+        this.heartbeat = setInterval(() => {
+          if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+            this.ws.send('{"type":"ping"}');
+          }
+        }, every);
       }
       return resp;
     }

@@ -33,7 +33,8 @@ use crate::ids::{ChannelId, ConnId};
 use crate::model::Mode;
 use crate::policy::authz::{self, Access, Ask};
 use crate::protocol::{
-    ChannelMembersOk, CreateOk, HelloOk, PROTOCOL_VERSION, Request, ServerMessage, parse_request,
+    ChannelMembersOk, CreateOk, Frame, HelloOk, PROTOCOL_VERSION, Request, ServerMessage,
+    parse_frame, parse_request,
 };
 use crate::room::{Act, By, Outbound, RoomHandle, Sink};
 use crate::status::{Failure, Status};
@@ -314,15 +315,23 @@ impl Connection {
             );
             return self.respond(reply).await.err().map(End::from);
         };
-        let parsed = parse_request(text);
+        let parsed = parse_frame(text);
         if !self.bucket.try_take(started) {
             let id = match &parsed {
-                Ok(env) => Some(env.id),
+                Ok(Frame::Request(env)) => Some(env.id),
+                Ok(Frame::Heartbeat) => None,
                 Err(m) => m.id,
             };
             return self.rate_limited(id).await;
         }
         self.rejected_in_a_row = 0;
+        let parsed = match parsed {
+            // Life is already counted; a relayed client's owner node keeps
+            // a heartbeat deadline of its own, so it hears this too.
+            Ok(Frame::Heartbeat) => return self.relay_frame(text).await,
+            Ok(Frame::Request(env)) => Ok(env),
+            Err(malformed) => Err(malformed),
+        };
 
         if let (Some(relay), Ok(env)) = (self.relay.as_mut(), &parsed) {
             let enters = matches!(
