@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use conclave::protocol::{
-    ChannelMembersOk, ConnectOk, CreateOk, HelloOk, JoinOk, ServerMessage, parse_request,
+    ChannelMembersOk, ConnectOk, CreateOk, Frame, HelloOk, JoinOk, ServerMessage, parse_frame,
+    parse_request,
 };
 use conclave::room::RoomInfo;
 use serde::Serialize;
@@ -96,6 +97,11 @@ fn every_example_in_the_protocol_reference_is_what_the_types_say() {
                         }
                     })
             }
+            // The heartbeat: the one client message with no id.
+            (Some(kind), None) if kind == "ping" => match parse_frame(&value.to_string()) {
+                Ok(Frame::Heartbeat) => Ok(()),
+                other => Err(format!("is no heartbeat: {other:?}")),
+            },
             // An event.
             (Some(_), None) => round_trips::<ServerMessage>(&value),
             // The admin API's one-room answer.
